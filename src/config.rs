@@ -1,0 +1,88 @@
+//! Settings, one small clap struct per dependency with DESIGN.md's defaults, flattened into each
+//! binary so `--help` lists exactly what that process reads. The library itself never reads the
+//! environment: names of queues, exchanges and channels are passed in from here.
+
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL; the database is created and migrated on first use.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@localhost:5432/killreport"
+    )]
+    pub database_url: String,
+    /// Connections in this process's pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+}
+
+impl DatabaseArgs {
+    pub async fn connect(&self) -> anyhow::Result<sqlx::PgPool> {
+        crate::db::connect(&self.database_url, self.database_max_connections).await
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// The pub/sub channel killmail events are announced on.
+    #[arg(long, env = "EVENTS_CHANNEL", default_value = crate::events::DEFAULT_CHANNEL)]
+    pub events_channel: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RabbitArgs {
+    #[arg(
+        long,
+        env = "RABBITMQ_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub rabbitmq_url: String,
+    /// The exchange jobs are published to.
+    #[arg(long, env = "RABBITMQ_EXCHANGE", default_value = "killreport")]
+    pub rabbitmq_exchange: String,
+    /// The queue (and routing key) of killmail jobs; its dead letters go to `<queue>.dead`.
+    #[arg(long, env = "INGEST_QUEUE", default_value = "killmail.ingest")]
+    pub ingest_queue: String,
+}
+
+impl RabbitArgs {
+    pub fn topology(&self) -> crate::queue::Topology {
+        crate::queue::Topology::new(&self.rabbitmq_exchange, &self.ingest_queue)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EsiArgs {
+    #[arg(long, env = "ESI_BASE_URL", default_value = "https://esi.evetech.net")]
+    pub esi_base_url: String,
+    /// Seconds before an ESI request is abandoned (and retried later).
+    #[arg(long, env = "ESI_TIMEOUT_SECS", default_value_t = 10)]
+    pub esi_timeout_secs: u64,
+}
+
+impl EsiArgs {
+    pub fn client(&self) -> anyhow::Result<crate::esi::Esi> {
+        crate::esi::Esi::new(
+            &self.esi_base_url,
+            Duration::from_secs(self.esi_timeout_secs),
+        )
+    }
+}
+
+/// Reads `.env` if present and starts logging as `RUST_LOG` says (default `info`).
+pub fn init_process() {
+    // A missing .env is the normal case.
+    let _ = dotenvy::dotenv();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}

@@ -1,0 +1,21 @@
+//! Feed cursors: the last sequence of a live feed whose job RabbitMQ has confirmed.
+
+use sqlx::PgExecutor;
+
+pub async fn load(db: impl PgExecutor<'_>, feed: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!("SELECT sequence FROM feed_cursors WHERE feed = $1", feed)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn save(db: impl PgExecutor<'_>, feed: &str, sequence: i64) -> sqlx::Result<()> {
+    sqlx::query!(
+        "INSERT INTO feed_cursors (feed, sequence) VALUES ($1, $2)
+         ON CONFLICT (feed) DO UPDATE SET sequence = excluded.sequence, updated_at = now()",
+        feed,
+        sequence
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! The killmail store: set-based writes of whole batches (one statement per table), and the
+//! exact ESI killmail rebuilt from the rows.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::killmail::{Attacker, Item, Killmail, KillmailId, Position, Received, Seq, Victim, Zkb};
+
+/// Arbitrary, but fixed: writers hold it while drawing ingest sequence numbers, so the numbers
+/// become visible in the order they were drawn.
+const SEQ_LOCK: i64 = 0x6b72_5f73_6571;
+
+/// A killmail this batch added to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub killmail_id: KillmailId,
+    pub seq: Seq,
+}
+
+/// A killmail as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKillmail {
+    pub seq: Seq,
+    pub hash: String,
+    pub killmail: Killmail,
+    pub zkb: Option<Zkb>,
+}
+
+/// Stores every killmail of `batch` that the store does not hold yet, and returns those, in
+/// ingest order. A killmail already held is left as it is, except that a `zkb` block is added
+/// when it had none. Run it in a transaction: the lock it takes is released at commit.
+pub async fn store_batch(tx: &mut PgConnection, batch: &[Received]) -> sqlx::Result<Vec<Stored>> {
+    let mut seen = HashSet::new();
+    let batch: Vec<&Received> = batch
+        .iter()
+        .filter(|r| seen.insert(r.killmail.killmail_id))
+        .collect();
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", SEQ_LOCK)
+        .execute(&mut *tx)
+        .await?;
+
+    let ids: Vec<i64> = batch.iter().map(|r| r.killmail.killmail_id.0).collect();
+    let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = batch.iter().map(|r| r.killmail.killmail_time).collect();
+    let systems: Vec<i64> = batch.iter().map(|r| r.killmail.solar_system_id).collect();
+    let moons: Vec<Option<i64>> = batch.iter().map(|r| r.killmail.moon_id).collect();
+    let wars: Vec<Option<i64>> = batch.iter().map(|r| r.killmail.war_id).collect();
+    let victims: Vec<&Victim> = batch.iter().map(|r| &r.killmail.victim).collect();
+    let characters: Vec<Option<i64>> = victims.iter().map(|v| v.character_id).collect();
+    let corporations: Vec<Option<i64>> = victims.iter().map(|v| v.corporation_id).collect();
+    let alliances: Vec<Option<i64>> = victims.iter().map(|v| v.alliance_id).collect();
+    let factions: Vec<Option<i64>> = victims.iter().map(|v| v.faction_id).collect();
+    let ships: Vec<i64> = victims.iter().map(|v| v.ship_type_id).collect();
+    let damage: Vec<i64> = victims.iter().map(|v| v.damage_taken).collect();
+    let xs: Vec<Option<f64>> = victims.iter().map(|v| v.position.map(|p| p.x)).collect();
+    let ys: Vec<Option<f64>> = victims.iter().map(|v| v.position.map(|p| p.y)).collect();
+    let zs: Vec<Option<f64>> = victims.iter().map(|v| v.position.map(|p| p.z)).collect();
+    let attacker_counts: Vec<i32> = batch
+        .iter()
+        .map(|r| i32::try_from(r.killmail.attackers.len()).unwrap_or(i32::MAX))
+        .collect();
+    let zkbs: Vec<Option<serde_json::Value>> = batch
+        .iter()
+        .map(|r| r.zkb.as_ref().map(|z| z.0.clone()))
+        .collect();
+    let sources: Vec<&str> = batch.iter().map(|r| r.source.as_str()).collect();
+
+    let inserted = sqlx::query!(
+        r#"
+        INSERT INTO killmails (
+            killmail_id, hash, killmail_time, solar_system_id, region_id, moon_id, war_id,
+            victim_character_id, victim_corporation_id, victim_alliance_id, victim_faction_id,
+            victim_ship_type_id, victim_damage_taken,
+            victim_position_x, victim_position_y, victim_position_z,
+            attacker_count, zkb, source)
+        SELECT u.killmail_id, u.hash, u.killmail_time, u.solar_system_id, s.region_id, u.moon_id,
+               u.war_id, u.character_id, u.corporation_id, u.alliance_id, u.faction_id,
+               u.ship_type_id, u.damage_taken, u.x, u.y, u.z, u.attacker_count, u.zkb, u.source
+        FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::int8[], $5::int8[], $6::int8[],
+                    $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
+                    $13::float8[], $14::float8[], $15::float8[], $16::int4[], $17::jsonb[],
+                    $18::text[])
+             WITH ORDINALITY AS u(killmail_id, hash, killmail_time, solar_system_id, moon_id,
+                                  war_id, character_id, corporation_id, alliance_id, faction_id,
+                                  ship_type_id, damage_taken, x, y, z, attacker_count, zkb,
+                                  source, ord)
+        LEFT JOIN solar_systems s ON s.solar_system_id = u.solar_system_id
+        ORDER BY u.ord
+        ON CONFLICT (killmail_id) DO NOTHING
+        RETURNING killmail_id, seq
+        "#,
+        &ids,
+        &hashes as &[&str],
+        &times,
+        &systems,
+        &moons as &[Option<i64>],
+        &wars as &[Option<i64>],
+        &characters as &[Option<i64>],
+        &corporations as &[Option<i64>],
+        &alliances as &[Option<i64>],
+        &factions as &[Option<i64>],
+        &ships,
+        &damage,
+        &xs as &[Option<f64>],
+        &ys as &[Option<f64>],
+        &zs as &[Option<f64>],
+        &attacker_counts,
+        &zkbs as &[Option<serde_json::Value>],
+        &sources as &[&str],
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+
+    let mut stored: Vec<Stored> = inserted
+        .into_iter()
+        .map(|row| Stored {
+            killmail_id: KillmailId(row.killmail_id),
+            seq: Seq(row.seq),
+        })
+        .collect();
+    stored.sort_by_key(|s| s.seq);
+
+    let new_ids: HashSet<KillmailId> = stored.iter().map(|s| s.killmail_id).collect();
+    let (new, known): (Vec<&Received>, Vec<&Received>) = batch
+        .into_iter()
+        .partition(|r| new_ids.contains(&r.killmail.killmail_id));
+    insert_attackers(tx, &new).await?;
+    insert_items(tx, &new).await?;
+    add_missing_zkb(tx, &known).await?;
+    Ok(stored)
+}
+
+async fn insert_attackers(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Result<()> {
+    let rows: Vec<(&Killmail, usize, &Attacker)> = new
+        .iter()
+        .flat_map(|r| {
+            r.killmail
+                .attackers
+                .iter()
+                .enumerate()
+                .map(|(index, a)| (&r.killmail, index, a))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let column =
+        |f: fn(&Attacker) -> Option<i64>| rows.iter().map(|(_, _, a)| f(a)).collect::<Vec<_>>();
+    sqlx::query!(
+        r#"
+        INSERT INTO attackers (
+            killmail_id, attacker_index, killmail_time, character_id, corporation_id, alliance_id,
+            faction_id, ship_type_id, weapon_type_id, damage_done, final_blow, security_status)
+        SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::timestamptz[], $4::int8[], $5::int8[],
+                             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                             $11::bool[], $12::float8[])
+        "#,
+        &rows
+            .iter()
+            .map(|(k, _, _)| k.killmail_id.0)
+            .collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(_, i, _)| index_i32(*i))
+            .collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(k, _, _)| k.killmail_time)
+            .collect::<Vec<_>>(),
+        &column(|a| a.character_id) as &[Option<i64>],
+        &column(|a| a.corporation_id) as &[Option<i64>],
+        &column(|a| a.alliance_id) as &[Option<i64>],
+        &column(|a| a.faction_id) as &[Option<i64>],
+        &column(|a| a.ship_type_id) as &[Option<i64>],
+        &column(|a| a.weapon_type_id) as &[Option<i64>],
+        &rows
+            .iter()
+            .map(|(_, _, a)| a.damage_done)
+            .collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(_, _, a)| a.final_blow)
+            .collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(_, _, a)| a.security_status)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_items(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Result<()> {
+    let rows: Vec<(KillmailId, usize, Option<usize>, &Item)> = new
+        .iter()
+        .flat_map(|r| {
+            let id = r.killmail.killmail_id;
+            r.killmail
+                .items_preorder()
+                .into_iter()
+                .enumerate()
+                .map(move |(index, (parent, item))| (id, index, parent, item))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"
+        INSERT INTO items (
+            killmail_id, item_index, parent_index, item_type_id, flag, singleton,
+            quantity_destroyed, quantity_dropped)
+        SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::int4[], $4::int8[], $5::int4[],
+                             $6::int4[], $7::int8[], $8::int8[])
+        "#,
+        &rows.iter().map(|(id, ..)| id.0).collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(_, i, ..)| index_i32(*i))
+            .collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(_, _, p, _)| p.map(index_i32))
+            .collect::<Vec<_>>() as &[Option<i32>],
+        &rows
+            .iter()
+            .map(|(.., item)| item.item_type_id)
+            .collect::<Vec<_>>(),
+        &rows.iter().map(|(.., item)| item.flag).collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(.., item)| item.singleton)
+            .collect::<Vec<_>>(),
+        &rows
+            .iter()
+            .map(|(.., item)| item.quantity_destroyed)
+            .collect::<Vec<_>>() as &[Option<i64>],
+        &rows
+            .iter()
+            .map(|(.., item)| item.quantity_dropped)
+            .collect::<Vec<_>>() as &[Option<i64>],
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn add_missing_zkb(tx: &mut PgConnection, known: &[&Received]) -> sqlx::Result<()> {
+    let with_zkb: Vec<(i64, serde_json::Value)> = known
+        .iter()
+        .filter_map(|r| {
+            r.zkb
+                .as_ref()
+                .map(|z| (r.killmail.killmail_id.0, z.0.clone()))
+        })
+        .collect();
+    if with_zkb.is_empty() {
+        return Ok(());
+    }
+    let (ids, zkbs): (Vec<i64>, Vec<serde_json::Value>) = with_zkb.into_iter().unzip();
+    sqlx::query!(
+        "UPDATE killmails k SET zkb = u.zkb
+         FROM UNNEST($1::int8[], $2::jsonb[]) AS u(killmail_id, zkb)
+         WHERE k.killmail_id = u.killmail_id AND k.zkb IS NULL",
+        &ids,
+        &zkbs,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn index_i32(index: usize) -> i32 {
+    i32::try_from(index).unwrap_or(i32::MAX)
+}
+
+/// Loads killmails by id, rebuilt exactly as ESI delivered them, in the order of `ids`
+/// (ids the store does not hold are left out).
+pub async fn load(db: &mut PgConnection, ids: &[KillmailId]) -> sqlx::Result<Vec<StoredKillmail>> {
+    let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+    let rows = sqlx::query!(
+        r#"
+        SELECT killmail_id, hash, seq, killmail_time, solar_system_id, moon_id, war_id,
+               victim_character_id, victim_corporation_id, victim_alliance_id, victim_faction_id,
+               victim_ship_type_id, victim_damage_taken,
+               victim_position_x, victim_position_y, victim_position_z, zkb
+        FROM killmails WHERE killmail_id = ANY($1)
+        "#,
+        &ids
+    )
+    .fetch_all(&mut *db)
+    .await?;
+    let mut attackers = load_attackers(&mut *db, &ids).await?;
+    let mut items = load_items(&mut *db, &ids).await?;
+
+    let mut by_id: HashMap<i64, StoredKillmail> = rows
+        .into_iter()
+        .map(|row| {
+            let id = row.killmail_id;
+            let position = match (
+                row.victim_position_x,
+                row.victim_position_y,
+                row.victim_position_z,
+            ) {
+                (Some(x), Some(y), Some(z)) => Some(Position { x, y, z }),
+                _ => None,
+            };
+            let killmail = Killmail {
+                killmail_id: KillmailId(id),
+                killmail_time: row.killmail_time,
+                solar_system_id: row.solar_system_id,
+                moon_id: row.moon_id,
+                war_id: row.war_id,
+                victim: Victim {
+                    character_id: row.victim_character_id,
+                    corporation_id: row.victim_corporation_id,
+                    alliance_id: row.victim_alliance_id,
+                    faction_id: row.victim_faction_id,
+                    ship_type_id: row.victim_ship_type_id,
+                    damage_taken: row.victim_damage_taken,
+                    position,
+                    items: items.remove(&id).unwrap_or_default(),
+                },
+                attackers: attackers.remove(&id).unwrap_or_default(),
+            };
+            let stored = StoredKillmail {
+                seq: Seq(row.seq),
+                hash: row.hash,
+                killmail,
+                zkb: row.zkb.map(Zkb),
+            };
+            (id, stored)
+        })
+        .collect();
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+async fn load_attackers(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+) -> sqlx::Result<HashMap<i64, Vec<Attacker>>> {
+    let rows = sqlx::query!(
+        "SELECT killmail_id, character_id, corporation_id, alliance_id, faction_id, ship_type_id,
+                weapon_type_id, damage_done, final_blow, security_status
+         FROM attackers WHERE killmail_id = ANY($1) ORDER BY killmail_id, attacker_index",
+        ids
+    )
+    .fetch_all(db)
+    .await?;
+    let mut out: HashMap<i64, Vec<Attacker>> = HashMap::new();
+    for row in rows {
+        out.entry(row.killmail_id).or_default().push(Attacker {
+            character_id: row.character_id,
+            corporation_id: row.corporation_id,
+            alliance_id: row.alliance_id,
+            faction_id: row.faction_id,
+            ship_type_id: row.ship_type_id,
+            weapon_type_id: row.weapon_type_id,
+            damage_done: row.damage_done,
+            final_blow: row.final_blow,
+            security_status: row.security_status,
+        });
+    }
+    Ok(out)
+}
+
+/// Rebuilds each killmail's item tree from its pre-order rows.
+async fn load_items(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<HashMap<i64, Vec<Item>>> {
+    let rows = sqlx::query!(
+        "SELECT killmail_id, parent_index, item_type_id, flag, singleton, quantity_destroyed,
+                quantity_dropped
+         FROM items WHERE killmail_id = ANY($1) ORDER BY killmail_id, item_index",
+        ids
+    )
+    .fetch_all(db)
+    .await?;
+    let mut flat: HashMap<i64, Vec<(Option<i32>, Item)>> = HashMap::new();
+    for row in rows {
+        let item = Item {
+            item_type_id: row.item_type_id,
+            flag: row.flag,
+            singleton: row.singleton,
+            quantity_destroyed: row.quantity_destroyed,
+            quantity_dropped: row.quantity_dropped,
+            items: Vec::new(),
+        };
+        flat.entry(row.killmail_id)
+            .or_default()
+            .push((row.parent_index, item));
+    }
+    Ok(flat
+        .into_iter()
+        .map(|(id, flat)| (id, build_tree(flat)))
+        .collect())
+}
+
+/// Pre-order means a container comes before its contents: walking backwards, every item can be
+/// moved into its parent before the parent itself is moved.
+fn build_tree(flat: Vec<(Option<i32>, Item)>) -> Vec<Item> {
+    let mut nodes: Vec<(Option<usize>, Option<Item>)> = flat
+        .into_iter()
+        .map(|(parent, item)| (parent.and_then(|p| usize::try_from(p).ok()), Some(item)))
+        .collect();
+    let mut roots = Vec::new();
+    for index in (0..nodes.len()).rev() {
+        let (parent, node) = &mut nodes[index];
+        let parent = *parent;
+        let Some(mut item) = node.take() else {
+            continue;
+        };
+        item.items.reverse();
+        match parent
+            .and_then(|p| nodes.get_mut(p))
+            .and_then(|(_, n)| n.as_mut())
+        {
+            Some(container) => container.items.push(item),
+            None => roots.push(item),
+        }
+    }
+    roots.reverse();
+    roots
+}

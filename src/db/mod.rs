@@ -1,0 +1,48 @@
+//! PostgreSQL: connecting (creating the database and migrating it on first use) and the
+//! statements over each part of the store. Functions take an executor or a transaction the
+//! caller owns, so one commit can span several of them.
+
+pub mod cursors;
+pub mod killmails;
+pub mod names;
+pub mod sde;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Connects to `url`, creating the database if it does not exist, applies every migration and
+/// loads the shipped static data. Safe when several processes start at once: migrations and the
+/// static-data load each run under their own advisory lock.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
+    let exists = Postgres::database_exists(url)
+        .await
+        .context("checking that the database exists")?;
+    if !exists && let Err(error) = Postgres::create_database(url).await {
+        // Another process may have created it in the meantime.
+        if !Postgres::database_exists(url).await.unwrap_or(false) {
+            return Err(error).context("creating the database");
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("migrating the database")?;
+    sde::ensure_loaded(&pool)
+        .await
+        .context("loading static data")?;
+    Ok(pool)
+}

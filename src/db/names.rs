@@ -1,0 +1,54 @@
+//! Names by id: characters, corporations, alliances and factions resolved through ESI and kept
+//! here, and the static names of solar systems and item types.
+
+use std::collections::HashMap;
+
+use sqlx::PgExecutor;
+
+use crate::esi::Name;
+
+/// Every name the store holds for these ids, whatever kind of id each is.
+pub async fn lookup(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<HashMap<i64, String>> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT id AS "id!", name AS "name!" FROM entity_names WHERE id = ANY($1)
+        UNION ALL
+        SELECT solar_system_id, name FROM solar_systems WHERE solar_system_id = ANY($1)
+        UNION ALL
+        SELECT type_id, name FROM item_types WHERE type_id = ANY($1) AND name IS NOT NULL
+        "#,
+        ids
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.name)).collect())
+}
+
+/// Of these entity ids, those the store has no name for.
+pub async fn unnamed(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM UNNEST($1::int8[]) AS u(id)
+           WHERE NOT EXISTS (SELECT 1 FROM entity_names n WHERE n.id = u.id)"#,
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn save(db: impl PgExecutor<'_>, names: &[Name]) -> sqlx::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "INSERT INTO entity_names (id, category, name)
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[])
+         ON CONFLICT (id) DO UPDATE
+         SET category = excluded.category, name = excluded.name, resolved_at = now()",
+        &names.iter().map(|n| n.id).collect::<Vec<_>>(),
+        &names.iter().map(|n| n.category.clone()).collect::<Vec<_>>(),
+        &names.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Killmails in ESI's vocabulary: the canonical input every source is decoded into, the shape the
+//! store keeps losslessly and the body of every event. No I/O here.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A killmail's id, as CCP assigns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KillmailId(pub i64);
+
+impl fmt::Display for KillmailId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The store's own ingest sequence: monotonic per database, the subscription cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seq(pub i64);
+
+/// ESI `GET /killmails/{id}/{hash}/`, field for field. Optional fields stay absent when absent,
+/// so a killmail serialized back is the one that came in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Killmail {
+    pub killmail_id: KillmailId,
+    #[serde(with = "esi_time")]
+    pub killmail_time: DateTime<Utc>,
+    pub solar_system_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moon_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub war_id: Option<i64>,
+    pub victim: Victim,
+    pub attackers: Vec<Attacker>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Victim {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub character_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corporation_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alliance_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faction_id: Option<i64>,
+    pub ship_type_id: i64,
+    pub damage_taken: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    #[serde(default)]
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+}
+
+/// A dropped or destroyed item; a container lists its contents in `items`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub item_type_id: i64,
+    pub flag: i32,
+    pub singleton: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity_destroyed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity_dropped: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attacker {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub character_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corporation_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alliance_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faction_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ship_type_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weapon_type_id: Option<i64>,
+    pub damage_done: i64,
+    pub final_blow: bool,
+    pub security_status: f64,
+}
+
+/// zKillboard's `zkb` block, kept exactly as delivered; the fields killreport filters on are
+/// read out of it on demand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Zkb(pub serde_json::Value);
+
+impl Zkb {
+    fn number(&self, key: &str) -> Option<f64> {
+        self.0.get(key).and_then(serde_json::Value::as_f64)
+    }
+
+    fn flag(&self, key: &str) -> Option<bool> {
+        self.0.get(key).and_then(serde_json::Value::as_bool)
+    }
+
+    pub fn total_value(&self) -> Option<f64> {
+        self.number("totalValue")
+    }
+
+    pub fn npc(&self) -> Option<bool> {
+        self.flag("npc")
+    }
+
+    pub fn solo(&self) -> Option<bool> {
+        self.flag("solo")
+    }
+
+    pub fn hash(&self) -> Option<&str> {
+        self.0.get("hash").and_then(serde_json::Value::as_str)
+    }
+}
+
+impl Killmail {
+    /// Walks every item of the victim, containers' contents included, in pre-order, with the
+    /// index of each item's parent in that same order.
+    pub fn items_preorder(&self) -> Vec<(Option<usize>, &Item)> {
+        fn walk<'a>(
+            items: &'a [Item],
+            parent: Option<usize>,
+            out: &mut Vec<(Option<usize>, &'a Item)>,
+        ) {
+            for item in items {
+                let index = out.len();
+                out.push((parent, item));
+                walk(&item.items, Some(index), out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.victim.items, None, &mut out);
+        out
+    }
+
+    /// Character, corporation, alliance and faction ids anywhere on the killmail.
+    pub fn entity_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        let v = &self.victim;
+        [
+            v.character_id,
+            v.corporation_id,
+            v.alliance_id,
+            v.faction_id,
+        ]
+        .into_iter()
+        .chain(self.attackers.iter().flat_map(|a| {
+            [
+                a.character_id,
+                a.corporation_id,
+                a.alliance_id,
+                a.faction_id,
+            ]
+        }))
+        .flatten()
+    }
+
+    /// Ship and weapon type ids of the victim and the attackers (not the items).
+    pub fn ship_type_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        std::iter::once(self.victim.ship_type_id).chain(
+            self.attackers
+                .iter()
+                .flat_map(|a| [a.ship_type_id, a.weapon_type_id])
+                .flatten(),
+        )
+    }
+
+    /// Checks what serde cannot: the facts every stored killmail must satisfy.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.killmail_id.0 <= 0 {
+            return Err(format!("killmail_id {} is not positive", self.killmail_id));
+        }
+        if self.attackers.is_empty() {
+            return Err("killmail has no attackers".into());
+        }
+        Ok(())
+    }
+}
+
+/// ESI writes times as `2021-12-03T00:00:08Z`; the same text comes back out.
+mod esi_time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a killmail came from, as named in the `killmail.ingest` job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Redisq,
+    Import,
+    Esi,
+    User,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Redisq => "redisq",
+            Source::Import => "import",
+            Source::Esi => "esi",
+            Source::User => "user",
+        }
+    }
+}
+
+/// A whole killmail as a source delivered it, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub killmail: Killmail,
+    pub hash: String,
+    pub zkb: Option<Zkb>,
+    pub source: Source,
+}

@@ -1,0 +1,154 @@
+//! Publishing with publisher confirms: a publish returns only once the broker has taken
+//! responsibility for the message, so a caller can advance a cursor or ack a delivery safely.
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection};
+
+use super::{ATTEMPTS_HEADER, IngestJob, REASON_HEADER, RETRY_DELAYS, Topology};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+}
+
+/// What became of a job handed to [`Publisher::retry_later`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Queued to run again after this many seconds.
+    Delayed(u64),
+    /// Out of attempts: dead-lettered.
+    DeadLettered,
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    topology: Topology,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection` and declares `topology`.
+    pub async fn new(connection: &Connection, topology: Topology) -> lapin::Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology.declare(&channel).await?;
+        Ok(Self { channel, topology })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Publishes a job to the work queue and waits for the broker's confirm.
+    pub async fn publish(&self, job: &IngestJob) -> Result<(), PublishError> {
+        self.publish_body(
+            &self.topology.exchange,
+            &self.topology.queue,
+            &job.encode(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Publishes any body as a job, as `queue dlq replay` and tests do.
+    pub async fn publish_raw(&self, body: &[u8]) -> Result<(), PublishError> {
+        self.publish_body(
+            &self.topology.exchange,
+            &self.topology.queue,
+            body,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Puts a body straight into the dead-letter queue with its reason.
+    pub async fn dead_letter_body(&self, body: &[u8], reason: &str) -> Result<(), PublishError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        self.publish_body("", &self.topology.dead_letter_queue(), body, headers)
+            .await
+    }
+
+    /// Dead-letters a delivery with its reason, then acks it.
+    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), PublishError> {
+        self.dead_letter_body(&delivery.data, reason).await?;
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Sends a delivery that failed transiently to the retry queue of its next attempt (or to
+    /// the dead-letter queue when it has had them all), then acks it.
+    pub async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<RetryOutcome, PublishError> {
+        let attempts =
+            super::header_int(delivery.properties.headers().as_ref(), ATTEMPTS_HEADER).unwrap_or(0);
+        let attempt = usize::try_from(attempts).unwrap_or(usize::MAX);
+        let outcome = match RETRY_DELAYS.get(attempt) {
+            Some(delay) => {
+                let mut headers = FieldTable::default();
+                headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempts + 1));
+                headers.insert(
+                    REASON_HEADER.into(),
+                    AMQPValue::LongString(LongString::from(reason)),
+                );
+                self.publish_body(
+                    "",
+                    &self.topology.retry_queue(attempt),
+                    &delivery.data,
+                    headers,
+                )
+                .await?;
+                RetryOutcome::Delayed(delay.as_secs())
+            }
+            None => {
+                let reason = format!("gave up after {attempts} attempts: {reason}");
+                self.dead_letter_body(&delivery.data, &reason).await?;
+                RetryOutcome::DeadLettered
+            }
+        };
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(outcome)
+    }
+
+    async fn publish_body(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let confirmation = self
+            .channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirmation {
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        }
+    }
+}

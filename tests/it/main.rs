@@ -1,0 +1,5 @@
+//! killreport's integration tests: real PostgreSQL, Redis and RabbitMQ (each test with its own
+//! database, queues and channel), local fakes for the outside HTTP services, and the real
+//! binaries spawned as processes where a test is about processes.
+
+mod support;

@@ -1,0 +1,106 @@
+//! A fake ESI: killmails by id and hash, `POST /universe/names/`, and failures on demand.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::{Served, serve};
+
+#[derive(Default)]
+pub struct EsiState {
+    /// (killmail id, hash) → ESI body.
+    pub killmails: HashMap<(i64, String), serde_json::Value>,
+    /// id → (category, name).
+    pub names: HashMap<i64, (String, String)>,
+    /// Statuses to answer killmail requests with before answering normally, one per request.
+    pub killmail_failures: VecDeque<u16>,
+    /// Every request path served, in order.
+    pub requests: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeEsi(pub Arc<Mutex<EsiState>>);
+
+impl FakeEsi {
+    pub fn add_killmail(&self, body: serde_json::Value, hash: &str) {
+        let id = body["killmail_id"].as_i64().expect("killmail_id");
+        self.state().killmails.insert((id, hash.to_owned()), body);
+    }
+
+    pub fn add_name(&self, id: i64, category: &str, name: &str) {
+        self.state()
+            .names
+            .insert(id, (category.to_owned(), name.to_owned()));
+    }
+
+    pub fn fail_next_killmail_requests(&self, statuses: &[u16]) {
+        self.state().killmail_failures.extend(statuses);
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state().requests.clone()
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, EsiState> {
+        self.0.lock().expect("fake ESI state")
+    }
+
+    pub async fn serve(&self) -> Served {
+        let router = axum::Router::new()
+            .route("/killmails/{id}/{hash}/", get(killmail))
+            .route("/universe/names/", post(names))
+            .with_state(self.clone());
+        serve(router).await
+    }
+}
+
+async fn killmail(State(esi): State<FakeEsi>, Path((id, hash)): Path<(i64, String)>) -> Response {
+    let mut state = esi.state();
+    state.requests.push(format!("/killmails/{id}/{hash}/"));
+    if let Some(status) = state.killmail_failures.pop_front() {
+        let status = StatusCode::from_u16(status).expect("status");
+        return (status, Json(serde_json::json!({"error": "fake failure"}))).into_response();
+    }
+    match state.killmails.get(&(id, hash)) {
+        Some(body) => Json(body.clone()).into_response(),
+        None => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({"error": "Invalid killmail_id and/or killmail_hash"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Like ESI: 404 for the whole call when any id is unknown.
+async fn names(State(esi): State<FakeEsi>, Json(ids): Json<Vec<i64>>) -> Response {
+    let mut state = esi.state();
+    state
+        .requests
+        .push(format!("/universe/names/ ({} ids)", ids.len()));
+    if ids.len() > 1000 {
+        return (StatusCode::BAD_REQUEST, "too many ids").into_response();
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        match state.names.get(&id) {
+            Some((category, name)) => {
+                out.push(serde_json::json!({"id": id, "category": category, "name": name}))
+            }
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    Json(
+                        serde_json::json!({"error": "Ensure all IDs are valid before resolving."}),
+                    ),
+                )
+                    .into_response();
+            }
+        }
+    }
+    Json(out).into_response()
+}

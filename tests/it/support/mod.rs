@@ -1,0 +1,259 @@
+//! The test harness: an isolated environment per test, the fixtures, and helpers to watch what
+//! the system does, every wait bounded.
+
+pub mod fakes;
+pub mod fixtures;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt;
+use killreport::config::RabbitArgs;
+use killreport::events::KillmailAdded;
+use killreport::queue::{Publisher, Topology};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+use tokio::sync::mpsc;
+
+/// Every wait in a test ends after this long at the most.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn postgres_base() -> String {
+    env_or("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+}
+
+pub fn redis_url() -> String {
+    env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+pub fn rabbitmq_url() -> String {
+    env_or("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// Drops the databases earlier runs left behind (a test that failed keeps its own for a look).
+async fn drop_stale_databases() {
+    static ONCE: OnceCell<()> = OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let admin = PgPool::connect(&format!("{}/postgres", postgres_base()))
+            .await
+            .expect("connecting to PostgreSQL as admin");
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'killreport_test_%'",
+        )
+        .fetch_all(&admin)
+        .await
+        .expect("listing test databases");
+        for db in stale {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .execute(&admin)
+                .await;
+        }
+    })
+    .await;
+}
+
+/// One test's own database, queues and Redis channel, on the real services.
+pub struct TestEnv {
+    pub id: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub rabbit: RabbitArgs,
+    pub channel: String,
+    /// Extra variables for every spawned process (fake service URLs, tuning).
+    pub vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        drop_stale_databases().await;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database_url = format!("{}/killreport_test_{id}", postgres_base());
+        let pool = killreport::db::connect(&database_url, 5)
+            .await
+            .expect("creating the test database");
+        let rabbit = RabbitArgs {
+            rabbitmq_url: rabbitmq_url(),
+            rabbitmq_exchange: format!("killreport.test.{id}"),
+            ingest_queue: format!("killmail.ingest.test.{id}"),
+        };
+        let channel = format!("killreport:test:{id}:killmail:added");
+        Self {
+            id,
+            database_url,
+            pool,
+            rabbit,
+            channel,
+            vars: HashMap::new(),
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.rabbit.topology()
+    }
+
+    /// A confirm-mode publisher on this test's queues (declaring them).
+    pub async fn publisher(&self) -> Publisher {
+        let connection = killreport::queue::connect(&self.rabbit.rabbitmq_url, "test")
+            .await
+            .expect("connecting to RabbitMQ");
+        Publisher::new(&connection, self.topology())
+            .await
+            .expect("declaring the topology")
+    }
+
+    /// Spawns one of the package's binaries with this environment; it is killed when dropped.
+    pub fn spawn(&self, binary: &str, args: &[&str]) -> Child {
+        let path = match binary {
+            "worker-redisq" => env!("CARGO_BIN_EXE_worker-redisq"),
+            "worker-killmails" => env!("CARGO_BIN_EXE_worker-killmails"),
+            "queue" => env!("CARGO_BIN_EXE_queue"),
+            "server" => env!("CARGO_BIN_EXE_server"),
+            other => panic!("no binary {other}"),
+        };
+        Command::new(path)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", env_or("TEST_RUST_LOG", "warn,killreport=info"))
+            .env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", redis_url())
+            .env("EVENTS_CHANNEL", &self.channel)
+            .env("RABBITMQ_URL", &self.rabbit.rabbitmq_url)
+            .env("RABBITMQ_EXCHANGE", &self.rabbit.rabbitmq_exchange)
+            .env("INGEST_QUEUE", &self.rabbit.ingest_queue)
+            .env("ESI_BASE_URL", "http://127.0.0.1:9")
+            .env("R2Z2_BASE_URL", "http://127.0.0.1:9")
+            .envs(&self.vars)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"))
+    }
+
+    /// Subscribes to this test's event channel; events arrive decoded, in order.
+    pub async fn subscribe(&self) -> mpsc::UnboundedReceiver<KillmailAdded> {
+        let client = redis::Client::open(redis_url()).expect("Redis URL");
+        let mut pubsub = client
+            .get_async_pubsub()
+            .await
+            .expect("connecting to Redis");
+        pubsub.subscribe(&self.channel).await.expect("subscribing");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let payload: String = message.get_payload().expect("text payload");
+                let event = serde_json::from_str(&payload).expect("a killmail-added event");
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    pub async fn killmail_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM killmails")
+            .fetch_one(&self.pool)
+            .await
+            .expect("counting killmails")
+    }
+
+    /// Waits until the store holds `n` killmails, failing after [`PATIENCE`].
+    pub async fn wait_for_killmails(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let count = self.killmail_count().await;
+            if count >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited {PATIENCE:?} for {n} killmails; the store holds {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Takes every message in the dead-letter queue: (body, reason header).
+    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
+        let connection = killreport::queue::connect(&self.rabbit.rabbitmq_url, "test")
+            .await
+            .expect("connecting to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                &self.topology().dead_letter_queue(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let reason = killreport::queue::header_text(
+                message.delivery.properties.headers().as_ref(),
+                killreport::queue::REASON_HEADER,
+            );
+            out.push((message.delivery.data, reason));
+        }
+        out
+    }
+
+    /// Deletes this test's queues and exchange (the database goes at the next run's start).
+    pub async fn cleanup(self) {
+        let topology = self.topology();
+        let connection = killreport::queue::connect(&self.rabbit.rabbitmq_url, "test")
+            .await
+            .expect("connecting to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        let mut queues = vec![topology.queue.clone(), topology.dead_letter_queue()];
+        queues.extend((0..killreport::queue::RETRY_DELAYS.len()).map(|a| topology.retry_queue(a)));
+        for queue in queues {
+            let _ = channel
+                .queue_delete(&queue, QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                &topology.exchange,
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+        self.pool.close().await;
+    }
+}
+
+/// Receives `n` events, failing if they do not all come within [`PATIENCE`].
+pub async fn receive_events(
+    rx: &mut mpsc::UnboundedReceiver<KillmailAdded>,
+    n: usize,
+) -> Vec<KillmailAdded> {
+    let mut events = Vec::with_capacity(n);
+    while events.len() < n {
+        match tokio::time::timeout(PATIENCE, rx.recv()).await {
+            Ok(Some(event)) => events.push(event),
+            _ => panic!("received {} of {n} events before giving up", events.len()),
+        }
+    }
+    events
+}
+
+/// Asserts that no further event arrives within `quiet`.
+pub async fn assert_no_more_events(
+    rx: &mut mpsc::UnboundedReceiver<KillmailAdded>,
+    quiet: Duration,
+) {
+    if let Ok(Some(event)) = tokio::time::timeout(quiet, rx.recv()).await {
+        panic!(
+            "unexpected extra event for killmail {}",
+            event.killmail.killmail_id
+        );
+    }
+}
