@@ -86,3 +86,10 @@ pub fn init_process() {
         )
         .init();
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address the server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:4000")]
+    pub listen_addr: String,
+}

@@ -1,1 +1,39 @@
-fn main() {}
+//! server: the HTTP and GraphQL front of killreport on LISTEN_ADDR (default 0.0.0.0:4000).
+
+use anyhow::Context;
+use clap::Parser;
+use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
+use killreport::events::EventPublisher;
+use killreport::http::{AppState, router, serve};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Serves killreport over HTTP: /graphql, /healthz, /readyz"
+)]
+struct Args {
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    killreport::config::init_process();
+    let args = Args::parse();
+    let shutdown = killreport::shutdown::on_signal();
+
+    let pool = args.database.connect().await?;
+    let redis = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
+        .await
+        .context("connecting to Redis")?;
+    let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
+        .await
+        .with_context(|| format!("listening on {}", args.http.listen_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "server listening");
+    serve(listener, router(AppState { pool, redis }), shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! worker-killmails as a real process: jobs in, killmails stored once, events out once, bad jobs
+//! dead-lettered with their reason, ESI outages retried.
+
+use std::time::Duration;
+
+use killreport::killmail::{Source, Zkb};
+use killreport::queue::IngestJob;
+
+use crate::support::fakes::esi::FakeEsi;
+use crate::support::{TestEnv, assert_no_more_events, fixtures, receive_events};
+
+/// A job for the fixture killmail `id`, and that killmail's ESI JSON.
+fn job(id: i64, with_body: bool) -> (IngestJob, serde_json::Value) {
+    let (killmail, hash) = fixtures::killmails()
+        .into_iter()
+        .find(|(k, _)| k.killmail_id.0 == id)
+        .expect("a fixture with that id");
+    let body = serde_json::to_value(&killmail).expect("killmail JSON");
+    let zkb = Zkb(
+        serde_json::json!({"hash": hash, "totalValue": 12_345_678.9, "npc": false, "solo": false, "awox": false, "points": 3, "labels": ["pvp"], "locationID": 40_000_001}),
+    );
+    let job = IngestJob {
+        killmail_id: killmail.killmail_id,
+        hash,
+        killmail: with_body.then_some(killmail),
+        zkb: Some(zkb),
+        source: Source::Redisq,
+    };
+    (job, body)
+}
+
+#[tokio::test]
+async fn the_same_job_twice_stores_one_killmail_and_announces_it_once() {
+    let env = TestEnv::new().await;
+    let publisher = env.publisher().await;
+    let mut events = env.subscribe().await;
+    let _worker = env.spawn("worker-killmails", &[]);
+
+    let (job, body) = job(97_089_202, true);
+    publisher.publish(&job).await.expect("publish");
+    publisher.publish(&job).await.expect("publish again");
+
+    let event = receive_events(&mut events, 1).await.remove(0);
+    assert_eq!(serde_json::to_value(&event.killmail).expect("JSON"), body);
+    assert_eq!(event.zkb, job.zkb);
+    assert_eq!(event.hash.as_deref(), Some(job.hash.as_str()));
+    assert_no_more_events(&mut events, Duration::from_secs(2)).await;
+    assert_eq!(env.killmail_count().await, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_next_job_is_stored() {
+    let env = TestEnv::new().await;
+    let publisher = env.publisher().await;
+    let mut events = env.subscribe().await;
+    let _worker = env.spawn("worker-killmails", &[]);
+
+    let (good, _) = job(97_089_206, true);
+    let mut mismatched = serde_json::to_value(&good).expect("JSON");
+    mismatched["killmail_id"] = serde_json::json!(1);
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"this is not json".to_vec(), "not a killmail.ingest job"),
+        (
+            br#"{"killmail_id": 5, "source": "redisq"}"#.to_vec(),
+            "missing field `hash`",
+        ),
+        (
+            br#"{"killmail_id": 5, "hash": "xyz", "source": "redisq"}"#.to_vec(),
+            "is not a 40-character hex string",
+        ),
+        (
+            serde_json::to_vec(&mismatched).expect("JSON"),
+            "job is for killmail 1 but carries killmail",
+        ),
+    ];
+    for (body, _) in &bad {
+        publisher.publish_raw(body).await.expect("publish");
+    }
+    publisher.publish(&good).await.expect("publish");
+
+    let event = receive_events(&mut events, 1).await.remove(0);
+    assert_eq!(event.killmail.killmail_id, good.killmail_id);
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), bad.len(), "dead letters: {dead:?}");
+    for ((body, expected), (dead_body, reason)) in bad.iter().zip(&dead) {
+        assert_eq!(body, dead_body);
+        let reason = reason.as_deref().expect("a reason header");
+        assert!(
+            reason.contains(expected),
+            "reason {reason:?} should mention {expected:?}"
+        );
+    }
+    assert_eq!(env.killmail_count().await, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_without_its_body_is_fetched_from_esi_retried_through_an_outage_and_named() {
+    let mut env = TestEnv::new().await;
+    let esi = FakeEsi::default();
+    let (job, body) = job(97_089_215, false);
+    esi.add_killmail(body.clone(), &job.hash);
+    let victim = body["victim"]["character_id"]
+        .as_i64()
+        .expect("a victim character");
+    esi.add_name(victim, "character", "Some Pilot");
+    esi.fail_next_killmail_requests(&[503, 502]);
+    let served = esi.serve().await;
+    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let publisher = env.publisher().await;
+    let mut events = env.subscribe().await;
+    let _worker = env.spawn("worker-killmails", &[]);
+
+    publisher.publish(&job).await.expect("publish");
+    let event = receive_events(&mut events, 1).await.remove(0);
+    assert_eq!(serde_json::to_value(&event.killmail).expect("JSON"), body);
+    assert_eq!(
+        event.names.get(&victim.to_string()).map(String::as_str),
+        Some("Some Pilot")
+    );
+    let ship = body["victim"]["ship_type_id"].as_i64().expect("ship");
+    assert!(
+        event.names.contains_key(&ship.to_string()),
+        "the ship type is named from static data"
+    );
+    let fetches = esi
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("/killmails/"))
+        .count();
+    assert_eq!(fetches, 3, "two failures, then the body");
+    assert!(env.dead_letters().await.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_killmail_esi_does_not_know_is_dead_lettered() {
+    let mut env = TestEnv::new().await;
+    let esi = FakeEsi::default();
+    let served = esi.serve().await;
+    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let publisher = env.publisher().await;
+    let mut events = env.subscribe().await;
+    let _worker = env.spawn("worker-killmails", &[]);
+
+    let (unknown, _) = job(97_089_228, false);
+    let (good, _) = job(97_089_248, true);
+    publisher.publish(&unknown).await.expect("publish");
+    publisher.publish(&good).await.expect("publish");
+
+    let event = receive_events(&mut events, 1).await.remove(0);
+    assert_eq!(event.killmail.killmail_id, good.killmail_id);
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0].1.as_deref().expect("a reason");
+    assert!(
+        reason.contains("422"),
+        "reason {reason:?} should give ESI's answer"
+    );
+    assert!(reason.contains(&unknown.killmail_id.to_string()));
+    env.cleanup().await;
+}
