@@ -1,7 +1,7 @@
 //! Storing killmails and announcing them: the work of `worker-killmails` (jobs from RabbitMQ)
 //! and of `queue import` (files), which share one validated path into the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
@@ -15,7 +15,7 @@ use crate::db;
 use crate::db::killmails::Stored;
 use crate::esi::{Esi, EsiError};
 use crate::events::{EventPublisher, KillmailAdded};
-use crate::killmail::{KillmailId, Received};
+use crate::killmail::{Killmail, KillmailId, Received};
 use crate::queue::{IngestJob, Publisher, RetryOutcome};
 
 /// Announces newly stored killmails on Redis, with every name the store has or can get in time.
@@ -51,33 +51,17 @@ impl Announcer {
         if let Some((esi, budget)) = &self.resolve_names {
             self.resolve(esi, *budget, &entities).await;
         }
-        let mut ids = entities;
-        for (_, r) in &new {
-            ids.extend(r.killmail.ship_type_ids());
-            ids.push(r.killmail.solar_system_id);
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let names = db::names::lookup(&self.pool, &ids).await?;
-
+        let killmails: Vec<&Killmail> = new.iter().map(|(_, r)| &r.killmail).collect();
+        let names = db::names::for_killmails(&self.pool, &killmails).await?;
         let events: Vec<KillmailAdded> = new
             .into_iter()
-            .map(|(s, r)| {
-                let k = &r.killmail;
-                let wanted = k
-                    .entity_ids()
-                    .chain(k.ship_type_ids())
-                    .chain(std::iter::once(k.solar_system_id));
-                let names: BTreeMap<String, String> = wanted
-                    .filter_map(|id| names.get(&id).map(|name| (id.to_string(), name.clone())))
-                    .collect();
-                KillmailAdded {
-                    seq: s.seq,
-                    killmail: r.killmail.clone(),
-                    zkb: r.zkb.clone(),
-                    hash: Some(r.hash.clone()),
-                    names,
-                }
+            .zip(names)
+            .map(|((s, r), names)| KillmailAdded {
+                seq: s.seq,
+                killmail: r.killmail.clone(),
+                zkb: r.zkb.clone(),
+                hash: Some(r.hash.clone()),
+                names,
             })
             .collect();
         self.events.publish(&events).await?;

@@ -24,5 +24,7 @@ pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod killmail;
+pub mod live;
+pub mod loadgen;
 pub mod queue;
 pub mod shutdown;

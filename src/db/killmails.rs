@@ -427,3 +427,26 @@ fn build_tree(flat: Vec<(Option<i32>, Item)>) -> Vec<Item> {
     roots.reverse();
     roots
 }
+
+/// Killmails stored after `after`, in ingest order, at most `limit` of them.
+pub async fn since(db: &mut PgConnection, after: Seq, limit: i64) -> sqlx::Result<Vec<StoredKillmail>> {
+    let ids = sqlx::query_scalar!(
+        "SELECT killmail_id FROM killmails WHERE seq > $1 ORDER BY seq LIMIT $2",
+        after.0,
+        limit
+    )
+    .fetch_all(&mut *db)
+    .await?;
+    let ids: Vec<KillmailId> = ids.into_iter().map(KillmailId).collect();
+    let mut killmails = load(db, &ids).await?;
+    killmails.sort_by_key(|k| k.seq);
+    Ok(killmails)
+}
+
+/// The newest ingest sequence number in the store (0 when empty).
+pub async fn latest_seq(db: impl PgExecutor<'_>) -> sqlx::Result<Seq> {
+    let seq = sqlx::query_scalar!(r#"SELECT coalesce(max(seq), 0) AS "seq!" FROM killmails"#)
+        .fetch_one(db)
+        .await?;
+    Ok(Seq(seq))
+}

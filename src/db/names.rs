@@ -1,11 +1,12 @@
 //! Names by id: characters, corporations, alliances and factions resolved through ESI and kept
 //! here, and the static names of solar systems and item types.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::PgExecutor;
 
 use crate::esi::Name;
+use crate::killmail::Killmail;
 
 /// Every name the store holds for these ids, whatever kind of id each is.
 pub async fn lookup(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<HashMap<i64, String>> {
@@ -51,4 +52,29 @@ pub async fn save(db: impl PgExecutor<'_>, names: &[Name]) -> sqlx::Result<()> {
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// For each killmail, the names of its entities, solar system and ship and weapon types that the
+/// store holds, keyed by id as text: the `names` of its event. One query for all of them.
+pub async fn for_killmails(
+    db: impl PgExecutor<'_>,
+    killmails: &[&Killmail],
+) -> sqlx::Result<Vec<BTreeMap<String, String>>> {
+    fn wanted(k: &Killmail) -> impl Iterator<Item = i64> + '_ {
+        k.entity_ids()
+            .chain(k.ship_type_ids())
+            .chain(std::iter::once(k.solar_system_id))
+    }
+    let mut ids: Vec<i64> = killmails.iter().flat_map(|k| wanted(k)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let names = lookup(db, &ids).await?;
+    Ok(killmails
+        .iter()
+        .map(|k| {
+            wanted(k)
+                .filter_map(|id| names.get(&id).map(|name| (id.to_string(), name.clone())))
+                .collect()
+        })
+        .collect())
 }

@@ -2,6 +2,7 @@
 //! waits for the broker's confirm, and what a consumer does with a job it cannot finish: retry
 //! it later through a delay queue, or dead-letter it with its reason.
 
+pub mod dlq;
 mod job;
 mod publisher;
 
