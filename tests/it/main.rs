@@ -4,5 +4,6 @@
 
 mod db;
 mod ingest;
+mod live;
 mod server;
 mod support;

@@ -1,0 +1,139 @@
+//! The server's live hub: one Redis subscription fanned out in order; `after` replays from the
+//! store with no gap and no duplicate at the seam; events published out of order (two workers)
+//! or lost come out in order all the same.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use killreport::events::{EventPublisher, KillmailAdded};
+use killreport::killmail::{Received, Seq, Source};
+use killreport::live::Hub;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{PATIENCE, TestEnv, fixtures, redis_url};
+
+fn received(range: std::ops::Range<usize>) -> Vec<Received> {
+    fixtures::killmails()[range]
+        .iter()
+        .map(|(killmail, hash)| Received {
+            killmail: killmail.clone(),
+            hash: hash.clone(),
+            zkb: None,
+            source: Source::Import,
+        })
+        .collect()
+}
+
+/// Stores the killmails and returns their events, without publishing them.
+async fn store(env: &TestEnv, batch: &[Received]) -> Vec<KillmailAdded> {
+    let stored = killreport::ingest::store(&env.pool, batch)
+        .await
+        .expect("store");
+    stored
+        .iter()
+        .zip(batch)
+        .map(|(s, r)| KillmailAdded {
+            seq: s.seq,
+            killmail: r.killmail.clone(),
+            zkb: None,
+            hash: Some(r.hash.clone()),
+            names: Default::default(),
+        })
+        .collect()
+}
+
+async fn take(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin), n: usize) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while seqs.len() < n {
+        match tokio::time::timeout(PATIENCE, stream.next()).await {
+            Ok(Some(event)) => seqs.push(event.seq.0),
+            _ => panic!("got {} of {n} events: {seqs:?}", seqs.len()),
+        }
+    }
+    seqs
+}
+
+async fn quiet(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin)) {
+    if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+        panic!("unexpected event {}", event.seq.0);
+    }
+}
+
+#[tokio::test]
+async fn subscribers_get_every_event_in_order_even_when_published_out_of_order_or_lost() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let hub = Hub::start(
+        env.pool.clone(),
+        &redis_url(),
+        &env.channel,
+        shutdown.clone(),
+    )
+    .await
+    .expect("hub");
+    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
+        .await
+        .expect("publisher");
+    let mut first = Box::pin(hub.subscribe(None));
+    let mut second = Box::pin(hub.subscribe(None));
+
+    let events = store(&env, &received(0..10)).await;
+    let first_seq = events[0].seq.0;
+    // Two workers finishing out of order, one event lost on the way, one published twice.
+    publisher.publish(&events[5..8]).await.expect("publish");
+    publisher.publish(&events[0..4]).await.expect("publish");
+    publisher.publish(&events[9..10]).await.expect("publish");
+    publisher.publish(&events[9..10]).await.expect("publish");
+
+    let expected: Vec<i64> = (first_seq..first_seq + 10).collect();
+    assert_eq!(take(&mut first, 10).await, expected);
+    assert_eq!(take(&mut second, 10).await, expected);
+    quiet(&mut first).await;
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn after_replays_what_was_missed_then_continues_live_without_duplicates() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let hub = Hub::start(
+        env.pool.clone(),
+        &redis_url(),
+        &env.channel,
+        shutdown.clone(),
+    )
+    .await
+    .expect("hub");
+    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
+        .await
+        .expect("publisher");
+
+    let early = store(&env, &received(0..6)).await;
+    publisher.publish(&early).await.expect("publish");
+    let resume_after = early[1].seq;
+    let mut resumed = Box::pin(hub.subscribe(Some(resume_after)));
+    let late = store(&env, &received(6..9)).await;
+    publisher.publish(&late).await.expect("publish");
+
+    let expected: Vec<i64> = (resume_after.0 + 1..=late[2].seq.0).collect();
+    assert_eq!(expected.len(), 7);
+    assert_eq!(take(&mut resumed, 7).await, expected);
+    quiet(&mut resumed).await;
+
+    // A replayed event carries the killmail and the names the store has.
+    let mut again = Box::pin(hub.subscribe(Some(Seq(resume_after.0 - 1))));
+    let event = tokio::time::timeout(PATIENCE, again.next())
+        .await
+        .expect("in time")
+        .expect("an event");
+    assert_eq!(event.killmail, early[1].killmail);
+    let system = early[1].killmail.solar_system_id.to_string();
+    assert!(
+        event.names.contains_key(&system),
+        "the solar system is named"
+    );
+    shutdown.cancel();
+    env.cleanup().await;
+}
