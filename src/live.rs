@@ -33,10 +33,19 @@ pub struct Hub {
 impl Hub {
     /// Starts listening on `channel`; reconnects by itself, catching up from the store on each
     /// reconnect, until `shutdown` is cancelled.
-    pub async fn start(pool: PgPool, redis_url: &str, channel: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(
+        pool: PgPool,
+        redis_url: &str,
+        channel: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis_url)?;
         let (sender, _) = broadcast::channel(BUFFER);
-        let hub = Self { pool, sender, last: Arc::new(AtomicI64::new(0)) };
+        let hub = Self {
+            pool,
+            sender,
+            last: Arc::new(AtomicI64::new(0)),
+        };
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         // Subscribed first, then read: every later commit reaches the hub one way or the other.
@@ -57,7 +66,10 @@ impl Hub {
                     Ok(connection) => {
                         backoff = Duration::from_millis(100);
                         if let Err(error) = task_hub.catch_up(None).await {
-                            tracing::error!(error = format!("{error:#}"), "catching up from the store failed");
+                            tracing::error!(
+                                error = format!("{error:#}"),
+                                "catching up from the store failed"
+                            );
                         }
                         let mut messages = connection.into_on_message();
                         loop {
@@ -85,7 +97,10 @@ impl Hub {
         Ok(hub)
     }
 
-    async fn resubscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    async fn resubscribe(
+        client: &redis::Client,
+        channel: &str,
+    ) -> redis::RedisResult<redis::aio::PubSub> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok(pubsub)
@@ -111,7 +126,10 @@ impl Hub {
         if event.seq.0 > last.0 + 1
             && let Err(error) = self.catch_up(Some(event.seq)).await
         {
-            tracing::error!(error = format!("{error:#}"), "filling a gap from the store failed");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "filling a gap from the store failed"
+            );
         }
         if event.seq > self.last() {
             self.send(Arc::new(event));
@@ -144,7 +162,10 @@ impl Hub {
 
     /// Every event after `after` (stored ones first, then live), or only live ones from now
     /// when `after` is `None`; in ingest order, none twice.
-    pub fn subscribe(&self, after: Option<Seq>) -> impl Stream<Item = Arc<KillmailAdded>> + Send + 'static {
+    pub fn subscribe(
+        &self,
+        after: Option<Seq>,
+    ) -> impl Stream<Item = Arc<KillmailAdded>> + Send + 'static {
         struct State {
             hub: Hub,
             receiver: broadcast::Receiver<Arc<KillmailAdded>>,
@@ -172,7 +193,10 @@ impl Hub {
                         }
                         Ok(_) => state.replaying = false,
                         Err(error) => {
-                            tracing::error!(error = format!("{error:#}"), "replay from the store failed");
+                            tracing::error!(
+                                error = format!("{error:#}"),
+                                "replay from the store failed"
+                            );
                             return None;
                         }
                     }
@@ -185,7 +209,10 @@ impl Hub {
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "subscriber fell behind; catching up from the store");
+                        tracing::debug!(
+                            missed,
+                            "subscriber fell behind; catching up from the store"
+                        );
                         state.replaying = true;
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,

@@ -31,7 +31,12 @@ impl Percentiles {
             let rank = (q * samples.len() as f64).ceil() as usize;
             samples[rank.clamp(1, samples.len()) - 1]
         };
-        Self { p50: at(0.50), p99: at(0.99), p999: at(0.999), max: samples[samples.len() - 1] }
+        Self {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: samples[samples.len() - 1],
+        }
     }
 }
 

@@ -429,7 +429,11 @@ fn build_tree(flat: Vec<(Option<i32>, Item)>) -> Vec<Item> {
 }
 
 /// Killmails stored after `after`, in ingest order, at most `limit` of them.
-pub async fn since(db: &mut PgConnection, after: Seq, limit: i64) -> sqlx::Result<Vec<StoredKillmail>> {
+pub async fn since(
+    db: &mut PgConnection,
+    after: Seq,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredKillmail>> {
     let ids = sqlx::query_scalar!(
         "SELECT killmail_id FROM killmails WHERE seq > $1 ORDER BY seq LIMIT $2",
         after.0,

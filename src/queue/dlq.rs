@@ -15,12 +15,19 @@ pub struct DeadLetter {
 
 /// Reads up to `limit` dead letters without removing them: they are returned to the queue, in
 /// order, when this is done.
-pub async fn list(channel: &Channel, topology: &Topology, limit: usize) -> lapin::Result<Vec<DeadLetter>> {
+pub async fn list(
+    channel: &Channel,
+    topology: &Topology,
+    limit: usize,
+) -> lapin::Result<Vec<DeadLetter>> {
     let mut letters = Vec::new();
     let mut last_tag = None;
     while letters.len() < limit {
         let Some(message) = channel
-            .basic_get(&topology.dead_letter_queue(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                &topology.dead_letter_queue(),
+                BasicGetOptions { no_ack: false },
+            )
             .await?
         else {
             break;
@@ -34,7 +41,13 @@ pub async fn list(channel: &Channel, topology: &Topology, limit: usize) -> lapin
     }
     if let Some(tag) = last_tag {
         channel
-            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
             .await?;
     }
     Ok(letters)
@@ -42,11 +55,18 @@ pub async fn list(channel: &Channel, topology: &Topology, limit: usize) -> lapin
 
 /// Moves up to `limit` dead letters back onto the work queue, each removed only after the
 /// broker confirmed its copy. Returns how many moved.
-pub async fn replay(channel: &Channel, publisher: &Publisher, limit: usize) -> anyhow::Result<usize> {
+pub async fn replay(
+    channel: &Channel,
+    publisher: &Publisher,
+    limit: usize,
+) -> anyhow::Result<usize> {
     let mut moved = 0;
     while moved < limit {
         let Some(message) = channel
-            .basic_get(&publisher.topology().dead_letter_queue(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                &publisher.topology().dead_letter_queue(),
+                BasicGetOptions { no_ack: false },
+            )
             .await?
         else {
             break;
