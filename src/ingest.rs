@@ -1,21 +1,21 @@
 //! Storing killmails and announcing them: the work of `worker-killmails` (jobs from RabbitMQ)
 //! and of `queue import` (files), which share one validated path into the store.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::db::killmails::Stored;
+use crate::db::killmails::{Stored, StoredKillmail};
 use crate::esi::{Esi, EsiError};
 use crate::events::{EventPublisher, KillmailAdded};
-use crate::killmail::{Killmail, KillmailId, Received};
+use crate::killmail::{Killmail, KillmailId, Received, Seq};
 use crate::queue::{IngestJob, Publisher, RetryOutcome};
 
 /// Announces newly stored killmails on Redis, with every name the store has or can get in time.
@@ -51,8 +51,21 @@ impl Announcer {
         if let Some((esi, budget)) = &self.resolve_names {
             self.resolve(esi, *budget, &entities).await;
         }
+
+        // Claimed in a transaction that commits only once Redis has the events: if publishing
+        // fails, the announcements stay pending for `announce_overdue`.
+        let mut tx = self.pool.begin().await?;
+        let seqs: Vec<Seq> = new.iter().map(|(s, _)| s.seq).collect();
+        let claimed: HashSet<Seq> = db::announcements::claim(&mut tx, &seqs)
+            .await?
+            .into_iter()
+            .collect();
+        let new: Vec<(&Stored, &Received)> = new
+            .into_iter()
+            .filter(|(s, _)| claimed.contains(&s.seq))
+            .collect();
         let killmails: Vec<&Killmail> = new.iter().map(|(_, r)| &r.killmail).collect();
-        let names = db::names::for_killmails(&self.pool, &killmails).await?;
+        let names = db::names::for_killmails(&mut *tx, &killmails).await?;
         let events: Vec<KillmailAdded> = new
             .into_iter()
             .zip(names)
@@ -65,7 +78,44 @@ impl Announcer {
             })
             .collect();
         self.events.publish(&events).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Announces killmails whose announcement has been pending longer than `older_than`
+    /// (Redis was down, or a worker died between commit and publish), oldest first; returns
+    /// how many. Consumers see them out of order; the server puts them back in order by `seq`.
+    pub async fn announce_overdue(&self, older_than: Duration) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let ids = db::announcements::claim_overdue(&mut tx, older_than_ms, 500).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut stored = db::killmails::load(&mut tx, &ids).await?;
+        stored.sort_by_key(|s| s.seq);
+        let events = events_for_stored(&mut tx, stored).await?;
+        self.events.publish(&events).await?;
+        tx.commit().await?;
+        Ok(events.len())
+    }
+
+    /// Runs [`Self::announce_overdue`] every `every` until `shutdown`.
+    pub async fn sweep(&self, every: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.announce_overdue(every).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(announced = n, "announced overdue killmails"),
+                Err(error) => tracing::warn!(
+                    error = format!("{error:#}"),
+                    "overdue announcements failed; will retry"
+                ),
+            }
+        }
     }
 
     /// Asks ESI for the names the store lacks, giving up quietly when the budget runs out:
@@ -86,6 +136,26 @@ impl Announcer {
             Err(_) => tracing::warn!(?budget, "names not resolved in time"),
         }
     }
+}
+
+/// Stored killmails as events, with the names the store has.
+pub async fn events_for_stored(
+    db: &mut PgConnection,
+    stored: Vec<StoredKillmail>,
+) -> sqlx::Result<Vec<KillmailAdded>> {
+    let killmails: Vec<&Killmail> = stored.iter().map(|s| &s.killmail).collect();
+    let names = db::names::for_killmails(&mut *db, &killmails).await?;
+    Ok(stored
+        .into_iter()
+        .zip(names)
+        .map(|(s, names)| KillmailAdded {
+            seq: s.seq,
+            hash: Some(s.hash),
+            killmail: s.killmail,
+            zkb: s.zkb,
+            names,
+        })
+        .collect())
 }
 
 /// Stores a batch in one transaction and returns what was new.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db;
 use crate::events::KillmailAdded;
-use crate::killmail::{Killmail, Seq};
+use crate::killmail::Seq;
 
 /// How many events a subscriber may fall behind before it catches up from the store instead.
 const BUFFER: usize = 4096;
@@ -226,17 +226,5 @@ impl Hub {
 pub async fn replay(pool: &PgPool, after: Seq, limit: i64) -> anyhow::Result<Vec<KillmailAdded>> {
     let mut connection = pool.acquire().await?;
     let stored = db::killmails::since(&mut connection, after, limit).await?;
-    let killmails: Vec<&Killmail> = stored.iter().map(|s| &s.killmail).collect();
-    let names = db::names::for_killmails(&mut *connection, &killmails).await?;
-    Ok(stored
-        .into_iter()
-        .zip(names)
-        .map(|(s, names)| KillmailAdded {
-            seq: s.seq,
-            hash: Some(s.hash),
-            killmail: s.killmail,
-            zkb: s.zkb,
-            names,
-        })
-        .collect())
+    Ok(crate::ingest::events_for_stored(&mut connection, stored).await?)
 }

@@ -74,15 +74,22 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("consuming {}", topology.queue))?;
 
-    let worker = KillmailWorker {
+    let announcer = Announcer {
         pool: pool.clone(),
-        esi: esi.clone(),
+        events,
+        resolve_names: Some((esi.clone(), Duration::from_millis(args.names_budget_ms))),
+    };
+    // Announces what was committed but never published (Redis down, a worker killed).
+    tokio::spawn({
+        let announcer = announcer.clone();
+        let shutdown = shutdown.clone();
+        async move { announcer.sweep(Duration::from_secs(5), shutdown).await }
+    });
+    let worker = KillmailWorker {
+        pool,
+        esi,
         publisher,
-        announcer: Announcer {
-            pool,
-            events,
-            resolve_names: Some((esi, Duration::from_millis(args.names_budget_ms))),
-        },
+        announcer,
         batch: BatchSettings {
             max_jobs: args.batch_size,
             max_wait: Duration::from_millis(args.batch_wait_ms),

@@ -2,6 +2,7 @@
 //! statements over each part of the store. Functions take an executor or a transaction the
 //! caller owns, so one commit can span several of them.
 
+pub mod announcements;
 pub mod cursors;
 pub mod killmails;
 pub mod names;

@@ -161,3 +161,26 @@ async fn a_killmail_esi_does_not_know_is_dead_lettered() {
     assert!(reason.contains(&unknown.killmail_id.to_string()));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_killmail_committed_but_never_announced_is_announced_once_by_the_next_worker() {
+    let env = TestEnv::new().await;
+    let mut events = env.subscribe().await;
+    // A worker that died between its commit and its publish.
+    let (job, _) = job(97_089_301, true);
+    let killmail = job.killmail.clone().expect("body");
+    let stored = killreport::ingest::store(&env.pool, &[job.into_received(killmail)])
+        .await
+        .expect("store");
+    assert_eq!(stored.len(), 1);
+
+    let _worker = env.spawn("worker-killmails", &[]);
+    let event = receive_events(&mut events, 1).await.remove(0);
+    assert_eq!(event.seq, stored[0].seq);
+    assert!(
+        !event.names.is_empty(),
+        "an overdue announcement still carries names"
+    );
+    assert_no_more_events(&mut events, Duration::from_secs(6)).await;
+    env.cleanup().await;
+}
