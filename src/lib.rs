@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod esi;
 pub mod events;
+pub mod feed;
 pub mod graphiql;
 pub mod http;
 pub mod ingest;

@@ -1,0 +1,250 @@
+//! zKillboard's live feeds, turned into `killmail.ingest` jobs: R2Z2 (numbered files read in
+//! sequence, with a cursor in PostgreSQL) and RedisQ-compatible long-poll endpoints. Both are
+//! polled politely: a minimum interval between requests, a descriptive User-Agent, and
+//! exponential backoff with jitter when the service refuses or fails. A job is published with a
+//! broker confirm before the feed moves on; an entry that can never become a job is
+//! dead-lettered with its reason instead of being retried forever.
+
+mod args;
+pub mod r2z2;
+pub mod redisq;
+
+pub use args::FeedArgs;
+pub use r2z2::{R2z2Poller, R2z2Settings};
+pub use redisq::{RedisqPoller, RedisqSettings};
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use reqwest::StatusCode;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{IngestJob, PublishError, Publisher};
+
+/// An HTTP client for the feeds: killreport's User-Agent, bounded connects and requests.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(crate::esi::USER_AGENT)
+        .connect_timeout(Duration::from_secs(10).min(timeout))
+        .timeout(timeout)
+        .build()
+        .context("building the feed's HTTP client")
+}
+
+/// How long to wait after consecutive failures: doubling from `first` up to `max`, each delay
+/// drawn from its upper half so that many workers refused together do not return together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after the `failures`-th consecutive failure (counting from 1).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doubling = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+        let ceiling = self.first.saturating_mul(doubling).min(self.max);
+        let half = ceiling / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+/// Sleeps for `duration` unless shutdown comes first; false when it did.
+async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(duration) => true,
+    }
+}
+
+/// What a feed endpoint answered, once pacing, rate limits and failures are dealt with.
+#[derive(Debug)]
+enum Answer {
+    Body(Vec<u8>),
+    NotFound,
+    /// Refused or failed (already logged): ask again after this delay.
+    Retry(Duration),
+}
+
+/// One feed's HTTP side: paces requests, sorts answers, and keeps the backoff state.
+struct FeedHttp {
+    name: &'static str,
+    min_interval: Duration,
+    backoff: Backoff,
+    last_request: Option<Instant>,
+    failures: u32,
+    /// Inside a run of 403/429 answers, which are logged once, when the run starts.
+    refused: bool,
+}
+
+impl FeedHttp {
+    fn new(name: &'static str, min_interval: Duration, backoff: Backoff) -> Self {
+        Self {
+            name,
+            min_interval,
+            backoff,
+            last_request: None,
+            failures: 0,
+            refused: false,
+        }
+    }
+
+    /// Sends `request` no sooner than the minimum interval after the previous one.
+    async fn get(&mut self, request: reqwest::RequestBuilder, what: &str) -> Answer {
+        if let Some(last) = self.last_request {
+            tokio::time::sleep_until(last + self.min_interval).await;
+        }
+        self.last_request = Some(Instant::now());
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return Answer::Retry(self.failed(what, &error_chain(&error))),
+        };
+        let status = response.status();
+        if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return self.refused(what, status, retry_after);
+        }
+        if status == StatusCode::NOT_FOUND {
+            self.succeeded();
+            return Answer::NotFound;
+        }
+        if !status.is_success() {
+            return Answer::Retry(self.failed(what, &format!("answered {status}")));
+        }
+        match response.bytes().await {
+            Ok(body) => {
+                self.succeeded();
+                Answer::Body(body.to_vec())
+            }
+            Err(error) => Answer::Retry(self.failed(what, &error_chain(&error))),
+        }
+    }
+
+    /// Counts a failure, an HTTP one or an answer that made no sense, and returns how long to
+    /// wait before asking again.
+    fn failed(&mut self, what: &str, error: &str) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self.backoff.delay(self.failures);
+        tracing::warn!(
+            feed = self.name,
+            error,
+            failures = self.failures,
+            retry_in_ms = millis(delay),
+            "{what} failed; retrying"
+        );
+        delay
+    }
+
+    fn refused(&mut self, what: &str, status: StatusCode, retry_after: Option<Duration>) -> Answer {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self
+            .backoff
+            .delay(self.failures)
+            .max(retry_after.unwrap_or_default());
+        if self.refused {
+            tracing::debug!(feed = self.name, %status, retry_in_ms = millis(delay), "{what}: still refused");
+        } else {
+            self.refused = true;
+            tracing::warn!(
+                feed = self.name,
+                %status,
+                retry_in_ms = millis(delay),
+                "{what}: refused (rate limited); backing off until it answers again"
+            );
+        }
+        Answer::Retry(delay)
+    }
+
+    fn succeeded(&mut self) {
+        if self.refused {
+            tracing::info!(feed = self.name, "answering again after refusing requests");
+        }
+        self.refused = false;
+        self.failures = 0;
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs a job through the same checks `worker-killmails` applies, so an entry it would reject
+/// is dead-lettered here, at the feed, with the feed's own reason.
+fn checked(job: &IngestJob) -> Result<IngestJob, String> {
+    IngestJob::decode(&job.encode())
+}
+
+/// Publishes a job and waits for the broker's confirm. A nack is retried a few times; a broken
+/// channel is returned at once, since only a new connection (a restart) can mend it, and the
+/// feed then resumes where its confirms stopped.
+async fn publish(publisher: &Publisher, job: &IngestJob) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 5;
+    let backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+    let mut attempt = 1;
+    loop {
+        match publisher.publish(job).await {
+            Ok(()) => return Ok(()),
+            Err(PublishError::Nacked) if attempt < ATTEMPTS => {
+                tracing::warn!(killmail.id = %job.killmail_id, attempt, "RabbitMQ nacked a job; publishing it again");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("publishing the job for killmail {}", job.killmail_id)
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
+        let backoff = Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for _ in 0..50 {
+            let first = backoff.delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff.delay(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let capped = backoff.delay(40);
+            assert!(capped >= Duration::from_millis(500) && capped <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! R2Z2, zKillboard's live feed as numbered files: `ephemeral/sequence.json` names the newest
+//! sequence and `ephemeral/{N}.json` holds the N-th killmail, 404 until it is produced. The
+//! cursor, the last sequence whose job RabbitMQ confirmed, lives in PostgreSQL, so a restart
+//! resumes at cursor + 1 and neither skips nor repeats a killmail.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::{Answer, Backoff, FeedHttp, checked, pause, publish};
+use crate::db::cursors;
+use crate::killmail::{Killmail, KillmailId, Source, Zkb};
+use crate::queue::{IngestJob, Publisher};
+
+/// The cursor's key in `feed_cursors` unless told otherwise.
+pub const DEFAULT_FEED: &str = "r2z2";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct R2z2Settings {
+    /// The cursor's key in `feed_cursors`.
+    pub feed: String,
+    /// How long to wait after a 404, the next killmail not being produced yet; zKillboard asks
+    /// for at least 6 s.
+    pub idle_wait: Duration,
+    /// The least time between two requests; zKillboard allows fewer than 10 a second.
+    pub min_interval: Duration,
+    /// After 403/429 (refused) or a failure.
+    pub backoff: Backoff,
+}
+
+impl Default for R2z2Settings {
+    fn default() -> Self {
+        Self {
+            feed: DEFAULT_FEED.to_owned(),
+            idle_wait: Duration::from_secs(6),
+            min_interval: Duration::from_millis(110),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Reads R2Z2 from the cursor onwards and queues one `killmail.ingest` job per file.
+pub struct R2z2Poller {
+    pub http: reqwest::Client,
+    /// Like `https://r2z2.zkillboard.com`, without `/ephemeral`.
+    pub base_url: String,
+    pub pool: PgPool,
+    pub publisher: Publisher,
+    pub settings: R2z2Settings,
+}
+
+/// `ephemeral/sequence.json`: `{"sequence": N}`.
+#[derive(Deserialize)]
+struct Pointer {
+    // Some clients read `sequence_id` here; accepting both costs nothing.
+    #[serde(alias = "sequence_id")]
+    sequence: i64,
+}
+
+/// Decodes `ephemeral/sequence.json` into the newest sequence.
+pub fn decode_pointer(body: &[u8]) -> Result<i64, String> {
+    serde_json::from_slice::<Pointer>(body)
+        .map(|p| p.sequence)
+        .map_err(|e| format!("sequence.json is not {{\"sequence\": N}}: {e}"))
+}
+
+/// One `ephemeral/{N}.json`. Only what a job needs is read: `uploaded_at`, `sequence_id` and
+/// `sequence_updated` (set when zKillboard issues a killmail again under a later sequence, e.g.
+/// with recomputed zkb values) are ignored, so their presence or shape never breaks decoding;
+/// a re-issued killmail becomes a job like any other and the store keeps it once.
+#[derive(Deserialize)]
+struct Object {
+    killmail_id: KillmailId,
+    #[serde(default)]
+    hash: Option<String>,
+    esi: Killmail,
+    #[serde(default)]
+    zkb: Option<Zkb>,
+}
+
+/// Decodes one R2Z2 object into a checked job; the error is the reason it is dead-lettered with.
+pub fn decode_object(body: &[u8]) -> Result<IngestJob, String> {
+    let object: Object =
+        serde_json::from_slice(body).map_err(|e| format!("not an R2Z2 killmail object: {e}"))?;
+    let hash = object
+        .hash
+        .or_else(|| object.zkb.as_ref().and_then(Zkb::hash).map(str::to_owned))
+        .ok_or("the object has no hash")?;
+    checked(&IngestJob {
+        killmail_id: object.killmail_id,
+        hash,
+        killmail: Some(object.esi),
+        zkb: object.zkb,
+        source: Source::Redisq,
+    })
+}
+
+impl R2z2Poller {
+    /// Polls until `shutdown`; an error means the broker or the database is gone, and a restart
+    /// resumes after the cursor.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let settings = &self.settings;
+        let mut http = FeedHttp::new("r2z2", settings.min_interval, settings.backoff);
+        let cursor = cursors::load(&self.pool, &settings.feed)
+            .await
+            .context("loading the R2Z2 cursor")?;
+        let mut next = match cursor {
+            Some(done) => {
+                tracing::info!(feed.cursor = done, "resuming R2Z2 after its cursor");
+                done + 1
+            }
+            None => match self.newest(&mut http, &shutdown).await {
+                Some(newest) => {
+                    tracing::info!(
+                        feed.sequence = newest,
+                        "no R2Z2 cursor: starting at the newest sequence"
+                    );
+                    newest
+                }
+                None => return Ok(()),
+            },
+        };
+        // 404s in a row for `next` while a later sequence exists: see below.
+        let mut misses = 0;
+        loop {
+            let request = self.http.get(self.object_url(next));
+            let answer = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                answer = http.get(request, "fetching an R2Z2 object") => answer,
+            };
+            match answer {
+                Answer::Body(body) => {
+                    // Taken: from here the object is published and the cursor saved even if
+                    // shutdown comes meanwhile.
+                    self.forward(next, &body).await?;
+                    self.save_cursor(next).await?;
+                    next += 1;
+                    misses = 0;
+                }
+                Answer::NotFound => {
+                    // Usually the head of the feed. But a sequence missing below the newest one
+                    // will never come (files expire after about a day), and waiting for it would
+                    // stall the feed for good; it is skipped once a second look confirms it.
+                    let newest = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        newest = self.newest_once(&mut http) => newest,
+                    };
+                    let behind = newest.is_some_and(|newest| newest > next);
+                    misses = if behind { misses + 1 } else { 0 };
+                    if misses >= 2 {
+                        tracing::warn!(
+                            feed.sequence = next,
+                            "R2Z2 sequence is missing while later ones exist (expired or never published); skipping it"
+                        );
+                        self.save_cursor(next).await?;
+                        next += 1;
+                        misses = 0;
+                    } else if !behind && !pause(&shutdown, settings.idle_wait).await {
+                        return Ok(());
+                    }
+                }
+                Answer::Retry(delay) => {
+                    if !pause(&shutdown, delay).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn object_url(&self, sequence: i64) -> String {
+        format!(
+            "{}/ephemeral/{sequence}.json",
+            self.base_url.trim_end_matches('/')
+        )
+    }
+
+    fn pointer_url(&self) -> String {
+        format!(
+            "{}/ephemeral/sequence.json",
+            self.base_url.trim_end_matches('/')
+        )
+    }
+
+    /// The newest sequence, asking until R2Z2 says; `None` on shutdown.
+    async fn newest(&self, http: &mut FeedHttp, shutdown: &CancellationToken) -> Option<i64> {
+        loop {
+            let request = self.http.get(self.pointer_url());
+            let answer = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                answer = http.get(request, "fetching R2Z2's sequence.json") => answer,
+            };
+            let delay = match answer {
+                Answer::Body(body) => match decode_pointer(&body) {
+                    Ok(sequence) => return Some(sequence),
+                    Err(reason) => http.failed("reading R2Z2's sequence.json", &reason),
+                },
+                Answer::NotFound => http.failed("fetching R2Z2's sequence.json", "answered 404"),
+                Answer::Retry(delay) => delay,
+            };
+            if !pause(shutdown, delay).await {
+                return None;
+            }
+        }
+    }
+
+    /// The newest sequence if R2Z2 says so at the first asking.
+    async fn newest_once(&self, http: &mut FeedHttp) -> Option<i64> {
+        let request = self.http.get(self.pointer_url());
+        match http.get(request, "fetching R2Z2's sequence.json").await {
+            Answer::Body(body) => decode_pointer(&body).ok(),
+            Answer::NotFound | Answer::Retry(_) => None,
+        }
+    }
+
+    /// Publishes the object's job (confirmed), or dead-letters a body that cannot be one.
+    async fn forward(&self, sequence: i64, body: &[u8]) -> anyhow::Result<()> {
+        match decode_object(body) {
+            Ok(job) => {
+                publish(&self.publisher, &job)
+                    .await
+                    .with_context(|| format!("R2Z2 sequence {sequence}"))?;
+                tracing::debug!(feed.sequence = sequence, killmail.id = %job.killmail_id, "queued");
+            }
+            Err(reason) => {
+                let reason = format!("R2Z2 sequence {sequence}: {reason}");
+                tracing::warn!(feed.sequence = sequence, %reason, "dead-lettering an R2Z2 object that is not a killmail");
+                self.publisher
+                    .dead_letter_body(body, &reason)
+                    .await
+                    .with_context(|| format!("dead-lettering R2Z2 sequence {sequence}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_cursor(&self, sequence: i64) -> anyhow::Result<()> {
+        const ATTEMPTS: u32 = 5;
+        let backoff = Backoff {
+            first: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+        };
+        let mut attempt = 1;
+        loop {
+            match cursors::save(&self.pool, &self.settings.feed, sequence).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < ATTEMPTS => {
+                    tracing::warn!(feed.sequence = sequence, %error, attempt, "saving the R2Z2 cursor failed; retrying");
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("saving the R2Z2 cursor at {sequence}"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = include_str!(
+        "../../tests/it/fixtures/upstream/r2z2/r2z2-ephemeral-96599404-killmail-134265477.aa-killtracker.json"
+    );
+
+    fn fixture() -> serde_json::Value {
+        serde_json::from_str(FIXTURE).expect("the fixture is JSON")
+    }
+
+    #[test]
+    fn decodes_a_real_r2z2_object_into_a_job() {
+        let job = decode_object(FIXTURE.as_bytes()).expect("a valid object");
+        let value = fixture();
+        assert_eq!(job.killmail_id, KillmailId(134265477));
+        assert_eq!(job.hash, "aa937ee180fca44b172de00f2a26e751f5b2a851");
+        assert_eq!(job.source, Source::Redisq);
+        let killmail = job.killmail.expect("the ESI body");
+        let esi: Killmail = serde_json::from_value(value["esi"].clone()).expect("ESI");
+        assert_eq!(killmail, esi, "the killmail comes through field for field");
+        assert_eq!(job.zkb, Some(Zkb(value["zkb"].clone())), "zkb as delivered");
+    }
+
+    #[test]
+    fn sequence_updated_does_not_matter_to_decoding() {
+        for updated in [
+            serde_json::json!(96599999),
+            serde_json::json!(true),
+            serde_json::json!("2026-03-25T15:00:00Z"),
+        ] {
+            let mut value = fixture();
+            value["sequence_updated"] = updated;
+            let body = serde_json::to_vec(&value).expect("serializes");
+            assert!(decode_object(&body).is_ok());
+        }
+    }
+
+    #[test]
+    fn takes_the_hash_from_zkb_when_the_object_has_none() {
+        let mut value = fixture();
+        value.as_object_mut().expect("an object").remove("hash");
+        let body = serde_json::to_vec(&value).expect("serializes");
+        let job = decode_object(&body).expect("a valid object");
+        assert_eq!(job.hash, "aa937ee180fca44b172de00f2a26e751f5b2a851");
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_killmail() {
+        assert!(
+            decode_object(b"<html>502 Bad Gateway</html>")
+                .expect_err("not JSON")
+                .contains("not an R2Z2 killmail object")
+        );
+
+        let mut value = fixture();
+        value["esi"]["killmail_id"] = serde_json::json!(1);
+        let body = serde_json::to_vec(&value).expect("serializes");
+        assert!(
+            decode_object(&body)
+                .expect_err("ids differ")
+                .contains("carries killmail 1")
+        );
+
+        let mut value = fixture();
+        value["esi"]["attackers"] = serde_json::json!([]);
+        let body = serde_json::to_vec(&value).expect("serializes");
+        assert!(
+            decode_object(&body)
+                .expect_err("no attackers")
+                .contains("no attackers")
+        );
+
+        let mut value = fixture();
+        value["hash"] = serde_json::json!("nope");
+        let body = serde_json::to_vec(&value).expect("serializes");
+        assert!(decode_object(&body).expect_err("bad hash").contains("hash"));
+
+        let mut value = fixture();
+        value.as_object_mut().expect("an object").remove("esi");
+        let body = serde_json::to_vec(&value).expect("serializes");
+        assert!(decode_object(&body).expect_err("no esi").contains("esi"));
+    }
+
+    #[test]
+    fn decodes_the_sequence_pointer() {
+        assert_eq!(decode_pointer(br#"{"sequence": 96599404}"#), Ok(96599404));
+        assert_eq!(decode_pointer(br#"{"sequence_id": 7}"#), Ok(7));
+        assert!(decode_pointer(b"{}").is_err());
+        assert!(decode_pointer(b"not json").is_err());
+    }
+}
