@@ -1,10 +1,21 @@
 //! EVE's ESI: fetching a killmail by id and hash, and resolving ids to names. Every failure is
 //! sorted into permanent (the request can never succeed) or transient (try again later).
+//!
+//! ESI punishes a process that keeps failing: after 100 errors in its one-minute window it
+//! answers 420 to every request until the window resets, and rate-limited routes answer 429 with
+//! a `Retry-After`. So every clone of one [`Esi`] shares one throttle: a 420, a 429 or an error
+//! budget running low (`X-ESI-Error-Limit-Remain`) holds off all of the process's requests until
+//! ESI said it would listen again (`X-ESI-Error-Limit-Reset`, `Retry-After`). The request that
+//! met the limit, and any that would wait longer than the client's timeout, fail as transient,
+//! so their jobs go round the retry queues instead of holding up a worker.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::killmail::{Killmail, KillmailId};
 
@@ -17,6 +28,20 @@ pub const USER_AGENT: &str = concat!(
 
 /// ESI's limit on ids per `POST /universe/names/`.
 pub const NAMES_PER_CALL: usize = 1000;
+
+/// With fewer errors than this left in ESI's window, requests stop until the window resets:
+/// other tasks' requests in flight may still fail, and the last errors must not reach 420.
+pub const ERROR_LIMIT_FLOOR: i64 = 10;
+
+/// The pause after a 420 that does not say when its window resets: the whole window.
+const ERROR_WINDOW: Duration = Duration::from_secs(60);
+
+/// The pause after a 429 without a `Retry-After`.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// No header stops requests for longer than this, so that a nonsense value cannot stall a
+/// worker for good; ESI's own limits reset well within it.
+const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EsiError {
@@ -54,10 +79,119 @@ pub struct Name {
     pub name: String,
 }
 
+/// When ESI may be asked again: one per client, shared by all its clones.
+#[derive(Debug, Default)]
+struct Throttle {
+    resume_at: Mutex<Option<Instant>>,
+}
+
+impl Throttle {
+    fn resume_at(&self) -> Option<Instant> {
+        // The guarded value is a plain instant, valid whatever a panicking holder did.
+        *self
+            .resume_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits out the current pause if it ends within `max_wait`; otherwise returns at once with
+    /// how long it has left.
+    async fn ready(&self, max_wait: Duration) -> Result<(), Duration> {
+        let give_up = Instant::now() + max_wait;
+        // Again after waking: another task may have met a limit meanwhile and paused longer.
+        while let Some(until) = self.resume_at() {
+            let now = Instant::now();
+            if until <= now {
+                break;
+            }
+            if until > give_up {
+                return Err(until - now);
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        Ok(())
+    }
+
+    /// Holds off every request for `duration` from now, unless a longer pause is already on.
+    fn pause(&self, duration: Duration, why: &str) {
+        let duration = duration.min(MAX_PAUSE);
+        let now = Instant::now();
+        let until = now + duration;
+        let mut resume_at = self
+            .resume_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let paused = resume_at.is_some_and(|t| t > now);
+        if resume_at.is_none_or(|t| t < until) {
+            *resume_at = Some(until);
+        }
+        drop(resume_at);
+        let pause_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        // Once per pause: every task in flight meets the same limit.
+        if paused {
+            tracing::debug!(pause_ms, why, "ESI requests still paused");
+        } else {
+            tracing::warn!(pause_ms, why, "ESI requests paused");
+        }
+    }
+}
+
+/// How long ESI asks to be left alone after this answer, and why; `None` to carry on.
+fn hold_off(status: StatusCode, headers: &HeaderMap) -> Option<(Duration, &'static str)> {
+    let reset = header_number(headers, "x-esi-error-limit-reset")
+        .map(|secs| Duration::from_secs(secs.max(0).unsigned_abs()));
+    if status.as_u16() == 420 {
+        return Some((reset.unwrap_or(ERROR_WINDOW), "error limited (420)"));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = header_number(headers, RETRY_AFTER.as_str())
+            .map(|secs| Duration::from_secs(secs.max(0).unsigned_abs()));
+        return Some((retry_after.unwrap_or(RATE_LIMIT_WAIT), "rate limited (429)"));
+    }
+    let remain = header_number(headers, "x-esi-error-limit-remain")?;
+    (remain < ERROR_LIMIT_FLOOR).then(|| {
+        (
+            reset.unwrap_or(ERROR_WINDOW),
+            "error limit nearly reached (X-ESI-Error-Limit-Remain)",
+        )
+    })
+}
+
+/// A header holding a whole number, as ESI's limit headers and `Retry-After` in seconds do.
+/// (`Retry-After` may also be a date; ESI sends seconds, and a date falls back to the default.)
+fn header_number(headers: &HeaderMap, name: &str) -> Option<i64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Decodes and checks the body ESI answered `GET /killmails/{id}/{hash}/` with.
+pub fn decode_killmail(id: KillmailId, body: &[u8]) -> Result<Killmail, EsiError> {
+    let what = format!("fetching killmail {id}");
+    let killmail: Killmail = serde_json::from_slice(body).map_err(|e| {
+        EsiError::Permanent(format!(
+            "{what}: ESI sent something that is not a killmail: {e}"
+        ))
+    })?;
+    if killmail.killmail_id != id {
+        return Err(EsiError::Permanent(format!(
+            "{what}: ESI sent killmail {}",
+            killmail.killmail_id
+        )));
+    }
+    killmail
+        .validate()
+        .map_err(|reason| EsiError::Permanent(format!("{what}: {reason}")))?;
+    Ok(killmail)
+}
+
+/// An ESI client. Clones share their connections and their throttle, so one client cloned into
+/// every task of a process keeps the whole process within ESI's limits.
 #[derive(Clone)]
 pub struct Esi {
     http: reqwest::Client,
     base_url: String,
+    /// The longest a request waits for a pause to end; also each request's timeout.
+    max_wait: Duration,
+    throttle: Arc<Throttle>,
 }
 
 impl Esi {
@@ -69,39 +203,47 @@ impl Esi {
         Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            max_wait: timeout,
+            throttle: Arc::default(),
         })
+    }
+
+    /// Sends a request once the throttle allows, and heeds what ESI says about its limits.
+    async fn send(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, EsiError> {
+        if let Err(left) = self.throttle.ready(self.max_wait).await {
+            return Err(EsiError::Transient(format!(
+                "{what}: ESI requests are paused for another {} s (error or rate limited)",
+                left.as_secs_f64().ceil()
+            )));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| EsiError::from_reqwest(what, &e))?;
+        let status = response.status();
+        if let Some((duration, why)) = hold_off(status, response.headers()) {
+            self.throttle.pause(duration, why);
+        }
+        if !status.is_success() {
+            return Err(EsiError::from_status(what, status));
+        }
+        Ok(response)
     }
 
     /// `GET /killmails/{id}/{hash}/`.
     pub async fn killmail(&self, id: KillmailId, hash: &str) -> Result<Killmail, EsiError> {
         let what = format!("fetching killmail {id}");
         let url = format!("{}/killmails/{id}/{hash}/", self.base_url);
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| EsiError::from_reqwest(&what, &e))?;
-        if !response.status().is_success() {
-            return Err(EsiError::from_status(&what, response.status()));
-        }
+        let response = self.send(&what, self.http.get(url)).await?;
         let body = response
             .bytes()
             .await
             .map_err(|e| EsiError::from_reqwest(&what, &e))?;
-        let killmail: Killmail = serde_json::from_slice(&body).map_err(|e| {
-            EsiError::Permanent(format!(
-                "{what}: ESI sent something that is not a killmail: {e}"
-            ))
-        })?;
-        if killmail.killmail_id != id {
-            return Err(EsiError::Permanent(format!(
-                "{what}: ESI sent killmail {}",
-                killmail.killmail_id
-            )));
-        }
-        killmail.validate().map_err(EsiError::Permanent)?;
-        Ok(killmail)
+        decode_killmail(id, &body)
     }
 
     /// `POST /universe/names/` for any number of ids, in calls of at most 1,000. ESI refuses a
@@ -129,19 +271,138 @@ impl Esi {
 
     async fn names_call(&self, ids: &[i64]) -> Result<Vec<Name>, EsiError> {
         let what = format!("resolving {} names", ids.len());
-        let response = self
+        let request = self
             .http
             .post(format!("{}/universe/names/", self.base_url))
-            .json(ids)
-            .send()
-            .await
-            .map_err(|e| EsiError::from_reqwest(&what, &e))?;
-        if !response.status().is_success() {
-            return Err(EsiError::from_status(&what, response.status()));
-        }
-        response
+            .json(ids);
+        self.send(&what, request)
+            .await?
             .json()
             .await
             .map_err(|e| EsiError::Transient(format!("{what}: unreadable answer: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).expect("a status code")
+    }
+
+    #[test]
+    fn error_limited_answers_pause_until_the_window_resets() {
+        let limited = headers(&[
+            ("x-esi-error-limit-remain", "0"),
+            ("x-esi-error-limit-reset", "7"),
+        ]);
+        assert_eq!(
+            hold_off(status(420), &limited).map(|(d, _)| d),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            hold_off(status(420), &HeaderMap::new()).map(|(d, _)| d),
+            Some(ERROR_WINDOW),
+            "without a reset, the whole window"
+        );
+        let garbage = headers(&[("x-esi-error-limit-reset", "soon")]);
+        assert_eq!(
+            hold_off(status(420), &garbage).map(|(d, _)| d),
+            Some(ERROR_WINDOW)
+        );
+    }
+
+    #[test]
+    fn a_low_error_budget_pauses_before_esi_starts_refusing() {
+        for code in [200, 404, 502] {
+            let low = headers(&[
+                ("x-esi-error-limit-remain", "9"),
+                ("x-esi-error-limit-reset", "12"),
+            ]);
+            assert_eq!(
+                hold_off(status(code), &low).map(|(d, _)| d),
+                Some(Duration::from_secs(12)),
+                "after {code}"
+            );
+            let plenty = headers(&[
+                ("x-esi-error-limit-remain", "10"),
+                ("x-esi-error-limit-reset", "12"),
+            ]);
+            assert_eq!(hold_off(status(code), &plenty), None, "after {code}");
+            assert_eq!(hold_off(status(code), &HeaderMap::new()), None);
+        }
+        let negative = headers(&[
+            ("x-esi-error-limit-remain", "1"),
+            ("x-esi-error-limit-reset", "-3"),
+        ]);
+        assert_eq!(
+            hold_off(status(200), &negative).map(|(d, _)| d),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn rate_limited_answers_pause_as_retry_after_says() {
+        let retry = headers(&[("retry-after", "3")]);
+        assert_eq!(
+            hold_off(status(429), &retry).map(|(d, _)| d),
+            Some(Duration::from_secs(3))
+        );
+        let date = headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        assert_eq!(
+            hold_off(status(429), &date).map(|(d, _)| d),
+            Some(RATE_LIMIT_WAIT)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_off_every_request_until_it_ends_and_never_shortens() {
+        let throttle = Throttle::default();
+        assert_eq!(throttle.ready(Duration::ZERO).await, Ok(()));
+        throttle.pause(Duration::from_millis(200), "test");
+        throttle.pause(Duration::from_millis(50), "a shorter pause changes nothing");
+        let started = Instant::now();
+        assert_eq!(throttle.ready(Duration::from_secs(5)).await, Ok(()));
+        assert!(started.elapsed() >= Duration::from_millis(190));
+
+        throttle.pause(Duration::from_secs(30), "test");
+        let started = Instant::now();
+        let left = throttle
+            .ready(Duration::from_secs(1))
+            .await
+            .expect_err("too long to wait");
+        assert!(left > Duration::from_secs(28));
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "gave up at once"
+        );
+
+        throttle.pause(Duration::from_secs(u64::MAX), "nonsense");
+        let left = throttle.ready(Duration::ZERO).await.expect_err("paused");
+        assert!(left <= MAX_PAUSE, "capped");
+    }
+
+    #[test]
+    fn decodes_and_checks_a_killmail() {
+        let body = br#"{"killmail_id": 5, "killmail_time": "2021-12-03T00:00:08Z",
+            "solar_system_id": 30000142, "victim": {"ship_type_id": 670, "damage_taken": 1},
+            "attackers": [{"damage_done": 1, "final_blow": true, "security_status": 0.5}]}"#;
+        let killmail = decode_killmail(KillmailId(5), body).expect("a killmail");
+        assert_eq!(killmail.killmail_id, KillmailId(5));
+        let wrong = decode_killmail(KillmailId(6), body).expect_err("another id");
+        assert!(matches!(&wrong, EsiError::Permanent(m) if m.contains("ESI sent killmail 5")));
+        let html = decode_killmail(KillmailId(5), b"<html>").expect_err("not JSON");
+        assert!(matches!(&html, EsiError::Permanent(m) if m.contains("not a killmail")));
     }
 }

@@ -1,10 +1,17 @@
 //! Storing killmails and announcing them: the work of `worker-killmails` (jobs from RabbitMQ)
 //! and of `queue import` (files), which share one validated path into the store.
+//!
+//! Whatever befalls a job, it ends settled exactly once, or unsettled and back on the queue:
+//! acked after its commit, sent round the retry queues after a transient failure, or
+//! dead-lettered with its reason when it can never succeed, including when handling it panics.
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use sqlx::{PgConnection, PgPool};
@@ -100,19 +107,26 @@ impl Announcer {
         Ok(events.len())
     }
 
-    /// Runs [`Self::announce_overdue`] every `every` until `shutdown`.
+    /// Runs [`Self::announce_overdue`] every `every` until `shutdown`. A round that panics is
+    /// rolled back and logged like a failed one, so that the announcements it held stay
+    /// pending and the sweep, beside the worker, carries on.
     pub async fn sweep(&self, every: Duration, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
-            match self.announce_overdue(every).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(announced = n, "announced overdue killmails"),
-                Err(error) => tracing::warn!(
+            let round = AssertUnwindSafe(self.announce_overdue(every)).catch_unwind();
+            match round.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(announced = n, "announced overdue killmails"),
+                Ok(Err(error)) => tracing::warn!(
                     error = format!("{error:#}"),
                     "overdue announcements failed; will retry"
+                ),
+                Err(panic) => tracing::error!(
+                    panic = panic_message(panic.as_ref()),
+                    "overdue announcements panicked; will retry"
                 ),
             }
         }
@@ -221,17 +235,37 @@ impl KillmailWorker {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.process(deliveries).await?;
+            self.process(&deliveries, &shutdown).await?;
         }
     }
 
     /// Handles one batch of deliveries; returns an error only when the broker itself fails.
-    pub async fn process(&self, deliveries: Vec<Delivery>) -> anyhow::Result<()> {
+    /// A job whose handling panics is dead-lettered with the panic's message, and the others
+    /// are handled as usual. Once `shutdown` is cancelled, a batch still waiting for ESI is
+    /// given up unacked, since nothing of it is committed yet.
+    pub async fn process(
+        &self,
+        deliveries: &[Delivery],
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let poison = contain_panics(deliveries, |batch| self.handle(batch, shutdown)).await?;
+        for (delivery, message) in poison {
+            self.reject(delivery, &format!("handler panicked: {message}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        deliveries: &[Delivery],
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut ready = Vec::with_capacity(deliveries.len());
         let mut to_fetch = Vec::new();
         for delivery in deliveries {
             match IngestJob::decode(&delivery.data) {
-                Err(reason) => self.reject(&delivery, &reason).await?,
+                Err(reason) => self.reject(delivery, &reason).await?,
                 Ok(mut job) => match job.killmail.take() {
                     Some(killmail) => ready.push((delivery, job.into_received(killmail))),
                     None => to_fetch.push((delivery, job)),
@@ -239,19 +273,29 @@ impl KillmailWorker {
             }
         }
 
-        let fetched: Vec<_> = stream::iter(to_fetch)
+        let waiting = to_fetch.len();
+        let fetches = stream::iter(to_fetch)
             .map(|(delivery, job)| async move {
                 let result = self.esi.killmail(job.killmail_id, &job.hash).await;
                 (delivery, job, result)
             })
             .buffer_unordered(self.batch.fetch_concurrency.max(1))
-            .collect()
-            .await;
+            .collect::<Vec<_>>();
+        // ESI may hold a fetch for its whole timeout, or pause for its error limit; the batch
+        // is not worth a slow exit, as its jobs return to the queue unacked.
+        let fetched = tokio::select! {
+            biased;
+            fetched = fetches => fetched,
+            () = shutdown.cancelled() => {
+                tracing::info!(jobs = ready.len() + waiting, "shutting down while fetching from ESI; the batch goes back to the queue");
+                return Ok(());
+            }
+        };
         for (delivery, job, result) in fetched {
             match result {
                 Ok(killmail) => ready.push((delivery, job.into_received(killmail))),
-                Err(EsiError::Permanent(reason)) => self.reject(&delivery, &reason).await?,
-                Err(EsiError::Transient(reason)) => self.retry(&delivery, &reason).await?,
+                Err(EsiError::Permanent(reason)) => self.reject(delivery, &reason).await?,
+                Err(EsiError::Transient(reason)) => self.retry(delivery, &reason).await?,
             }
         }
         self.store_and_ack(ready).await
@@ -259,11 +303,11 @@ impl KillmailWorker {
 
     /// Stores the batch in one transaction; if that fails, each job on its own, so one bad
     /// killmail cannot hold back the others.
-    async fn store_and_ack(&self, ready: Vec<(Delivery, Received)>) -> anyhow::Result<()> {
+    async fn store_and_ack(&self, ready: Vec<(&Delivery, Received)>) -> anyhow::Result<()> {
         if ready.is_empty() {
             return Ok(());
         }
-        let (deliveries, received): (Vec<Delivery>, Vec<Received>) = ready.into_iter().unzip();
+        let (deliveries, received): (Vec<&Delivery>, Vec<Received>) = ready.into_iter().unzip();
         match store(&self.pool, &received).await {
             Ok(stored) => {
                 for delivery in &deliveries {
@@ -293,9 +337,9 @@ impl KillmailWorker {
                     received[0].killmail.killmail_id
                 );
                 if is_permanent(&error) {
-                    self.reject(&deliveries[0], &reason).await
+                    self.reject(deliveries[0], &reason).await
                 } else {
-                    self.retry(&deliveries[0], &reason).await
+                    self.retry(deliveries[0], &reason).await
                 }
             }
         }
@@ -317,5 +361,165 @@ impl KillmailWorker {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `handle` on a batch, catching a panic. After one, runs it again on each delivery the
+/// batch left unsettled, alone, and returns those that panic even alone, with the panic's
+/// message, for the caller to dead-letter. Uncaught, such a job would end the worker, go back
+/// to the queue and end the next worker too, for ever.
+async fn contain_panics<'a, H, F>(
+    deliveries: &'a [Delivery],
+    handle: H,
+) -> anyhow::Result<Vec<(&'a Delivery, String)>>
+where
+    H: Fn(&'a [Delivery]) -> F,
+    F: Future<Output = anyhow::Result<()>>,
+{
+    // Unwind safety: what a handler shares (pools, channels, clients) stays usable after a
+    // panic, and a transaction it had open is rolled back when dropped.
+    match AssertUnwindSafe(handle(deliveries)).catch_unwind().await {
+        Ok(result) => return result.map(|()| Vec::new()),
+        Err(panic) => tracing::error!(
+            panic = panic_message(panic.as_ref()),
+            jobs = deliveries.len(),
+            "handling a batch panicked; handling its jobs one by one"
+        ),
+    }
+    let mut poison = Vec::new();
+    for delivery in deliveries {
+        // Settled before the panic (acked, retried or dead-lettered): settling it twice would
+        // fail, and its work is done.
+        if delivery.acker.used() {
+            continue;
+        }
+        let alone = std::slice::from_ref(delivery);
+        match AssertUnwindSafe(handle(alone)).catch_unwind().await {
+            Ok(result) => result?,
+            Err(panic) if delivery.acker.used() => tracing::error!(
+                panic = panic_message(panic.as_ref()),
+                "a job panicked after it was settled"
+            ),
+            Err(panic) => poison.push((delivery, panic_message(panic.as_ref()))),
+        }
+    }
+    Ok(poison)
+}
+
+/// The message a panic was raised with, as `panic!` and `expect` leave it.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use lapin::BasicProperties;
+    use lapin::acker::Acker;
+
+    use super::*;
+
+    fn delivery(tag: u64, body: &str) -> Delivery {
+        Delivery {
+            delivery_tag: tag,
+            exchange: "".into(),
+            routing_key: "".into(),
+            redelivered: false,
+            properties: BasicProperties::default(),
+            data: body.as_bytes().to_vec(),
+            // An acker without a channel: acking only marks it used, and a second ack fails.
+            acker: Acker::default(),
+        }
+    }
+
+    /// Acks each job in turn, panicking at `panic` jobs, and records every batch it is given.
+    async fn ack_each(batch: &[Delivery], seen: &Mutex<Vec<Vec<u64>>>) -> anyhow::Result<()> {
+        seen.lock()
+            .expect("not poisoned")
+            .push(batch.iter().map(|d| d.delivery_tag).collect());
+        for delivery in batch {
+            match delivery.data.as_slice() {
+                b"panic" => panic!("job {} is poison", delivery.delivery_tag),
+                b"ack, then panic" => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    panic!("job {} failed after its ack", delivery.delivery_tag);
+                }
+                _ => delivery.acker.ack(BasicAckOptions::default()).await?,
+            }
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_does_not_panic_is_handled_once() {
+        let batch = vec![delivery(1, "ok"), delivery(2, "ok")];
+        let seen = Mutex::new(Vec::new());
+        let poison = contain_panics(&batch, |b| ack_each(b, &seen))
+            .await
+            .expect("no broker error");
+        assert!(poison.is_empty());
+        assert_eq!(*seen.lock().expect("not poisoned"), vec![vec![1, 2]]);
+        assert!(batch.iter().all(|d| d.acker.used()));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_singled_out_and_the_others_are_settled_once() {
+        let batch = vec![
+            delivery(1, "ok"),
+            delivery(2, "panic"),
+            delivery(3, "ok"),
+            delivery(4, "ack, then panic"),
+            delivery(5, "ok"),
+        ];
+        let seen = Mutex::new(Vec::new());
+        // A job settled twice would make the second ack fail, and this an error.
+        let poison = contain_panics(&batch, |b| ack_each(b, &seen))
+            .await
+            .expect("no job settled twice");
+        let poison: Vec<(u64, String)> = poison
+            .into_iter()
+            .map(|(d, message)| (d.delivery_tag, message))
+            .collect();
+        assert_eq!(poison, vec![(2, "job 2 is poison".to_owned())]);
+        assert_eq!(
+            *seen.lock().expect("not poisoned"),
+            vec![vec![1, 2, 3, 4, 5], vec![2], vec![3], vec![4], vec![5]],
+            "the batch, then each job it left unsettled, alone"
+        );
+        assert!(!batch[1].acker.used(), "left for the caller to dead-letter");
+        for i in [0, 2, 3, 4] {
+            assert!(batch[i].acker.used(), "job {} settled", i + 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broker_error_after_a_panic_is_returned() {
+        let batch = vec![delivery(1, "panic"), delivery(2, "ok")];
+        let poison = contain_panics(&batch, |b| async move {
+            if b.len() > 1 {
+                panic!("the whole batch");
+            }
+            anyhow::bail!("RabbitMQ is gone")
+        })
+        .await;
+        assert!(poison.is_err());
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_both_kinds_of_payload() {
+        let payload = std::panic::catch_unwind(|| panic!("static text")).expect_err("panics");
+        assert_eq!(panic_message(payload.as_ref()), "static text");
+        let n = 7;
+        let payload = std::panic::catch_unwind(|| panic!("formatted {n}")).expect_err("panics");
+        assert_eq!(panic_message(payload.as_ref()), "formatted 7");
+        let payload = std::panic::catch_unwind(|| std::panic::panic_any(5_u8)).expect_err("panics");
+        assert_eq!(panic_message(payload.as_ref()), "a panic without a message");
     }
 }

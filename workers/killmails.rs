@@ -8,8 +8,12 @@ use killreport::config::{DatabaseArgs, EsiArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
 use killreport::ingest::{Announcer, BatchSettings, KillmailWorker};
 use killreport::queue::Publisher;
+use killreport::shutdown::finish_within;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+
+/// How long the batch in hand may take to finish after SIGTERM; then it is left to the queue.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 #[derive(Parser)]
 #[command(
@@ -79,17 +83,11 @@ async fn main() -> anyhow::Result<()> {
         events,
         resolve_names: Some((esi.clone(), Duration::from_millis(args.names_budget_ms))),
     };
-    // Announces what was committed but never published (Redis down, a worker killed).
-    tokio::spawn({
-        let announcer = announcer.clone();
-        let shutdown = shutdown.clone();
-        async move { announcer.sweep(Duration::from_secs(5), shutdown).await }
-    });
     let worker = KillmailWorker {
         pool,
         esi,
         publisher,
-        announcer,
+        announcer: announcer.clone(),
         batch: BatchSettings {
             max_jobs: args.batch_size,
             max_wait: Duration::from_millis(args.batch_wait_ms),
@@ -97,7 +95,31 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     tracing::info!(queue = %topology.queue, "worker-killmails consuming");
-    worker.run(consumer, shutdown).await?;
+    let work = async {
+        let result = worker.run(consumer, shutdown.clone()).await;
+        // Whatever ends the worker ends the sweep too.
+        shutdown.cancel();
+        result
+    };
+    // Announces what was committed but never published (Redis down, a worker killed); one
+    // under way when shutdown comes is let finish, so that it is not made twice.
+    let sweep = announcer.sweep(Duration::from_secs(5), shutdown.clone());
+    let (worked, swept) = tokio::join!(
+        finish_within(&shutdown, SHUTDOWN_GRACE, work),
+        finish_within(&shutdown, SHUTDOWN_GRACE, sweep),
+    );
+    if worked.is_none() {
+        tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "the batch in hand did not finish in time; its unacked jobs go back to the queue"
+        );
+    }
+    if swept.is_none() {
+        tracing::warn!("overdue announcements did not finish in time; they stay pending");
+    }
+    // Closing hands every delivery not acked back to the queue.
     connection.close(200, "shutting down").await.ok();
-    Ok(())
+    worker.pool.close().await;
+    tracing::info!("worker-killmails stopped");
+    worked.unwrap_or(Ok(()))
 }

@@ -1,11 +1,19 @@
 //! worker-redisq: polls zKillboard's live feed (R2Z2, or a RedisQ-compatible endpoint when
 //! REDISQ_URL is set) and queues each killmail as a `killmail.ingest` job.
 
+use std::future::Future;
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, RabbitArgs};
 use killreport::feed::{FeedArgs, R2z2Poller, RedisqPoller};
 use killreport::queue::Publisher;
+use tokio_util::sync::CancellationToken;
+
+/// How long the feed may take to stop after SIGTERM: publishing the job in hand and saving the
+/// cursor take well under a second unless RabbitMQ or PostgreSQL is stuck.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 #[derive(Parser)]
 #[command(
@@ -37,13 +45,17 @@ async fn main() -> anyhow::Result<()> {
 
     if let Some(url) = args.feed.redisq_url.clone() {
         let settings = args.feed.redisq_settings();
+        // A poll under way may bring a package already taken off the server's queue, so it is
+        // given its whole wait to answer.
+        let grace = SHUTDOWN_GRACE + Duration::from_secs(settings.ttw.into());
         let poller = RedisqPoller {
             http,
             url,
             publisher,
             settings,
         };
-        poller.run(shutdown).await?;
+        let run = poller.run(shutdown.clone());
+        stop_within(&shutdown, grace, run).await?;
     } else {
         // Only R2Z2 keeps a cursor, so only R2Z2 needs the database.
         let pool = args
@@ -61,8 +73,30 @@ async fn main() -> anyhow::Result<()> {
             publisher,
             settings,
         };
-        poller.run(shutdown).await?;
+        // An R2Z2 fetch under way is dropped at once: the file is asked for again after the
+        // restart, since the cursor moves only once its job is confirmed.
+        let run = poller.run(shutdown.clone());
+        stop_within(&shutdown, SHUTDOWN_GRACE, run).await?;
     }
     connection.close(200, "shutting down").await.ok();
+    tracing::info!("worker-redisq stopped");
     Ok(())
+}
+
+/// Runs a poller; once shutdown comes, gives what it is doing `grace` to finish.
+async fn stop_within(
+    shutdown: &CancellationToken,
+    grace: Duration,
+    run: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    match killreport::shutdown::finish_within(shutdown, grace, run).await {
+        Some(result) => result,
+        None => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "the feed did not stop in time; given up"
+            );
+            Ok(())
+        }
+    }
 }

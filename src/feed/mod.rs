@@ -153,10 +153,12 @@ impl FeedHttp {
 
     fn refused(&mut self, what: &str, status: StatusCode, retry_after: Option<Duration>) -> Answer {
         self.failures = self.failures.saturating_add(1);
+        // Capped, so that a nonsense Retry-After cannot stall the feed for good; asking again
+        // too early only earns another refusal.
         let delay = self
             .backoff
             .delay(self.failures)
-            .max(retry_after.unwrap_or_default());
+            .max(retry_after.unwrap_or_default().min(self.backoff.max));
         if self.refused {
             tracing::debug!(feed = self.name, %status, retry_in_ms = millis(delay), "{what}: still refused");
         } else {

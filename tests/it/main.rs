@@ -6,5 +6,6 @@ mod db;
 mod feed;
 mod ingest;
 mod live;
+mod robustness;
 mod server;
 mod support;

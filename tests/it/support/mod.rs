@@ -37,7 +37,8 @@ pub fn rabbitmq_url() -> String {
     env_or("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 }
 
-/// Drops the databases earlier runs left behind (a test that failed keeps its own for a look).
+/// Drops the databases earlier runs left behind; one still in use (a concurrent run) refuses
+/// to be dropped and is left alone.
 async fn drop_stale_databases() {
     static ONCE: OnceCell<()> = OnceCell::const_new();
     ONCE.get_or_init(|| async {
@@ -51,7 +52,7 @@ async fn drop_stale_databases() {
         .await
         .expect("listing test databases");
         for db in stale {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\""))
                 .execute(&admin)
                 .await;
         }

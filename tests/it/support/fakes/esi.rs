@@ -1,13 +1,15 @@
-//! A fake ESI: killmails by id and hash, `POST /universe/names/`, and failures on demand.
+//! A fake ESI: killmails by id and hash, `POST /universe/names/`, and failures and limit
+//! headers on demand.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tokio::time::Instant;
 
 use super::{Served, serve};
 
@@ -19,8 +21,13 @@ pub struct EsiState {
     pub names: HashMap<i64, (String, String)>,
     /// Statuses to answer killmail requests with before answering normally, one per request.
     pub killmail_failures: VecDeque<u16>,
+    /// Answers to killmail requests before the failures above, one per request: a status (200
+    /// serves the killmail) with extra headers, like ESI's error-limit headers.
+    pub killmail_answers: VecDeque<(u16, Vec<(String, String)>)>,
     /// Every request path served, in order.
     pub requests: Vec<String>,
+    /// When each of `requests` arrived.
+    pub request_times: Vec<Instant>,
 }
 
 #[derive(Clone, Default)]
@@ -40,6 +47,26 @@ impl FakeEsi {
 
     pub fn fail_next_killmail_requests(&self, statuses: &[u16]) {
         self.state().killmail_failures.extend(statuses);
+    }
+
+    /// Answers the next killmail request with `status` (200: the killmail) and `headers`.
+    pub fn answer_next_killmail_request(&self, status: u16, headers: &[(&str, &str)]) {
+        let headers = headers
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        self.state().killmail_answers.push_back((status, headers));
+    }
+
+    /// Every request path served, with when it arrived.
+    pub fn timed_requests(&self) -> Vec<(Instant, String)> {
+        let state = self.state();
+        state
+            .request_times
+            .iter()
+            .copied()
+            .zip(state.requests.iter().cloned())
+            .collect()
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -62,18 +89,34 @@ impl FakeEsi {
 async fn killmail(State(esi): State<FakeEsi>, Path((id, hash)): Path<(i64, String)>) -> Response {
     let mut state = esi.state();
     state.requests.push(format!("/killmails/{id}/{hash}/"));
-    if let Some(status) = state.killmail_failures.pop_front() {
-        let status = StatusCode::from_u16(status).expect("status");
-        return (status, Json(serde_json::json!({"error": "fake failure"}))).into_response();
-    }
-    match state.killmails.get(&(id, hash)) {
-        Some(body) => Json(body.clone()).into_response(),
+    state.request_times.push(Instant::now());
+    let (status, headers) = match state.killmail_answers.pop_front() {
+        Some((status, headers)) => (status, headers),
         None => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({"error": "Invalid killmail_id and/or killmail_hash"})),
-        )
-            .into_response(),
+            state.killmail_failures.pop_front().unwrap_or(200),
+            Vec::new(),
+        ),
+    };
+    let mut response = if status != 200 {
+        let status = StatusCode::from_u16(status).expect("status");
+        (status, Json(serde_json::json!({"error": "fake failure"}))).into_response()
+    } else {
+        match state.killmails.get(&(id, hash)) {
+            Some(body) => Json(body.clone()).into_response(),
+            None => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({"error": "Invalid killmail_id and/or killmail_hash"})),
+            )
+                .into_response(),
+        }
+    };
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            HeaderName::try_from(name).expect("a header name"),
+            HeaderValue::try_from(value).expect("a header value"),
+        );
     }
+    response
 }
 
 /// Like ESI: 404 for the whole call when any id is unknown.
@@ -82,6 +125,7 @@ async fn names(State(esi): State<FakeEsi>, Json(ids): Json<Vec<i64>>) -> Respons
     state
         .requests
         .push(format!("/universe/names/ ({} ids)", ids.len()));
+    state.request_times.push(Instant::now());
     if ids.len() > 1000 {
         return (StatusCode::BAD_REQUEST, "too many ids").into_response();
     }
