@@ -180,16 +180,6 @@ pub async fn store(pool: &PgPool, batch: &[Received]) -> sqlx::Result<Vec<Stored
     Ok(stored)
 }
 
-/// Whether a database error is the data's fault (retrying the same data cannot help).
-fn is_permanent(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
-}
-
 /// Settings of [`KillmailWorker`].
 #[derive(Debug, Clone, Copy)]
 pub struct BatchSettings {
@@ -336,7 +326,7 @@ impl KillmailWorker {
                     "storing killmail {}: {error}",
                     received[0].killmail.killmail_id
                 );
-                if is_permanent(&error) {
+                if db::is_data_error(&error) {
                     self.reject(deliveries[0], &reason).await
                 } else {
                     self.retry(deliveries[0], &reason).await

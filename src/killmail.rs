@@ -191,6 +191,15 @@ impl Killmail {
     }
 }
 
+/// Checks that `hash` looks like a killmail hash: 40 hex digits.
+pub fn check_hash(hash: &str) -> Result<(), String> {
+    if hash.len() == 40 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!("hash {hash:?} is not a 40-character hex string"))
+    }
+}
+
 /// ESI writes times as `2021-12-03T00:00:08Z`; the same text comes back out.
 mod esi_time {
     use chrono::{DateTime, SecondsFormat, Utc};

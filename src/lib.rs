@@ -24,6 +24,7 @@ pub mod events;
 pub mod feed;
 pub mod graphiql;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod killmail;
 pub mod live;

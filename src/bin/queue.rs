@@ -1,1 +1,140 @@
-fn main() {}
+//! queue: killreport's command line for putting killmails into the system by hand. Each
+//! subcommand is one variant of `Command`, with its own arguments and a function that connects
+//! what it needs and calls into the library, where the work itself lives.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use killreport::config::{DatabaseArgs, RabbitArgs, RedisArgs};
+use killreport::events::EventPublisher;
+use killreport::import::Importer;
+use killreport::ingest::Announcer;
+use killreport::queue::Publisher;
+use tokio_util::sync::CancellationToken;
+
+/// The exit code of an import stopped by SIGINT or SIGTERM after its batch in hand.
+const INTERRUPTED_EXIT_CODE: i32 = 130;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "killreport's command line: import killmails and manage queues"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Import(ImportArgs),
+}
+
+/// Import killmails from files straight into PostgreSQL, and announce the new ones.
+///
+/// Reads EVE Ref daily archives (.tar.bz2, .tar), directories (recursively), .json files (an
+/// ESI killmail with its hash, an array of killmails, an R2Z2 object, a RedisQ package or a
+/// killmail.ingest job) and .jsonl files (one of those per line); any of them may also be
+/// bzip2-compressed (.json.bz2, .jsonl.bz2). Killmails are stored in batches, one transaction
+/// each; those already stored are left as they are, so importing the same files again changes
+/// nothing. A summary is printed at the end; a progress bar is drawn on stderr when it is a
+/// terminal.
+#[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 when every file was read, even if some records were \
+                        rejected (the summary lists them with their reasons); non-zero when a \
+                        file cannot be opened (nothing is imported then), or when PostgreSQL, \
+                        Redis or RabbitMQ fails; 130 when interrupted (SIGINT or SIGTERM), \
+                        once the batch in hand is stored and the summary printed."
+)]
+struct ImportArgs {
+    /// Files and directories to import.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Killmails stored per transaction.
+    #[arg(long, env = "IMPORT_BATCH_SIZE", default_value_t = 1000)]
+    batch_size: usize,
+    /// Publish records that carry no killmail body (RedisQ packages with only zkb, zKillboard
+    /// API entries) as killmail.ingest jobs, for worker-killmails to fetch from ESI. Without
+    /// it they are rejected.
+    #[arg(long)]
+    queue_missing: bool,
+    /// How many rejections the summary lists with their reason; the rest are only counted.
+    #[arg(long, default_value_t = 20)]
+    show_rejections: usize,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten, next_help_heading = "RabbitMQ (only with --queue-missing)")]
+    rabbit: RabbitArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    killreport::config::init_process();
+    let cli = Cli::parse();
+    let shutdown = killreport::shutdown::on_signal();
+    match cli.command {
+        Command::Import(args) => import(args, shutdown).await,
+    }
+}
+
+async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Fail on a mistyped path before connecting to anything.
+    killreport::import::input_files(&args.files)?;
+    let pool = args
+        .database
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let events = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
+        .await
+        .context("connecting to Redis")?;
+    let rabbit = if args.queue_missing {
+        let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "queue import")
+            .await
+            .context("connecting to RabbitMQ")?;
+        let publisher = Publisher::new(&connection, args.rabbit.topology())
+            .await
+            .context("declaring the RabbitMQ topology")?;
+        Some((connection, publisher))
+    } else {
+        None
+    };
+    let importer = Importer {
+        pool: pool.clone(),
+        announcer: Some(Announcer {
+            pool: pool.clone(),
+            events,
+            resolve_names: None,
+        }),
+        publisher: rabbit.as_ref().map(|(_, publisher)| publisher.clone()),
+        batch_size: args.batch_size,
+        max_reasons: args.show_rejections,
+    };
+
+    let progress = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} (eta {eta}) {msg}",
+        )
+        .context("progress bar template")?
+        .progress_chars("=> "),
+    );
+    let summary = importer.import(&args.files, &progress, &shutdown).await;
+    progress.finish_and_clear();
+    let summary = summary?;
+    println!("{summary}");
+    if let Some((connection, _)) = rabbit {
+        connection.close(200, "done").await.ok();
+    }
+    pool.close().await;
+    if summary.interrupted {
+        // What a shell reports for a process SIGINT ended: the import did not finish.
+        std::process::exit(INTERRUPTED_EXIT_CODE);
+    }
+    Ok(())
+}

@@ -47,3 +47,14 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .context("loading static data")?;
     Ok(pool)
 }
+
+/// Whether PostgreSQL refused the data itself (classes 22, data exception, and 23, integrity
+/// violation): storing the same data again cannot succeed.
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}

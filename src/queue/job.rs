@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::killmail::{Killmail, KillmailId, Received, Source, Zkb};
+use crate::killmail::{Killmail, KillmailId, Received, Source, Zkb, check_hash};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IngestJob {
@@ -31,12 +31,7 @@ impl IngestJob {
     pub fn decode(body: &[u8]) -> Result<Self, String> {
         let job: Self =
             serde_json::from_slice(body).map_err(|e| format!("not a killmail.ingest job: {e}"))?;
-        if !is_hash(&job.hash) {
-            return Err(format!(
-                "hash {:?} is not a 40-character hex string",
-                job.hash
-            ));
-        }
+        check_hash(&job.hash)?;
         if let Some(killmail) = &job.killmail {
             if killmail.killmail_id != job.killmail_id {
                 return Err(format!(
@@ -62,8 +57,4 @@ impl IngestJob {
             source: self.source,
         }
     }
-}
-
-fn is_hash(text: &str) -> bool {
-    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }

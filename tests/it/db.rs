@@ -11,7 +11,9 @@ async fn processes_starting_together_create_and_migrate_one_database() {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let starts = (0..4).map(|_| killreport::db::connect(&url, 2));
-    let pools = futures::future::try_join_all(starts).await.expect("every start succeeds");
+    let pools = futures::future::try_join_all(starts)
+        .await
+        .expect("every start succeeds");
 
     let (systems, jita_region): (i64, Option<i64>) = sqlx::query_as(
         "SELECT count(*), max(region_id) FILTER (WHERE name = 'Jita') FROM solar_systems",
@@ -34,12 +36,17 @@ async fn processes_starting_together_create_and_migrate_one_database() {
 #[tokio::test]
 async fn a_restarted_process_finds_everything_in_place() {
     let env = TestEnv::new().await;
-    let again = killreport::db::connect(&env.database_url, 2).await.expect("second start");
+    let again = killreport::db::connect(&env.database_url, 2)
+        .await
+        .expect("second start");
     let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&again)
         .await
         .expect("migrations table");
-    assert_eq!(migrations, i64::try_from(killreport::db::MIGRATOR.iter().count()).expect("count"));
+    assert_eq!(
+        migrations,
+        i64::try_from(killreport::db::MIGRATOR.iter().count()).expect("count")
+    );
     again.close().await;
     env.cleanup().await;
 }

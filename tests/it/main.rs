@@ -4,8 +4,10 @@
 
 mod db;
 mod feed;
+mod import;
 mod ingest;
 mod live;
 mod robustness;
 mod server;
+mod store;
 mod support;

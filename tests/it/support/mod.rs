@@ -122,7 +122,7 @@ impl TestEnv {
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", env_or("TEST_RUST_LOG", "warn,killreport=info"))
+            .env("RUST_LOG", env_or("TEST_RUST_LOG", "error"))
             .env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", redis_url())
             .env("EVENTS_CHANNEL", &self.channel)

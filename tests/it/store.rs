@@ -1,0 +1,331 @@
+//! The store keeps killmails losslessly: what goes in as ESI JSON comes back out of
+//! `db::killmails::load` as the same JSON, for every fixture and a whole EVE Ref day. Storing
+//! is idempotent, a late zkb block is added, and the ingest sequence follows the order of
+//! storing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+use std::path::Path;
+
+use killreport::db::killmails::{Stored, load};
+use killreport::ingest;
+use killreport::killmail::{Killmail, KillmailId, Received, Source, Zkb};
+use serde_json::Value;
+
+use crate::support::{TestEnv, fixtures};
+
+/// The keys EVE Ref adds to ESI's body.
+const EVE_REF_KEYS: [&str; 2] = ["killmail_hash", "http_last_modified"];
+
+/// Every `.json` member of an EVE Ref archive, with its name, in archive order; read here
+/// with tar and bzip2 directly, independent of `queue import`.
+pub fn archive_values(path: &Path) -> Vec<(String, Value)> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut archive = tar::Archive::new(bzip2::read::MultiBzDecoder::new(file));
+    let mut out = Vec::new();
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        let name = entry.path().expect("member name").display().to_string();
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let mut text = Vec::new();
+        entry.read_to_end(&mut text).expect("member");
+        let value = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        out.push((name, value));
+    }
+    out
+}
+
+/// An EVE Ref killmail (ESI body, `killmail_hash`, `http_last_modified`) as the store takes it.
+pub fn received(value: &Value, zkb: Option<Zkb>) -> Received {
+    let hash = value["killmail_hash"]
+        .as_str()
+        .expect("killmail_hash")
+        .to_owned();
+    let killmail: Killmail = serde_json::from_value(value.clone()).expect("an ESI killmail");
+    Received {
+        killmail,
+        hash,
+        zkb,
+        source: Source::Import,
+    }
+}
+
+/// The ESI body of an EVE Ref killmail: the input without EVE Ref's two keys.
+pub fn esi_body(value: &Value) -> Value {
+    let mut body = value.clone();
+    if let Some(map) = body.as_object_mut() {
+        for key in EVE_REF_KEYS {
+            map.remove(key);
+        }
+    }
+    body
+}
+
+/// Every number as an f64, so that `5` and `5.0` compare equal, as they do to JSON readers.
+pub fn normalise(value: Value) -> Value {
+    match value {
+        Value::Number(n) => n.as_f64().map_or(Value::Number(n), Value::from),
+        Value::Array(values) => Value::Array(values.into_iter().map(normalise).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, normalise(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// The first place two JSON values differ, as a path like `victim.items[3].flag`, with both
+/// sides; `None` when they are equal (key order aside).
+pub fn first_difference(expected: &Value, actual: &Value, path: &str) -> Option<String> {
+    let at = |p: &str| {
+        if p.is_empty() {
+            "(root)".to_owned()
+        } else {
+            p.to_owned()
+        }
+    };
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            let keys: BTreeSet<&String> = e.keys().chain(a.keys()).collect();
+            keys.into_iter().find_map(|key| {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match (e.get(key), a.get(key)) {
+                    (Some(e), Some(a)) => first_difference(e, a, &sub),
+                    (Some(e), None) => Some(format!("{sub}: expected {e}, missing")),
+                    (None, Some(a)) => Some(format!("{sub}: not expected, got {a}")),
+                    (None, None) => None,
+                }
+            })
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            let common = e
+                .iter()
+                .zip(a)
+                .enumerate()
+                .find_map(|(i, (e, a))| first_difference(e, a, &format!("{path}[{i}]")));
+            common.or_else(|| {
+                (e.len() != a.len()).then(|| {
+                    format!(
+                        "{}: expected {} elements, got {}",
+                        at(path),
+                        e.len(),
+                        a.len()
+                    )
+                })
+            })
+        }
+        (e, a) if e == a => None,
+        (e, a) => Some(format!("{}: expected {e}, got {a}", at(path))),
+    }
+}
+
+/// Stores `inputs` (EVE Ref killmails) in batches, loads every one back, and returns a line
+/// per killmail that does not come back as it went in.
+async fn round_trip(env: &TestEnv, inputs: &[(String, Value)]) -> Vec<String> {
+    for batch in inputs.chunks(500) {
+        let batch: Vec<Received> = batch.iter().map(|(_, v)| received(v, None)).collect();
+        ingest::store(&env.pool, &batch)
+            .await
+            .expect("storing a batch");
+    }
+    let ids: Vec<KillmailId> = inputs
+        .iter()
+        .map(|(_, v)| KillmailId(v["killmail_id"].as_i64().expect("killmail_id")))
+        .collect();
+    let mut db = env.pool.acquire().await.expect("a connection");
+    let loaded: HashMap<KillmailId, _> = load(&mut db, &ids)
+        .await
+        .expect("loading")
+        .into_iter()
+        .map(|s| (s.killmail.killmail_id, s))
+        .collect();
+
+    let mut failures = Vec::new();
+    for ((name, input), id) in inputs.iter().zip(&ids) {
+        let Some(stored) = loaded.get(id) else {
+            failures.push(format!("killmail {id} ({name}): not in the store"));
+            continue;
+        };
+        if Some(stored.hash.as_str()) != input["killmail_hash"].as_str() {
+            failures.push(format!("killmail {id} ({name}): hash {}", stored.hash));
+        }
+        let expected = normalise(esi_body(input));
+        let actual = normalise(serde_json::to_value(&stored.killmail).expect("JSON"));
+        if let Some(difference) = first_difference(&expected, &actual, "") {
+            failures.push(format!("killmail {id} ({name}): {difference}"));
+        }
+    }
+    failures
+}
+
+fn assert_no_failures(failures: &[String], of: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {of} killmails did not round-trip; the first:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test]
+async fn every_single_killmail_fixture_comes_back_as_it_went_in() {
+    let env = TestEnv::new().await;
+    let inputs: Vec<(String, Value)> = fixtures::killmail_values()
+        .into_iter()
+        .map(|v| (format!("fixture {}", v["killmail_id"]), v))
+        .collect();
+    assert_eq!(inputs.len(), 234, "the single-killmail fixtures");
+    assert_no_failures(&round_trip(&env, &inputs).await, inputs.len());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_killmail_of_an_eve_ref_day_comes_back_as_it_went_in() {
+    let env = TestEnv::new().await;
+    let inputs = archive_values(&fixtures::archive("2021-12-03"));
+    assert_eq!(inputs.len(), 4158, "killmails in the 2021-12-03 archive");
+    assert_no_failures(&round_trip(&env, &inputs).await, inputs.len());
+    assert_eq!(env.killmail_count().await, 4158);
+    env.cleanup().await;
+}
+
+#[test]
+fn the_comparison_sees_numbers_as_numbers_and_names_the_first_difference() {
+    let a = serde_json::json!({"x": 5, "items": [{"flag": 1}, {"flag": 2}]});
+    let b = serde_json::json!({"items": [{"flag": 1.0}, {"flag": 2}], "x": 5.0});
+    assert_eq!(
+        first_difference(&normalise(a.clone()), &normalise(b), ""),
+        None
+    );
+    let c = serde_json::json!({"x": 5, "items": [{"flag": 1}, {"flag": 3}]});
+    assert_eq!(
+        first_difference(&normalise(a.clone()), &normalise(c), "").as_deref(),
+        Some("items[1].flag: expected 2.0, got 3.0")
+    );
+    let d = serde_json::json!({"x": 5, "items": [{"flag": 1}]});
+    assert_eq!(
+        first_difference(&a, &d, "").as_deref(),
+        Some("items: expected 2 elements, got 1")
+    );
+}
+
+fn fixture_batch(n: usize) -> Vec<Received> {
+    fixtures::killmail_values()
+        .iter()
+        .take(n)
+        .map(|v| received(v, None))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_same_batch_stored_twice_is_new_only_the_first_time() {
+    let env = TestEnv::new().await;
+    let batch = fixture_batch(50);
+    let first = ingest::store(&env.pool, &batch).await.expect("storing");
+    assert_eq!(first.len(), 50);
+    let second = ingest::store(&env.pool, &batch)
+        .await
+        .expect("storing again");
+    assert_eq!(
+        second,
+        Vec::<Stored>::new(),
+        "nothing is new the second time"
+    );
+    assert_eq!(env.killmail_count().await, 50);
+
+    let mut db = env.pool.acquire().await.expect("a connection");
+    let ids: Vec<KillmailId> = first.iter().map(|s| s.killmail_id).collect();
+    let seqs: Vec<_> = load(&mut db, &ids)
+        .await
+        .expect("loading")
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    let first_seqs: Vec<_> = first.iter().map(|s| s.seq).collect();
+    assert_eq!(
+        seqs, first_seqs,
+        "storing again leaves the sequence numbers alone"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_zkb_block_arriving_later_is_added_to_a_killmail_stored_without_one() {
+    let env = TestEnv::new().await;
+    let without = fixture_batch(1).remove(0);
+    let id = without.killmail.killmail_id;
+    let zkb = Zkb(serde_json::json!({
+        "hash": without.hash, "totalValue": 1_234_567.89, "npc": false, "solo": true,
+        "awox": false, "points": 10, "labels": ["pvp", "solo"], "locationID": 40_000_001
+    }));
+    let stored = ingest::store(&env.pool, std::slice::from_ref(&without))
+        .await
+        .expect("storing without zkb");
+    assert_eq!(stored.len(), 1);
+
+    let with = Received {
+        zkb: Some(zkb.clone()),
+        ..without.clone()
+    };
+    let again = ingest::store(&env.pool, std::slice::from_ref(&with))
+        .await
+        .expect("storing with zkb");
+    assert!(again.is_empty(), "the killmail is not new");
+
+    let other = Received {
+        zkb: Some(Zkb(
+            serde_json::json!({"hash": without.hash, "totalValue": 1.0}),
+        )),
+        ..without.clone()
+    };
+    ingest::store(&env.pool, std::slice::from_ref(&other))
+        .await
+        .expect("storing with another zkb");
+
+    let mut db = env.pool.acquire().await.expect("a connection");
+    let loaded = load(&mut db, &[id]).await.expect("loading").remove(0);
+    assert_eq!(
+        loaded.zkb,
+        Some(zkb),
+        "the first zkb block is added and kept"
+    );
+    assert_eq!(loaded.seq, stored[0].seq);
+    assert_eq!(loaded.killmail, without.killmail);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn sequence_numbers_follow_the_order_of_storing() {
+    let env = TestEnv::new().await;
+    let all = fixture_batch(90);
+    // Not in id order, so that following ids would not pass for following the batch.
+    let mut batches: Vec<Vec<Received>> = all.chunks(30).map(<[Received]>::to_vec).collect();
+    batches[1].reverse();
+    let mut seqs = Vec::new();
+    for batch in &batches {
+        let stored = ingest::store(&env.pool, batch).await.expect("storing");
+        let ids: Vec<KillmailId> = stored.iter().map(|s| s.killmail_id).collect();
+        let expected: Vec<KillmailId> = batch.iter().map(|r| r.killmail.killmail_id).collect();
+        assert_eq!(ids, expected, "within a batch, in the batch's order");
+        seqs.extend(stored.iter().map(|s| s.seq));
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence numbers increase in the order of storing: {seqs:?}"
+    );
+    let latest = killreport::db::killmails::latest_seq(&env.pool)
+        .await
+        .expect("latest seq");
+    assert_eq!(Some(&latest), seqs.last());
+    env.cleanup().await;
+}
