@@ -35,8 +35,9 @@ struct Args {
     /// At most this many jobs are stored in one transaction.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
     batch_size: usize,
-    /// Milliseconds a batch waits to fill once its first job has arrived.
-    #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 20)]
+    /// Milliseconds a batch waits to fill once its first job has arrived; 0 takes only what
+    /// has already arrived (batches still form under load, while the last one is written).
+    #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 0)]
     batch_wait_ms: u64,
     /// Milliseconds an announcement may wait for ESI to name unknown characters and corporations.
     #[arg(long, env = "NAMES_BUDGET_MS", default_value_t = 1500)]

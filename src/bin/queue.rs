@@ -11,7 +11,7 @@ use killreport::config::{DatabaseArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
 use killreport::import::Importer;
 use killreport::ingest::Announcer;
-use killreport::queue::Publisher;
+use killreport::queue::{Publisher, dlq};
 use tokio_util::sync::CancellationToken;
 
 /// The exit code of an import stopped by SIGINT or SIGTERM after its batch in hand.
@@ -30,6 +30,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Import(ImportArgs),
+    /// Inspect, replay or purge the dead-letter queue (jobs that failed for good).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print dead letters with their reason, leaving them in the queue.
+    List(DlqArgs),
+    /// Move dead letters back onto the work queue, for worker-killmails to try again.
+    Replay(DlqArgs),
+    /// Delete every dead letter.
+    Purge {
+        #[command(flatten)]
+        rabbit: RabbitArgs,
+    },
+}
+
+#[derive(Args)]
+struct DlqArgs {
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[command(flatten)]
+    rabbit: RabbitArgs,
 }
 
 /// Import killmails from files straight into PostgreSQL, and announce the new ones.
@@ -79,7 +104,56 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = killreport::shutdown::on_signal();
     match cli.command {
         Command::Import(args) => import(args, shutdown).await,
+        Command::Dlq(command) => dlq(command).await,
     }
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    let rabbit = match &command {
+        DlqCommand::List(args) | DlqCommand::Replay(args) => &args.rabbit,
+        DlqCommand::Purge { rabbit } => rabbit,
+    };
+    let connection = killreport::queue::connect(&rabbit.rabbitmq_url, "queue dlq")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let publisher = Publisher::new(&connection, rabbit.topology())
+        .await
+        .context("declaring the RabbitMQ topology")?;
+    let channel = connection.create_channel().await?;
+    let topology = rabbit.topology();
+    match command {
+        DlqCommand::List(args) => {
+            let letters = dlq::list(&channel, &topology, args.limit).await?;
+            for letter in &letters {
+                println!(
+                    "{}\n  {}",
+                    letter.reason.as_deref().unwrap_or("(no reason recorded)"),
+                    String::from_utf8_lossy(&letter.body)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                );
+            }
+            println!(
+                "{} dead letters shown from {}",
+                letters.len(),
+                topology.dead_letter_queue()
+            );
+        }
+        DlqCommand::Replay(args) => {
+            let moved = dlq::replay(&channel, &publisher, args.limit).await?;
+            println!("{moved} dead letters moved back to {}", topology.queue);
+        }
+        DlqCommand::Purge { .. } => {
+            let purged = dlq::purge(&channel, &topology).await?;
+            println!(
+                "{purged} dead letters deleted from {}",
+                topology.dead_letter_queue()
+            );
+        }
+    }
+    connection.close(200, "done").await.ok();
+    Ok(())
 }
 
 async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result<()> {

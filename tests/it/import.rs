@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
@@ -13,46 +12,17 @@ use killreport::killmail::{Item, KillmailId, Source, Zkb};
 use killreport::queue::IngestJob;
 use lapin::options::BasicGetOptions;
 use serde_json::Value;
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{archive_values, esi_body, first_difference, normalise};
-use crate::support::{
-    PATIENCE, TestEnv, assert_no_more_events, env_or, fixtures, rabbitmq_url, receive_events,
-    redis_url,
-};
-
-/// Runs `queue` with this test's environment and waits for it, keeping its output.
-async fn run_queue(env: &TestEnv, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_queue"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", env_or("TEST_RUST_LOG", "warn"))
-        .env("DATABASE_URL", &env.database_url)
-        .env("REDIS_URL", redis_url())
-        .env("EVENTS_CHANNEL", &env.channel)
-        .env("RABBITMQ_URL", rabbitmq_url())
-        .env("RABBITMQ_EXCHANGE", &env.rabbit.rabbitmq_exchange)
-        .env("INGEST_QUEUE", &env.rabbit.ingest_queue)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning queue");
-    tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("queue import finishes in time")
-        .expect("queue's output")
-}
+use crate::support::{TestEnv, assert_no_more_events, fixtures, receive_events};
 
 /// Runs `queue import` and returns its summary, as `label: value` pairs, failing unless it
 /// succeeded.
 async fn import(env: &TestEnv, args: &[&str]) -> HashMap<String, String> {
     let mut all = vec!["import"];
     all.extend(args);
-    let output = run_queue(env, &all).await;
+    let output = env.run("queue", &all).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -393,7 +363,9 @@ async fn a_file_that_cannot_be_opened_fails_the_import_before_anything_is_stored
     let env = TestEnv::new().await;
     let archive = fixtures::archive("2021-12-03");
     let missing = fixtures::dir().join("no-such-file.json");
-    let output = run_queue(&env, &["import", path_arg(&archive), path_arg(&missing)]).await;
+    let output = env
+        .run("queue", &["import", path_arg(&archive), path_arg(&missing)])
+        .await;
     assert!(!output.status.success(), "a missing file fails the import");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

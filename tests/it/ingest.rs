@@ -184,3 +184,72 @@ async fn a_killmail_committed_but_never_announced_is_announced_once_by_the_next_
     assert_no_more_events(&mut events, Duration::from_secs(6)).await;
     env.cleanup().await;
 }
+
+/// Runs the real `queue` binary to completion and returns its stdout.
+async fn queue_command(env: &TestEnv, args: &[&str]) -> String {
+    let output = env.run("queue", args).await;
+    assert!(
+        output.status.success(),
+        "queue {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_replayed_and_purged() {
+    let env = TestEnv::new().await;
+    let publisher = env.publisher().await;
+    let (job, _) = job(97_089_243, true);
+    let mut broken = job.clone();
+    broken.hash = "not-a-hash".into();
+    publisher
+        .dead_letter_body(&broken.encode(), "hash is bad")
+        .await
+        .expect("dead-letter");
+    publisher
+        .dead_letter_body(&job.encode(), "ESI was down too long")
+        .await
+        .expect("dead-letter");
+
+    let listed = queue_command(&env, &["dlq", "list"]).await;
+    assert!(
+        listed.contains("hash is bad") && listed.contains("ESI was down too long"),
+        "{listed}"
+    );
+    assert!(listed.contains("2 dead letters shown"), "{listed}");
+    // Listing leaves them in place.
+    assert!(
+        queue_command(&env, &["dlq", "list"])
+            .await
+            .contains("2 dead letters shown")
+    );
+
+    let mut events = env.subscribe().await;
+    let _worker = env.spawn("worker-killmails", &[]);
+    let replayed = queue_command(&env, &["dlq", "replay"]).await;
+    assert!(replayed.contains("2 dead letters moved"), "{replayed}");
+    let event = receive_events(&mut events, 1).await.remove(0);
+    assert_eq!(event.killmail.killmail_id, job.killmail_id);
+    // The broken one failed again and is back, with its reason.
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let listed = queue_command(&env, &["dlq", "list"]).await;
+        if listed.contains("1 dead letters shown") {
+            assert!(listed.contains("40-character hex"), "{listed}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken job never came back: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        queue_command(&env, &["dlq", "purge"])
+            .await
+            .contains("1 dead letters deleted")
+    );
+    assert!(env.dead_letters().await.is_empty());
+    env.cleanup().await;
+}

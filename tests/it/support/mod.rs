@@ -111,6 +111,27 @@ impl TestEnv {
 
     /// Spawns one of the package's binaries with this environment; it is killed when dropped.
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Child {
+        self.command(binary, args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"))
+    }
+
+    /// Runs one of the package's binaries to its end (within [`PATIENCE`]), keeping its output.
+    pub async fn run(&self, binary: &str, args: &[&str]) -> std::process::Output {
+        let child = self
+            .command(binary, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"));
+        tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{binary} {args:?} did not finish in time"))
+            .expect("its output")
+    }
+
+    /// A command for one of the package's binaries with this environment, to run or spawn.
+    pub fn command(&self, binary: &str, args: &[&str]) -> Command {
         let path = match binary {
             "worker-redisq" => env!("CARGO_BIN_EXE_worker-redisq"),
             "worker-killmails" => env!("CARGO_BIN_EXE_worker-killmails"),
@@ -118,7 +139,8 @@ impl TestEnv {
             "server" => env!("CARGO_BIN_EXE_server"),
             other => panic!("no binary {other}"),
         };
-        Command::new(path)
+        let mut command = Command::new(path);
+        command
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -133,9 +155,8 @@ impl TestEnv {
             .env("R2Z2_BASE_URL", "http://127.0.0.1:9")
             .envs(&self.vars)
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"))
+            .kill_on_drop(true);
+        command
     }
 
     /// Subscribes to this test's event channel; events arrive decoded, in order.
