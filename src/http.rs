@@ -1,10 +1,16 @@
-//! The HTTP surface of `server`: health and readiness now; `/graphql` joins them with the
-//! GraphQL server.
+//! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
+//! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
+//! assets, `/healthz` and `/readyz`.
 
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -13,18 +19,69 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventPublisher;
+use crate::graphql::KillreportSchema;
+
+/// Largest POST body accepted on `/graphql`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub redis: EventPublisher,
+    pub schema: KillreportSchema,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route(
+            "/graphql",
+            get(graphql_get)
+                .post(graphql_post)
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(crate::graphiql::assets())
+}
+
+/// A WebSocket upgrade becomes a GraphQL subscription connection; anything else gets GraphiQL.
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if !parts.headers.contains_key(header::UPGRADE) {
+        return crate::graphiql::page().into_response();
+    }
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &()).await else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "ask for the graphql-transport-ws or graphql-ws subprotocol",
+        )
+            .into_response();
+    };
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, state.schema, protocol)
+                .keepalive_timeout(Duration::from_secs(30))
+                .serve()
+        })
+}
+
+/// Runs one query; the body is a GraphQL-over-HTTP JSON request.
+async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            let message = format!("the body is not a GraphQL request: {error}");
+            let body = json!({ "errors": [{ "message": message, "extensions": { "code": "BAD_REQUEST" } }] });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    Json(state.schema.execute(request).await).into_response()
 }
 
 /// 200 when PostgreSQL and Redis both answer within a second; 503 naming the one that does not.

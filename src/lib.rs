@@ -23,6 +23,7 @@ pub mod esi;
 pub mod events;
 pub mod feed;
 pub mod graphiql;
+pub mod graphql;
 pub mod http;
 pub mod import;
 pub mod ingest;

@@ -1,10 +1,14 @@
 //! server: the HTTP and GraphQL front of killreport on LISTEN_ADDR (default 0.0.0.0:4000).
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
 use killreport::events::EventPublisher;
+use killreport::graphql::Statics;
 use killreport::http::{AppState, router, serve};
+use killreport::live::Hub;
 
 #[derive(Parser)]
 #[command(
@@ -30,10 +34,29 @@ async fn main() -> anyhow::Result<()> {
     let redis = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
         .await
         .context("connecting to Redis")?;
+    let hub = Hub::start(
+        pool.clone(),
+        &args.redis.redis_url,
+        &args.redis.events_channel,
+        shutdown.clone(),
+    )
+    .await
+    .context("subscribing to killmail events on Redis")?;
+    let statics = Arc::new(Statics::load(&pool).await.context("loading static data")?);
+    let schema = killreport::graphql::schema(pool.clone(), hub, statics);
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
-    serve(listener, router(AppState { pool, redis }), shutdown).await?;
+    serve(
+        listener,
+        router(AppState {
+            pool,
+            redis,
+            schema,
+        }),
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -4,9 +4,11 @@
 
 pub mod announcements;
 pub mod cursors;
+pub mod entities;
 pub mod killmails;
 pub mod names;
 pub mod sde;
+pub mod statics;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 
 mod db;
 mod feed;
+mod graphql;
 mod import;
 mod ingest;
 mod live;

@@ -109,6 +109,28 @@ impl TestEnv {
             .expect("declaring the topology")
     }
 
+    /// Starts the server on a free port and waits until it answers; returns it and its
+    /// `http://127.0.0.1:port`.
+    pub async fn start_server(&mut self) -> (Child, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        self.vars
+            .insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
+        let server = self.spawn("server", &[]);
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while reqwest::get(format!("{base}/healthz")).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (server, base)
+    }
+
     /// Spawns one of the package's binaries with this environment; it is killed when dropped.
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Child {
         self.command(binary, args)

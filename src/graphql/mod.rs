@@ -1,0 +1,136 @@
+//! The GraphQL API: the schema of DESIGN.md (queries over the store, `killmailAdded` from the
+//! live hub), its limits, and the errors clients see. Static names (systems, regions, item
+//! types) are held in memory; entity names are batch-loaded per request.
+
+mod filter;
+mod loaders;
+mod query;
+mod subscription;
+mod types;
+
+pub use filter::{Involvement, KillmailFilter};
+pub use types::KillmailNode;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{EmptyMutation, ErrorExtensions, Schema, SchemaBuilder};
+use sqlx::PgPool;
+
+use crate::live::Hub;
+
+pub type KillreportSchema = Schema<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot>;
+
+/// Deepest query accepted: enough for a killmail's nested item tree and entity links.
+pub const MAX_DEPTH: usize = 12;
+/// Costliest query accepted; a connection costs `first` times what each node asks for.
+pub const MAX_COMPLEXITY: usize = 20_000;
+/// Largest page of a connection.
+pub const MAX_PAGE: i32 = 200;
+
+/// The schema without its data: enough to export the SDL.
+pub fn schema_builder()
+-> SchemaBuilder<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot> {
+    Schema::build(
+        query::QueryRoot,
+        EmptyMutation,
+        subscription::SubscriptionRoot,
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY)
+}
+
+/// The schema with what its resolvers need.
+pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>) -> KillreportSchema {
+    schema_builder()
+        .data(DataLoader::new(
+            loaders::NameLoader(pool.clone()),
+            tokio::spawn,
+        ))
+        .data(pool)
+        .data(hub)
+        .data(statics)
+        .finish()
+}
+
+/// The static tables, in memory: every solar system, region and item type.
+#[derive(Debug, Default)]
+pub struct Statics {
+    pub systems: HashMap<i64, System>,
+    pub regions: HashMap<i64, String>,
+    /// Type id → (name, group name).
+    pub types: HashMap<i64, (Option<String>, Option<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct System {
+    pub name: String,
+    pub security_status: Option<f64>,
+    pub region_id: i64,
+}
+
+impl Statics {
+    pub async fn load(pool: &PgPool) -> sqlx::Result<Self> {
+        let systems = crate::db::statics::solar_systems(pool)
+            .await?
+            .into_iter()
+            .map(|s| {
+                (
+                    s.id,
+                    System {
+                        name: s.name,
+                        security_status: s.security_status,
+                        region_id: s.region_id,
+                    },
+                )
+            })
+            .collect();
+        let regions = crate::db::statics::regions(pool)
+            .await?
+            .into_iter()
+            .collect();
+        let types = crate::db::statics::item_types(pool)
+            .await?
+            .into_iter()
+            .map(|(id, name, group)| (id, (name, group)))
+            .collect();
+        Ok(Self {
+            systems,
+            regions,
+            types,
+        })
+    }
+
+    pub fn region_of(&self, solar_system_id: i64) -> Option<i64> {
+        self.systems.get(&solar_system_id).map(|s| s.region_id)
+    }
+
+    pub fn type_name(&self, type_id: i64) -> Option<&str> {
+        self.types
+            .get(&type_id)
+            .and_then(|(name, _)| name.as_deref())
+    }
+}
+
+/// A mistake in the request: the message says what to change.
+pub(crate) fn bad_input(message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", "BAD_USER_INPUT"))
+}
+
+/// A failure on our side: logged once with its chain, shown to the client without detail.
+pub(crate) fn internal(error: impl Into<anyhow::Error>) -> async_graphql::Error {
+    let error = error.into();
+    tracing::error!(error = format!("{error:#}"), "GraphQL request failed");
+    async_graphql::Error::new("internal error").extend_with(|_, e| e.set("code", "INTERNAL"))
+}
+
+/// Parses a 64-bit id given as `ID`.
+pub(crate) fn parse_id(id: &async_graphql::ID, what: &str) -> async_graphql::Result<i64> {
+    id.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        bad_input(format!(
+            "{what} id {:?} is not a positive 64-bit integer",
+            id.as_str()
+        ))
+    })
+}

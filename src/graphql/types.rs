@@ -1,0 +1,562 @@
+//! The GraphQL objects. A killmail is one shared value (`KillmailNode`) whether it came from the
+//! store or from a live event; victim, attacker and item views borrow from it. Names come from
+//! the event's `names` when it has them, from the in-memory static tables for systems, regions
+//! and types, and from the batched name loader for everything else.
+
+use std::sync::Arc;
+
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, ID, Object, Result};
+use chrono::{DateTime, Utc};
+
+use super::loaders::NameLoader;
+use super::query::{Page, killmails_page};
+use super::{Involvement, KillmailFilter, Statics, internal};
+use crate::db::killmails::StoredKillmail;
+use crate::events::KillmailAdded;
+use crate::killmail::{Attacker as EsiAttacker, Item, Zkb as EsiZkb};
+
+/// A killmail, as stored or as announced.
+#[derive(Clone)]
+pub struct KillmailNode(pub Arc<KillmailAdded>);
+
+impl From<StoredKillmail> for KillmailNode {
+    fn from(s: StoredKillmail) -> Self {
+        Self(Arc::new(KillmailAdded {
+            seq: s.seq,
+            killmail: s.killmail,
+            zkb: s.zkb,
+            hash: Some(s.hash),
+            names: Default::default(),
+        }))
+    }
+}
+
+impl From<Arc<KillmailAdded>> for KillmailNode {
+    fn from(event: Arc<KillmailAdded>) -> Self {
+        Self(event)
+    }
+}
+
+fn clamp(value: i64) -> i32 {
+    i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX })
+}
+
+fn statics<'a>(ctx: &Context<'a>) -> &'a Statics {
+    ctx.data_unchecked::<Arc<Statics>>()
+}
+
+/// The name of a character, corporation, alliance or faction: from the event when it carried
+/// one, else from the store (batched across the whole response).
+async fn entity_name(
+    ctx: &Context<'_>,
+    node: Option<&KillmailNode>,
+    id: i64,
+) -> Result<Option<String>> {
+    if let Some(name) = node.and_then(|n| n.0.names.get(&id.to_string())) {
+        return Ok(Some(name.clone()));
+    }
+    ctx.data_unchecked::<DataLoader<NameLoader>>()
+        .load_one(id)
+        .await
+        .map_err(|e| internal(anyhow::anyhow!(e)))
+}
+
+#[Object(name = "Killmail")]
+impl KillmailNode {
+    async fn id(&self) -> ID {
+        self.killmail_id_text()
+    }
+    async fn hash(&self) -> String {
+        self.0
+            .hash
+            .clone()
+            .or_else(|| {
+                self.0
+                    .zkb
+                    .as_ref()
+                    .and_then(|z| z.hash().map(str::to_owned))
+            })
+            .unwrap_or_default()
+    }
+    async fn time(&self) -> DateTime<Utc> {
+        self.0.killmail.killmail_time
+    }
+    /// The ingest cursor: pass it as `after` to `killmailAdded` to resume after this killmail.
+    async fn cursor(&self) -> String {
+        self.0.seq.0.to_string()
+    }
+    async fn killmail_id(&self) -> ID {
+        self.killmail_id_text()
+    }
+    async fn killmail_time(&self) -> DateTime<Utc> {
+        self.0.killmail.killmail_time
+    }
+    async fn solar_system(&self) -> SolarSystem {
+        SolarSystem {
+            id: self.0.killmail.solar_system_id,
+        }
+    }
+    async fn moon_id(&self) -> Option<ID> {
+        self.0.killmail.moon_id.map(|id| ID(id.to_string()))
+    }
+    async fn war_id(&self) -> Option<ID> {
+        self.0.killmail.war_id.map(|id| ID(id.to_string()))
+    }
+    async fn victim(&self) -> Victim {
+        Victim(self.clone())
+    }
+    async fn attackers(&self) -> Vec<Attacker> {
+        (0..self.0.killmail.attackers.len())
+            .map(|index| Attacker {
+                node: self.clone(),
+                index,
+            })
+            .collect()
+    }
+    async fn attacker_count(&self) -> i32 {
+        clamp(self.0.killmail.attackers.len() as i64)
+    }
+    async fn final_blow(&self) -> Option<Attacker> {
+        self.0
+            .killmail
+            .attackers
+            .iter()
+            .position(|a| a.final_blow)
+            .map(|index| Attacker {
+                node: self.clone(),
+                index,
+            })
+    }
+    async fn zkb(&self) -> Option<Zkb> {
+        self.0.zkb.clone().map(Zkb)
+    }
+}
+
+impl KillmailNode {
+    fn killmail_id_text(&self) -> ID {
+        ID(self.0.killmail.killmail_id.to_string())
+    }
+}
+
+pub struct Victim(KillmailNode);
+
+#[Object]
+impl Victim {
+    async fn character(&self) -> Option<Character> {
+        let v = &self.0.0.killmail.victim;
+        v.character_id.map(|id| Character {
+            id,
+            corporation_id: v.corporation_id,
+            alliance_id: v.alliance_id,
+            node: Some(self.0.clone()),
+        })
+    }
+    async fn corporation(&self) -> Option<Corporation> {
+        let v = &self.0.0.killmail.victim;
+        v.corporation_id.map(|id| Corporation {
+            id,
+            alliance_id: v.alliance_id,
+            node: Some(self.0.clone()),
+        })
+    }
+    async fn alliance(&self) -> Option<Alliance> {
+        self.0.0.killmail.victim.alliance_id.map(|id| Alliance {
+            id,
+            node: Some(self.0.clone()),
+        })
+    }
+    async fn ship_type(&self) -> ItemType {
+        ItemType {
+            id: self.0.0.killmail.victim.ship_type_id,
+        }
+    }
+    async fn damage_taken(&self) -> i32 {
+        clamp(self.0.0.killmail.victim.damage_taken)
+    }
+    /// Everything the victim carried, containers with their contents.
+    async fn items(&self) -> Vec<KillmailItem> {
+        self.0
+            .0
+            .killmail
+            .victim
+            .items
+            .iter()
+            .cloned()
+            .map(KillmailItem)
+            .collect()
+    }
+    async fn character_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        self.name(ctx, self.0.0.killmail.victim.character_id).await
+    }
+    async fn corporation_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        self.name(ctx, self.0.0.killmail.victim.corporation_id)
+            .await
+    }
+    async fn alliance_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        self.name(ctx, self.0.0.killmail.victim.alliance_id).await
+    }
+    async fn ship_type_name(&self, ctx: &Context<'_>) -> Option<String> {
+        statics(ctx)
+            .type_name(self.0.0.killmail.victim.ship_type_id)
+            .map(str::to_owned)
+    }
+}
+
+impl Victim {
+    async fn name(&self, ctx: &Context<'_>, id: Option<i64>) -> Result<Option<String>> {
+        match id {
+            Some(id) => entity_name(ctx, Some(&self.0), id).await,
+            None => Ok(None),
+        }
+    }
+}
+
+pub struct Attacker {
+    node: KillmailNode,
+    index: usize,
+}
+
+impl Attacker {
+    fn esi(&self) -> &EsiAttacker {
+        &self.node.0.killmail.attackers[self.index]
+    }
+}
+
+#[Object]
+impl Attacker {
+    async fn character(&self) -> Option<Character> {
+        let a = self.esi();
+        a.character_id.map(|id| Character {
+            id,
+            corporation_id: a.corporation_id,
+            alliance_id: a.alliance_id,
+            node: Some(self.node.clone()),
+        })
+    }
+    async fn corporation(&self) -> Option<Corporation> {
+        let a = self.esi();
+        a.corporation_id.map(|id| Corporation {
+            id,
+            alliance_id: a.alliance_id,
+            node: Some(self.node.clone()),
+        })
+    }
+    async fn alliance(&self) -> Option<Alliance> {
+        self.esi().alliance_id.map(|id| Alliance {
+            id,
+            node: Some(self.node.clone()),
+        })
+    }
+    async fn ship_type(&self) -> Option<ItemType> {
+        self.esi().ship_type_id.map(|id| ItemType { id })
+    }
+    async fn weapon_type(&self) -> Option<ItemType> {
+        self.esi().weapon_type_id.map(|id| ItemType { id })
+    }
+    async fn damage_done(&self) -> i32 {
+        clamp(self.esi().damage_done)
+    }
+    async fn final_blow(&self) -> bool {
+        self.esi().final_blow
+    }
+    async fn security_status(&self) -> f64 {
+        self.esi().security_status
+    }
+}
+
+pub struct KillmailItem(Item);
+
+#[Object]
+impl KillmailItem {
+    async fn item_type(&self) -> ItemType {
+        ItemType {
+            id: self.0.item_type_id,
+        }
+    }
+    async fn flag(&self) -> i32 {
+        self.0.flag
+    }
+    async fn quantity_destroyed(&self) -> Option<i32> {
+        self.0.quantity_destroyed.map(clamp)
+    }
+    async fn quantity_dropped(&self) -> Option<i32> {
+        self.0.quantity_dropped.map(clamp)
+    }
+    async fn singleton(&self) -> i32 {
+        self.0.singleton
+    }
+    /// A container's contents.
+    async fn items(&self) -> Vec<KillmailItem> {
+        self.0.items.iter().cloned().map(KillmailItem).collect()
+    }
+}
+
+/// zKillboard's values for a killmail.
+pub struct Zkb(EsiZkb);
+
+impl Zkb {
+    fn number(&self, key: &str) -> Option<f64> {
+        self.0.0.get(key).and_then(serde_json::Value::as_f64)
+    }
+    fn flag(&self, key: &str) -> bool {
+        self.0
+            .0
+            .get(key)
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+#[Object]
+impl Zkb {
+    async fn total_value(&self) -> f64 {
+        self.number("totalValue").unwrap_or(0.0)
+    }
+    async fn fitted_value(&self) -> Option<f64> {
+        self.number("fittedValue")
+    }
+    async fn dropped_value(&self) -> Option<f64> {
+        self.number("droppedValue")
+    }
+    async fn destroyed_value(&self) -> Option<f64> {
+        self.number("destroyedValue")
+    }
+    async fn points(&self) -> i32 {
+        self.number("points").map_or(0, |p| p as i32)
+    }
+    async fn npc(&self) -> bool {
+        self.flag("npc")
+    }
+    async fn solo(&self) -> bool {
+        self.flag("solo")
+    }
+    async fn awox(&self) -> bool {
+        self.flag("awox")
+    }
+    async fn labels(&self) -> Vec<String> {
+        self.0
+            .0
+            .get("labels")
+            .and_then(serde_json::Value::as_array)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|l| l.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// The celestial nearest to the kill.
+    async fn location_id(&self) -> Option<ID> {
+        self.0
+            .0
+            .get("locationID")
+            .and_then(serde_json::Value::as_i64)
+            .map(|id| ID(id.to_string()))
+    }
+}
+
+/// Recent killmails involving an entity, newest first.
+async fn involving(
+    ctx: &Context<'_>,
+    filter: KillmailFilter,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<Connection<String, KillmailNode>> {
+    killmails_page(ctx, &filter, Page { first, after }).await
+}
+
+pub struct Character {
+    pub id: i64,
+    pub corporation_id: Option<i64>,
+    pub alliance_id: Option<i64>,
+    pub node: Option<KillmailNode>,
+}
+
+#[Object]
+impl Character {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        entity_name(ctx, self.node.as_ref(), self.id).await
+    }
+    async fn corporation(&self) -> Option<Corporation> {
+        self.corporation_id.map(|id| Corporation {
+            id,
+            alliance_id: self.alliance_id,
+            node: self.node.clone(),
+        })
+    }
+    async fn alliance(&self) -> Option<Alliance> {
+        self.alliance_id.map(|id| Alliance {
+            id,
+            node: self.node.clone(),
+        })
+    }
+    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    async fn killmails(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 25)] first: Option<i32>,
+        after: Option<String>,
+        #[graphql(default)] involvement: Involvement,
+    ) -> Result<Connection<String, KillmailNode>> {
+        let filter = KillmailFilter {
+            character_ids: Some(vec![ID(self.id.to_string())]),
+            involvement,
+            ..Default::default()
+        };
+        involving(ctx, filter, first, after).await
+    }
+}
+
+pub struct Corporation {
+    pub id: i64,
+    pub alliance_id: Option<i64>,
+    pub node: Option<KillmailNode>,
+}
+
+#[Object]
+impl Corporation {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        entity_name(ctx, self.node.as_ref(), self.id).await
+    }
+    /// Not known yet: always null.
+    async fn ticker(&self) -> Option<String> {
+        None
+    }
+    async fn alliance(&self) -> Option<Alliance> {
+        self.alliance_id.map(|id| Alliance {
+            id,
+            node: self.node.clone(),
+        })
+    }
+    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    async fn killmails(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 25)] first: Option<i32>,
+        after: Option<String>,
+        #[graphql(default)] involvement: Involvement,
+    ) -> Result<Connection<String, KillmailNode>> {
+        let filter = KillmailFilter {
+            corporation_ids: Some(vec![ID(self.id.to_string())]),
+            involvement,
+            ..Default::default()
+        };
+        involving(ctx, filter, first, after).await
+    }
+}
+
+pub struct Alliance {
+    pub id: i64,
+    pub node: Option<KillmailNode>,
+}
+
+#[Object]
+impl Alliance {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        entity_name(ctx, self.node.as_ref(), self.id).await
+    }
+    /// Not known yet: always null.
+    async fn ticker(&self) -> Option<String> {
+        None
+    }
+    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    async fn killmails(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 25)] first: Option<i32>,
+        after: Option<String>,
+        #[graphql(default)] involvement: Involvement,
+    ) -> Result<Connection<String, KillmailNode>> {
+        let filter = KillmailFilter {
+            alliance_ids: Some(vec![ID(self.id.to_string())]),
+            involvement,
+            ..Default::default()
+        };
+        involving(ctx, filter, first, after).await
+    }
+}
+
+pub struct ItemType {
+    pub id: i64,
+}
+
+#[Object]
+impl ItemType {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn name(&self, ctx: &Context<'_>) -> Option<String> {
+        statics(ctx).type_name(self.id).map(str::to_owned)
+    }
+    async fn group_name(&self, ctx: &Context<'_>) -> Option<String> {
+        statics(ctx)
+            .types
+            .get(&self.id)
+            .and_then(|(_, group)| group.clone())
+    }
+}
+
+pub struct SolarSystem {
+    pub id: i64,
+}
+
+#[Object]
+impl SolarSystem {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn name(&self, ctx: &Context<'_>) -> Option<String> {
+        statics(ctx).systems.get(&self.id).map(|s| s.name.clone())
+    }
+    async fn security_status(&self, ctx: &Context<'_>) -> Option<f64> {
+        statics(ctx)
+            .systems
+            .get(&self.id)
+            .and_then(|s| s.security_status)
+    }
+    async fn region_id(&self, ctx: &Context<'_>) -> Option<ID> {
+        statics(ctx).region_of(self.id).map(|id| ID(id.to_string()))
+    }
+    async fn region(&self, ctx: &Context<'_>) -> Option<Region> {
+        statics(ctx).region_of(self.id).map(|id| Region { id })
+    }
+    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    async fn killmails(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 25)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, KillmailNode>> {
+        let filter = KillmailFilter {
+            solar_system_ids: Some(vec![ID(self.id.to_string())]),
+            ..Default::default()
+        };
+        involving(ctx, filter, first, after).await
+    }
+}
+
+pub struct Region {
+    pub id: i64,
+}
+
+#[Object]
+impl Region {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn name(&self, ctx: &Context<'_>) -> Option<String> {
+        statics(ctx).regions.get(&self.id).cloned()
+    }
+}
