@@ -11,4 +11,5 @@ mod live;
 mod robustness;
 mod server;
 mod store;
+mod subscriptions;
 mod support;

@@ -3,6 +3,7 @@
 
 pub mod fakes;
 pub mod fixtures;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::process::Stdio;
