@@ -4,6 +4,7 @@
 
 mod db;
 mod feed;
+mod graphiql;
 mod graphql;
 mod import;
 mod ingest;
