@@ -11,6 +11,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use anyhow::Context;
 use futures::{FutureExt, StreamExt, stream};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
@@ -511,5 +512,102 @@ mod tests {
         assert_eq!(panic_message(payload.as_ref()), "formatted 7");
         let payload = std::panic::catch_unwind(|| std::panic::panic_any(5_u8)).expect_err("panics");
         assert_eq!(panic_message(payload.as_ref()), "a panic without a message");
+    }
+}
+
+/// How `worker-killmails` reaches its queue.
+#[derive(Debug, Clone)]
+pub struct Consuming {
+    pub rabbitmq_url: String,
+    pub topology: crate::queue::Topology,
+    /// Jobs RabbitMQ hands the worker before it has acked them.
+    pub prefetch: u16,
+    /// How long the batch in hand may take to finish once shutdown is asked for.
+    pub grace: Duration,
+}
+
+/// Consumes until `shutdown`, reconnecting with backoff and jitter whenever the connection to
+/// RabbitMQ is lost (what was unacked went back to the queue with the old connection); logs
+/// once per outage.
+pub async fn consume(
+    pool: PgPool,
+    esi: Esi,
+    announcer: Announcer,
+    batch: BatchSettings,
+    consuming: &Consuming,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let backoff = crate::feed::Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+    let mut failures = 0;
+    loop {
+        let session = async {
+            let name = format!("worker-killmails {}", consuming.topology.queue);
+            let connection = crate::queue::connect(&consuming.rabbitmq_url, &name)
+                .await
+                .context("connecting to RabbitMQ")?;
+            let publisher = Publisher::new(&connection, consuming.topology.clone())
+                .await
+                .context("declaring the RabbitMQ topology")?;
+            let channel = connection
+                .create_channel()
+                .await
+                .context("opening a channel")?;
+            channel
+                .basic_qos(consuming.prefetch, Default::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    &consuming.topology.queue,
+                    "worker-killmails",
+                    Default::default(),
+                    Default::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {}", consuming.topology.queue))?;
+            if failures > 0 {
+                tracing::info!("RabbitMQ is back; consuming again");
+            }
+            failures = 0;
+            tracing::info!(queue = %consuming.topology.queue, "worker-killmails consuming");
+            let worker = KillmailWorker {
+                pool: pool.clone(),
+                esi: esi.clone(),
+                publisher,
+                announcer: announcer.clone(),
+                batch,
+            };
+            let worked = crate::shutdown::finish_within(
+                shutdown,
+                consuming.grace,
+                worker.run(consumer, shutdown.clone()),
+            )
+            .await;
+            if worked.is_none() {
+                tracing::warn!(grace = ?consuming.grace, "the batch in hand did not finish in time; its unacked jobs go back to the queue");
+            }
+            // Still connected after an error: the broker cancelled the consumer (its queue was
+            // deleted), which reconnecting would only paper over.
+            let fatal = connection.status().connected() && matches!(worked, Some(Err(_)));
+            // Closing hands every delivery not acked back to the queue.
+            connection.close(200, "worker-killmails closing").await.ok();
+            anyhow::Ok((worked.unwrap_or(Ok(())), fatal))
+        };
+        let (outcome, fatal) = session.await.unwrap_or_else(|error| (Err(error), false));
+        if fatal || shutdown.is_cancelled() {
+            return outcome;
+        }
+        failures += 1;
+        let delay = backoff.delay(failures);
+        if failures == 1 {
+            let error = outcome.err().map(|e| format!("{e:#}")).unwrap_or_default();
+            tracing::error!(%error, retry_in = ?delay, "lost RabbitMQ; reconnecting until it is back");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
     }
 }

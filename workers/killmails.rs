@@ -6,11 +6,8 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, EsiArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::ingest::{Announcer, BatchSettings, KillmailWorker};
-use killreport::queue::Publisher;
+use killreport::ingest::{Announcer, BatchSettings, Consuming};
 use killreport::shutdown::finish_within;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 
 /// How long the batch in hand may take to finish after SIGTERM; then it is left to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -55,72 +52,38 @@ async fn main() -> anyhow::Result<()> {
     let events = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
         .await
         .context("connecting to Redis")?;
-    let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "worker-killmails")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let topology = args.rabbit.topology();
-    let publisher = Publisher::new(&connection, topology.clone())
-        .await
-        .context("declaring the RabbitMQ topology")?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a RabbitMQ channel")?;
-    channel
-        .basic_qos(args.prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            &topology.queue,
-            "worker-killmails",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming {}", topology.queue))?;
-
     let announcer = Announcer {
         pool: pool.clone(),
         events,
         resolve_names: Some((esi.clone(), Duration::from_millis(args.names_budget_ms))),
     };
-    let worker = KillmailWorker {
-        pool,
+    let consuming = Consuming {
+        rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
+        topology: args.rabbit.topology(),
+        prefetch: args.prefetch,
+        grace: SHUTDOWN_GRACE,
+    };
+    let batch = BatchSettings {
+        max_jobs: args.batch_size,
+        max_wait: Duration::from_millis(args.batch_wait_ms),
+        fetch_concurrency: 8,
+    };
+    let work = killreport::ingest::consume(
+        pool.clone(),
         esi,
-        publisher,
-        announcer: announcer.clone(),
-        batch: BatchSettings {
-            max_jobs: args.batch_size,
-            max_wait: Duration::from_millis(args.batch_wait_ms),
-            fetch_concurrency: 8,
-        },
-    };
-    tracing::info!(queue = %topology.queue, "worker-killmails consuming");
-    let work = async {
-        let result = worker.run(consumer, shutdown.clone()).await;
-        // Whatever ends the worker ends the sweep too.
-        shutdown.cancel();
-        result
-    };
+        announcer.clone(),
+        batch,
+        &consuming,
+        &shutdown,
+    );
     // Announces what was committed but never published (Redis down, a worker killed); one
     // under way when shutdown comes is let finish, so that it is not made twice.
     let sweep = announcer.sweep(Duration::from_secs(5), shutdown.clone());
-    let (worked, swept) = tokio::join!(
-        finish_within(&shutdown, SHUTDOWN_GRACE, work),
-        finish_within(&shutdown, SHUTDOWN_GRACE, sweep),
-    );
-    if worked.is_none() {
-        tracing::warn!(
-            grace_secs = SHUTDOWN_GRACE.as_secs(),
-            "the batch in hand did not finish in time; its unacked jobs go back to the queue"
-        );
-    }
+    let (worked, swept) = tokio::join!(work, finish_within(&shutdown, SHUTDOWN_GRACE, sweep));
     if swept.is_none() {
         tracing::warn!("overdue announcements did not finish in time; they stay pending");
     }
-    // Closing hands every delivery not acked back to the queue.
-    connection.close(200, "shutting down").await.ok();
-    worker.pool.close().await;
+    pool.close().await;
     tracing::info!("worker-killmails stopped");
-    worked.unwrap_or(Ok(()))
+    worked
 }

@@ -3,6 +3,7 @@
 //! binaries spawned as processes where a test is about processes.
 
 mod db;
+mod faults;
 mod feed;
 mod graphiql;
 mod graphql;
