@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, RabbitArgs};
-use killreport::feed::{FeedArgs, R2z2Poller, RedisqPoller};
+use killreport::feed::{Backoff, FeedArgs, R2z2Poller, RedisqPoller};
 use killreport::queue::Publisher;
 use tokio_util::sync::CancellationToken;
 
@@ -35,52 +35,91 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = killreport::shutdown::on_signal();
 
-    let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "worker-redisq")
-        .await
-        .context("connecting to RabbitMQ")?;
+    let http = args.feed.http_client()?;
+    // Only R2Z2 keeps a cursor, so only R2Z2 needs the database.
+    let pool = match args.feed.redisq_url {
+        Some(_) => None,
+        None => Some(
+            args.database
+                .connect()
+                .await
+                .context("connecting to PostgreSQL")?,
+        ),
+    };
+    let backoff = Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+    let mut failures = 0;
+    // A lost broker (or database) ends a run; the feed is picked up again from where it was,
+    // on a new connection, until shutdown.
+    loop {
+        let outcome = run(&args, http.clone(), pool.clone(), &shutdown).await;
+        if shutdown.is_cancelled() {
+            tracing::info!("worker-redisq stopped");
+            return outcome;
+        }
+        failures += 1;
+        let delay = backoff.delay(failures);
+        if let Err(error) = outcome {
+            tracing::error!(error = format!("{error:#}"), retry_in = ?delay, "the feed stopped; starting it again");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Connects to RabbitMQ and polls the configured feed until shutdown or a failure.
+async fn run(
+    args: &Args,
+    http: reqwest::Client,
+    pool: Option<sqlx::PgPool>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let connection = killreport::queue::connect(
+        &args.rabbit.rabbitmq_url,
+        &format!("worker-redisq {}", args.rabbit.ingest_queue),
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
     let publisher = Publisher::new(&connection, args.rabbit.topology())
         .await
         .context("declaring the RabbitMQ topology")?;
-    let http = args.feed.http_client()?;
-
-    if let Some(url) = args.feed.redisq_url.clone() {
-        let settings = args.feed.redisq_settings();
-        // A poll under way may bring a package already taken off the server's queue, so it is
-        // given its whole wait to answer.
-        let grace = SHUTDOWN_GRACE + Duration::from_secs(settings.ttw.into());
-        let poller = RedisqPoller {
-            http,
-            url,
-            publisher,
-            settings,
-        };
-        let run = poller.run(shutdown.clone());
-        stop_within(&shutdown, grace, run).await?;
-    } else {
-        // Only R2Z2 keeps a cursor, so only R2Z2 needs the database.
-        let pool = args
-            .database
-            .connect()
-            .await
-            .context("connecting to PostgreSQL")?;
-        let base_url = args.feed.r2z2_base_url.clone();
-        tracing::info!(%base_url, "worker-redisq reading R2Z2");
-        let settings = args.feed.r2z2_settings();
-        let poller = R2z2Poller {
-            http,
-            base_url,
-            pool,
-            publisher,
-            settings,
-        };
-        // An R2Z2 fetch under way is dropped at once: the file is asked for again after the
-        // restart, since the cursor moves only once its job is confirmed.
-        let run = poller.run(shutdown.clone());
-        stop_within(&shutdown, SHUTDOWN_GRACE, run).await?;
-    }
+    let outcome = match (args.feed.redisq_url.clone(), pool) {
+        (Some(url), _) => {
+            let settings = args.feed.redisq_settings();
+            // A poll under way may bring a package already taken off the server's queue, so it
+            // is given its whole wait to answer.
+            let grace = SHUTDOWN_GRACE + Duration::from_secs(settings.ttw.into());
+            let poller = RedisqPoller {
+                http,
+                url,
+                publisher,
+                settings,
+            };
+            stop_within(shutdown, grace, poller.run(shutdown.clone())).await
+        }
+        (None, Some(pool)) => {
+            let base_url = args.feed.r2z2_base_url.clone();
+            tracing::info!(%base_url, "worker-redisq reading R2Z2");
+            let settings = args.feed.r2z2_settings();
+            let poller = R2z2Poller {
+                http,
+                base_url,
+                pool,
+                publisher,
+                settings,
+            };
+            // An R2Z2 fetch under way is dropped at once: the file is asked for again after
+            // the restart, since the cursor moves only once its job is confirmed.
+            stop_within(shutdown, SHUTDOWN_GRACE, poller.run(shutdown.clone())).await
+        }
+        (None, None) => anyhow::bail!("R2Z2 needs the database"),
+    };
     connection.close(200, "shutting down").await.ok();
-    tracing::info!("worker-redisq stopped");
-    Ok(())
+    outcome
 }
 
 /// Runs a poller; once shutdown comes, gives what it is doing `grace` to finish.

@@ -11,7 +11,7 @@ use crate::support::{TestEnv, assert_no_more_events, fixtures, receive_events};
 
 /// Has RabbitMQ close every connection whose client-given name contains `needle`; returns how
 /// many it closed.
-async fn close_rabbitmq_connections(needle: &str) -> usize {
+pub async fn close_rabbitmq_connections(needle: &str) -> usize {
     let listed = tokio::process::Command::new("rabbitmqctl")
         .args([
             "-q",

@@ -541,3 +541,30 @@ async fn redisq_packages_are_long_polled_through_redirects_with_or_without_their
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn worker_redisq_carries_on_from_its_cursor_when_rabbitmq_drops_its_connection() {
+    let mut env = TestEnv::new().await;
+    let (fake, expected) = r2z2_with_killmails(60);
+    fake.reveal(START + 29);
+    let served = fake.serve().await;
+    point_at_r2z2(&mut env, &served);
+    let mut events = env.subscribe().await;
+    let _killmails = env.spawn("worker-killmails", &[]);
+    let mut feed = env.spawn("worker-redisq", &[]);
+
+    env.wait_for_killmails(20).await;
+    let needle = format!("worker-redisq {}", env.topology().queue);
+    assert_eq!(crate::faults::close_rabbitmq_connections(&needle).await, 1);
+    fake.reveal(START + 59);
+
+    let received = receive_checked(&env, &mut events, &expected).await;
+    assert_once_each_in_order(&received);
+    assert_no_more_events(&mut events, Duration::from_secs(1)).await;
+    assert_eq!(env.killmail_count().await, 60);
+    assert!(
+        feed.try_wait().expect("status").is_none(),
+        "worker-redisq is still running"
+    );
+    env.cleanup().await;
+}
