@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use killreport::config::{DatabaseArgs, RabbitArgs};
-use killreport::feed::{Backoff, FeedArgs, R2z2Poller, RedisqPoller};
+use killreport::config::{DatabaseArgs, FeedArgs, RabbitArgs};
+use killreport::feed::{Backoff, R2z2Poller, RedisqPoller};
 use killreport::queue::Publisher;
 use tokio_util::sync::CancellationToken;
 

@@ -5,11 +5,9 @@
 //! broker confirm before the feed moves on; an entry that can never become a job is
 //! dead-lettered with its reason instead of being retried forever.
 
-mod args;
 pub mod r2z2;
 pub mod redisq;
 
-pub use args::FeedArgs;
 pub use r2z2::{R2z2Poller, R2z2Settings};
 pub use redisq::{RedisqPoller, RedisqSettings};
 
