@@ -4,17 +4,20 @@
 //! How the modules depend on each other, binaries at the top:
 //!
 //! ```text
-//! src/main.rs (server), src/bin/queue.rs, workers/*.rs   parse config, connect, call in here
-//!   feed      the live feeds (R2Z2, RedisQ) → jobs          worker-redisq
-//!   ingest    jobs → store → announce                        worker-killmails
-//!   import    archives and files → store → announce          queue import
-//!   http      the axum router: /graphql, /healthz, /readyz   server
-//!     db      PostgreSQL: connect + migrate, killmails, names, cursors, static data
-//!     queue   RabbitMQ: topology, jobs, confirmed publishing, retries and dead letters
+//! src/main.rs (server), src/bin/{queue,loadgen}.rs, workers/*.rs   parse config, connect, call in
+//!   feed      the live feeds (R2Z2, RedisQ) → jobs                 worker-redisq
+//!   ingest    jobs → store → announce (outbox, sweep)               worker-killmails
+//!   import    archives and files → store → announce                 queue import
+//!   http      axum: /graphql (graphql, graphiql), /healthz, /readyz server
+//!     graphql   schema, queries, killmailAdded, filters, loaders
+//!     live      one Redis subscription per process, in order, fanned out
+//!   loadgen   benchmark load and figures                            loadgen
+//!     db      PostgreSQL: connect + migrate, killmails, announcements, names, cursors, statics
+//!     queue   RabbitMQ: topology, jobs, confirmed publishing, retries, dead letters
 //!     events  Redis pub/sub: the killmail-added event
-//!     esi     ESI over HTTP
+//!     esi     ESI over HTTP, its error limit shared by a process
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
-//! config: clap argument groups with DESIGN.md's defaults, shared by the binaries.
+//! config: clap argument groups with DESIGN.md's defaults; shutdown: the signal token.
 //! ```
 
 pub mod config;
