@@ -7,7 +7,10 @@ use crate::support::{TestEnv, env_or};
 async fn processes_starting_together_create_and_migrate_one_database() {
     let url = format!(
         "{}/killreport_test_{}",
-        env_or("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
+        env_or(
+            "TEST_POSTGRES_URL",
+            "postgres://postgres:postgres@127.0.0.1:5432"
+        ),
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let starts = (0..4).map(|_| killreport::db::connect(&url, 2));

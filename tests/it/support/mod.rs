@@ -27,7 +27,10 @@ pub fn env_or(name: &str, default: &str) -> String {
 }
 
 fn postgres_base() -> String {
-    env_or("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+    env_or(
+        "TEST_POSTGRES_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432",
+    )
 }
 
 pub fn redis_url() -> String {
