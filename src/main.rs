@@ -48,15 +48,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
-    serve(
-        listener,
-        router(AppState {
-            pool,
-            redis,
-            schema,
-        }),
-        shutdown,
-    )
-    .await?;
+    let state = AppState {
+        pool,
+        redis,
+        schema,
+        shutdown: shutdown.clone(),
+    };
+    serve(listener, router(state), shutdown).await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The server process: health and readiness.
 
 use crate::support::TestEnv;
+use crate::support::ws::{Protocol, WsClient};
 
 #[tokio::test]
 async fn the_server_reports_health_and_readiness() {
@@ -21,5 +22,40 @@ async fn the_server_reports_health_and_readiness() {
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.expect("JSON");
     assert_eq!(body, serde_json::json!({"postgres": "up", "redis": "up"}));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_going_away_and_stops_the_server_promptly() {
+    let mut env = TestEnv::new().await;
+    let (mut server, base) = env.start_server().await;
+    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let mut client = WsClient::connect(&ws_url, Protocol::TransportWs).await;
+    client
+        .subscribe(
+            "1",
+            "subscription { killmailAdded { killmailId } }",
+            serde_json::json!({}),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let pid = server.id().expect("a running server").to_string();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(
+        client.close_code().await,
+        Some(1001),
+        "subscribers are told the server is going away"
+    );
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(10), server.wait())
+        .await
+        .expect("the server exits within 10 s of SIGTERM")
+        .expect("exit status");
+    assert!(exited.success(), "{exited}");
     env.cleanup().await;
 }
