@@ -358,6 +358,11 @@ impl Zkb {
     }
 }
 
+/// A filter list holding one id.
+fn only(id: i64) -> Option<Vec<ID>> {
+    Some(vec![ID(id.to_string())])
+}
+
 /// Recent killmails involving an entity, newest first.
 async fn involving(
     ctx: &Context<'_>,
@@ -405,7 +410,7 @@ impl Character {
         #[graphql(default)] involvement: Involvement,
     ) -> Result<Connection<String, KillmailNode>> {
         let filter = KillmailFilter {
-            character_ids: Some(vec![ID(self.id.to_string())]),
+            character_ids: only(self.id),
             involvement,
             ..Default::default()
         };
@@ -446,7 +451,7 @@ impl Corporation {
         #[graphql(default)] involvement: Involvement,
     ) -> Result<Connection<String, KillmailNode>> {
         let filter = KillmailFilter {
-            corporation_ids: Some(vec![ID(self.id.to_string())]),
+            corporation_ids: only(self.id),
             involvement,
             ..Default::default()
         };
@@ -480,7 +485,7 @@ impl Alliance {
         #[graphql(default)] involvement: Involvement,
     ) -> Result<Connection<String, KillmailNode>> {
         let filter = KillmailFilter {
-            alliance_ids: Some(vec![ID(self.id.to_string())]),
+            alliance_ids: only(self.id),
             involvement,
             ..Default::default()
         };
@@ -540,7 +545,7 @@ impl SolarSystem {
         after: Option<String>,
     ) -> Result<Connection<String, KillmailNode>> {
         let filter = KillmailFilter {
-            solar_system_ids: Some(vec![ID(self.id.to_string())]),
+            solar_system_ids: only(self.id),
             ..Default::default()
         };
         involving(ctx, filter, first, after).await

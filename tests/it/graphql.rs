@@ -390,6 +390,17 @@ async fn bad_input_is_a_bad_user_input_error_with_a_clear_message() {
     env.cleanup().await;
 }
 
+/// Asserts that a GraphQL response was refused with an error mentioning `phrase`.
+fn refused_with(response: &Value, phrase: &str) {
+    let message = response["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains(phrase),
+        "expected an error mentioning {phrase:?}: {response}"
+    );
+}
+
 #[tokio::test]
 async fn too_deep_too_complex_or_too_large_requests_are_refused_and_the_server_carries_on() {
     let mut env = TestEnv::new().await;
@@ -403,33 +414,25 @@ async fn too_deep_too_complex_or_too_large_requests_are_refused_and_the_server_c
         deep = format!("{item} items {{ {deep} }}");
     }
     let deep = format!("{{ killmail(id: \"1\") {{ victim {{ items {{ {deep} }} }} }} }}");
-    let response: Value = post(json!({"query": deep}))
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("JSON");
-    assert!(
-        response["errors"][0]["message"]
-            .as_str()
-            .expect("message")
-            .contains("nested too deep"),
-        "{response}"
+    refused_with(
+        &post(json!({"query": deep}))
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("JSON"),
+        "nested too deep",
     );
 
     let complex = "{ killmails(first: 200) { edges { node { attackers { character { killmails(first: 200) { edges { node { id } } } } } } } } }";
-    let response: Value = post(json!({"query": complex}))
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("JSON");
-    assert!(
-        response["errors"][0]["message"]
-            .as_str()
-            .expect("message")
-            .contains("too complex"),
-        "{response}"
+    refused_with(
+        &post(json!({"query": complex}))
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("JSON"),
+        "too complex",
     );
 
     let huge = format!(

@@ -54,15 +54,8 @@ async fn take(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin), n: 
     seqs
 }
 
-async fn quiet(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin)) {
-    if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
-        panic!("unexpected event {}", event.seq.0);
-    }
-}
-
-#[tokio::test]
-async fn subscribers_get_every_event_in_order_even_when_published_out_of_order_or_lost() {
-    let env = TestEnv::new().await;
+/// A hub on this test's channel, a publisher to feed it, and the token that stops it.
+async fn hub_and_publisher(env: &TestEnv) -> (Hub, EventPublisher, CancellationToken) {
     let shutdown = CancellationToken::new();
     let hub = Hub::start(
         env.pool.clone(),
@@ -75,6 +68,19 @@ async fn subscribers_get_every_event_in_order_even_when_published_out_of_order_o
     let publisher = EventPublisher::connect(&redis_url(), &env.channel)
         .await
         .expect("publisher");
+    (hub, publisher, shutdown)
+}
+
+async fn quiet(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin)) {
+    if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+        panic!("unexpected event {}", event.seq.0);
+    }
+}
+
+#[tokio::test]
+async fn subscribers_get_every_event_in_order_even_when_published_out_of_order_or_lost() {
+    let env = TestEnv::new().await;
+    let (hub, publisher, shutdown) = hub_and_publisher(&env).await;
     let mut first = Box::pin(hub.subscribe(None));
     let mut second = Box::pin(hub.subscribe(None));
 
@@ -97,18 +103,7 @@ async fn subscribers_get_every_event_in_order_even_when_published_out_of_order_o
 #[tokio::test]
 async fn after_replays_what_was_missed_then_continues_live_without_duplicates() {
     let env = TestEnv::new().await;
-    let shutdown = CancellationToken::new();
-    let hub = Hub::start(
-        env.pool.clone(),
-        &redis_url(),
-        &env.channel,
-        shutdown.clone(),
-    )
-    .await
-    .expect("hub");
-    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
-        .await
-        .expect("publisher");
+    let (hub, publisher, shutdown) = hub_and_publisher(&env).await;
 
     let early = store(&env, &received(0..6)).await;
     publisher.publish(&early).await.expect("publish");
