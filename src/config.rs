@@ -156,4 +156,30 @@ pub struct HttpArgs {
     /// Address the server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:4000")]
     pub listen_addr: String,
+    /// WebSocket connections held at once; more are refused with 503.
+    #[arg(long, env = "WS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub ws_max_connections: usize,
+    /// Operations (subscriptions) at once on one WebSocket; more get an error message.
+    #[arg(long, env = "WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+    /// Messages queued for one WebSocket client; a client that falls this far behind is
+    /// closed with 1008 and can resume with `after`.
+    #[arg(long, env = "WS_SEND_QUEUE", default_value_t = 256)]
+    pub ws_send_queue: usize,
+    /// Seconds between keepalive pings; a client silent for two is dropped, and one that has
+    /// not sent `connection_init` after one is closed with 4408.
+    #[arg(long, env = "WS_KEEPALIVE_SECS", default_value_t = 15)]
+    pub ws_keepalive_secs: u64,
+}
+
+impl HttpArgs {
+    pub fn ws_limits(&self) -> crate::ws::Limits {
+        crate::ws::Limits {
+            max_connections: self.ws_max_connections,
+            max_subscriptions: self.ws_max_subscriptions,
+            send_queue: self.ws_send_queue.max(1),
+            keepalive: Duration::from_secs(self.ws_keepalive_secs.max(1)),
+            max_message_bytes: crate::http::MAX_BODY_BYTES,
+        }
+    }
 }

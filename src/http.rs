@@ -4,16 +4,13 @@
 
 use std::time::Duration;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -21,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::EventPublisher;
 use crate::graphql::KillreportSchema;
+use crate::ws::WsService;
 
 /// Largest POST body accepted on `/graphql`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -30,12 +28,9 @@ pub struct AppState {
     pub pool: PgPool,
     pub redis: EventPublisher,
     pub schema: KillreportSchema,
-    /// Cancelled at shutdown: every WebSocket is then closed with 1001 (going away).
-    pub shutdown: CancellationToken,
+    /// Subscriptions over WebSocket; closes every socket with 1001 (going away) at shutdown.
+    pub ws: WsService,
 }
-
-/// Messages queued for one WebSocket before its subscriptions wait for the client to read.
-const SEND_BUFFER: usize = 256;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -61,44 +56,18 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &()).await else {
+    let requested = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL);
+    let Some(protocol) = requested
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::ws::protocol::negotiate)
+    else {
         return (
             StatusCode::BAD_REQUEST,
             "ask for the graphql-transport-ws or graphql-ws subprotocol",
         )
             .into_response();
     };
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| serve_socket(socket, state, protocol))
-}
-
-/// Runs one GraphQL WebSocket. Its input ends at shutdown, and what is written goes through a
-/// bounded queue to a writer that then says goodbye with close code 1001.
-async fn serve_socket(socket: WebSocket, state: AppState, protocol: GraphQLProtocol) {
-    let (mut sink, stream) = socket.split();
-    let (queue, mut queued) = futures::channel::mpsc::channel::<Message>(SEND_BUFFER);
-    let input = stream.take_until(state.shutdown.clone().cancelled_owned());
-    let protocol_side = GraphQLWebSocket::new_with_pair(queue, input, state.schema, protocol)
-        .keepalive_timeout(Duration::from_secs(30))
-        .serve();
-    let shutdown = state.shutdown;
-    let writer = async move {
-        while let Some(message) = queued.next().await {
-            if sink.send(message).await.is_err() {
-                return;
-            }
-        }
-        if shutdown.is_cancelled() {
-            let goodbye = CloseFrame {
-                code: close_code::AWAY,
-                reason: "server shutting down".into(),
-            };
-            sink.send(Message::Close(Some(goodbye))).await.ok();
-        }
-        sink.close().await.ok();
-    };
-    futures::join!(protocol_side, writer);
+    state.ws.upgrade(upgrade, protocol)
 }
 
 /// Runs one query; the body is a GraphQL-over-HTTP JSON request.

@@ -1,24 +1,28 @@
 //! The live feed inside a server process: one Redis subscription per process, each event decoded
-//! once, put in ingest order with any gap filled from the store, and fanned out in memory to
-//! every subscriber. A subscriber that resumes (`after`) or falls behind catches up from the
-//! store, so what it receives has no gap and no duplicate.
+//! once, put in ingest order with any gap filled from the store, and routed in memory to the
+//! subscriptions whose filter it passes. Subscriptions are indexed by the ids their filter
+//! names (systems, entities, ships, regions), so an event is checked only against filters it
+//! could pass, however many there are. A subscription that resumes (`after`) or falls behind
+//! catches up from the store, so what it receives has no gap and no duplicate.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
 use crate::events::KillmailAdded;
+use crate::filter::{Filter, Key, event_keys};
 use crate::killmail::Seq;
+use crate::statics::Statics;
 
-/// How many events a subscriber may fall behind before it catches up from the store instead.
-const BUFFER: usize = 4096;
+/// How many events a subscription may fall behind before it catches up from the store instead.
+const BUFFER: usize = 1024;
 /// Killmails read from the store per page when catching up.
 const PAGE: i64 = 200;
 
@@ -26,8 +30,107 @@ const PAGE: i64 = 200;
 #[derive(Clone)]
 pub struct Hub {
     pool: PgPool,
-    sender: broadcast::Sender<Arc<KillmailAdded>>,
+    statics: Arc<Statics>,
+    routes: Arc<Mutex<Routes>>,
     last: Arc<AtomicI64>,
+}
+
+/// Every live subscription's filter and inbox, indexed by the keys of its filter.
+#[derive(Default)]
+struct Routes {
+    next: u64,
+    entries: HashMap<u64, Route>,
+    by_key: HashMap<Key, Vec<u64>>,
+    /// Routes whose filter names no id: every event is checked against them.
+    everywhere: Vec<u64>,
+}
+
+struct Route {
+    filter: Arc<Filter>,
+    keys: Vec<Key>,
+    inbox: mpsc::Sender<Arc<KillmailAdded>>,
+    /// Set when an event did not fit in the inbox: the subscription must catch up from the
+    /// store.
+    lagged: Arc<AtomicBool>,
+}
+
+impl Routes {
+    fn insert(&mut self, route: Route) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        if route.keys.is_empty() {
+            self.everywhere.push(id);
+        }
+        for key in &route.keys {
+            self.by_key.entry(*key).or_default().push(id);
+        }
+        self.entries.insert(id, route);
+        id
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(route) = self.entries.remove(&id) else {
+            return;
+        };
+        if route.keys.is_empty() {
+            self.everywhere.retain(|other| *other != id);
+        }
+        for key in &route.keys {
+            if let Some(ids) = self.by_key.get_mut(key) {
+                ids.retain(|other| *other != id);
+                if ids.is_empty() {
+                    self.by_key.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Hands `event` to every route whose filter it passes, each once.
+    fn dispatch(&self, event: &Arc<KillmailAdded>, statics: &Statics) {
+        let mut candidates = self.everywhere.clone();
+        if !self.by_key.is_empty() {
+            for key in event_keys(&event.killmail, statics) {
+                if let Some(ids) = self.by_key.get(&key) {
+                    candidates.extend_from_slice(ids);
+                }
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+        }
+        for id in candidates {
+            let Some(route) = self.entries.get(&id) else {
+                continue;
+            };
+            if !route
+                .filter
+                .matches(&event.killmail, event.zkb.as_ref(), statics)
+            {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = route.inbox.try_send(Arc::clone(event))
+            {
+                route.lagged.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Removes its route when the subscription's stream is dropped.
+struct RouteGuard {
+    routes: Arc<Mutex<Routes>>,
+    id: u64,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        lock(&self.routes).remove(self.id);
+    }
+}
+
+/// The route table's lock; a panic elsewhere while holding it leaves the table consistent
+/// (every change is one insert or one remove), so a poisoned lock is taken as it is.
+fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
+    routes.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Hub {
@@ -35,15 +138,16 @@ impl Hub {
     /// reconnect, until `shutdown` is cancelled.
     pub async fn start(
         pool: PgPool,
+        statics: Arc<Statics>,
         redis_url: &str,
         channel: &str,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis_url)?;
-        let (sender, _) = broadcast::channel(BUFFER);
         let hub = Self {
             pool,
-            sender,
+            statics,
+            routes: Arc::default(),
             last: Arc::new(AtomicI64::new(0)),
         };
         let mut pubsub = client.get_async_pubsub().await?;
@@ -74,7 +178,7 @@ impl Hub {
                         let mut messages = connection.into_on_message();
                         loop {
                             tokio::select! {
-                                () = shutdown.cancelled() => return,
+                                () = shutdown.cancelled() => return task_hub.close(),
                                 message = messages.next() => match message {
                                     Some(message) => task_hub.receive(message.get_payload_bytes()).await,
                                     None => break,
@@ -88,7 +192,7 @@ impl Hub {
                     }
                 }
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return task_hub.close(),
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -155,28 +259,63 @@ impl Hub {
     }
 
     fn send(&self, event: Arc<KillmailAdded>) {
+        // Under the lock, so a new subscription sees either this event or its sequence as
+        // already passed on, never neither.
+        let routes = lock(&self.routes);
         self.last.store(event.seq.0, Ordering::SeqCst);
-        // No receivers is fine: nobody is watching.
-        let _ = self.sender.send(event);
+        routes.dispatch(&event, &self.statics);
     }
 
-    /// Every event after `after` (stored ones first, then live), or only live ones from now
-    /// when `after` is `None`; in ingest order, none twice.
+    /// Ends every subscription: their inboxes close once drained.
+    fn close(&self) {
+        let mut routes = lock(&self.routes);
+        routes.entries.clear();
+        routes.by_key.clear();
+        routes.everywhere.clear();
+    }
+
+    /// Every event after `after` that passes `filter` (stored ones first, then live), or only
+    /// live ones from now when `after` is `None`; in ingest order, none twice. The subscription
+    /// is registered at once, so nothing announced after this call is missed.
     pub fn subscribe(
         &self,
+        filter: Arc<Filter>,
         after: Option<Seq>,
     ) -> impl Stream<Item = Arc<KillmailAdded>> + Send + 'static {
         struct State {
             hub: Hub,
-            receiver: broadcast::Receiver<Arc<KillmailAdded>>,
+            filter: Arc<Filter>,
+            inbox: mpsc::Receiver<Arc<KillmailAdded>>,
+            lagged: Arc<AtomicBool>,
+            _route: RouteGuard,
             last: Seq,
             replaying: bool,
             buffer: VecDeque<Arc<KillmailAdded>>,
         }
+        let (sender, inbox) = mpsc::channel(BUFFER);
+        let lagged = Arc::new(AtomicBool::new(false));
+        // The last sequence is read under the routes' lock: an event is either sent before
+        // it (and counted in `last`) or routed to this subscription after it.
+        let (id, last) = {
+            let mut routes = lock(&self.routes);
+            let id = routes.insert(Route {
+                keys: filter.index_keys(),
+                filter: Arc::clone(&filter),
+                inbox: sender,
+                lagged: Arc::clone(&lagged),
+            });
+            (id, self.last())
+        };
         let state = State {
             hub: self.clone(),
-            last: after.unwrap_or_else(|| self.last()),
-            receiver: self.sender.subscribe(),
+            filter,
+            inbox,
+            lagged,
+            _route: RouteGuard {
+                routes: Arc::clone(&self.routes),
+                id,
+            },
+            last: after.unwrap_or(last),
             replaying: after.is_some(),
             buffer: VecDeque::new(),
         };
@@ -189,7 +328,14 @@ impl Hub {
                     match replay(&state.hub.pool, state.last, PAGE).await {
                         Ok(page) if !page.is_empty() => {
                             state.last = page[page.len() - 1].seq;
-                            state.buffer.extend(page.into_iter().map(Arc::new));
+                            let (hub, filter) = (&state.hub, &state.filter);
+                            state.buffer.extend(
+                                page.into_iter()
+                                    .filter(|e| {
+                                        filter.matches(&e.killmail, e.zkb.as_ref(), &hub.statics)
+                                    })
+                                    .map(Arc::new),
+                            );
                         }
                         Ok(_) => state.replaying = false,
                         Err(error) => {
@@ -202,20 +348,15 @@ impl Hub {
                     }
                     continue;
                 }
-                match state.receiver.recv().await {
-                    Ok(event) if event.seq > state.last => {
-                        state.last = event.seq;
-                        return Some((event, state));
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(
-                            missed,
-                            "subscriber fell behind; catching up from the store"
-                        );
-                        state.replaying = true;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                let event = state.inbox.recv().await?;
+                if state.lagged.swap(false, Ordering::SeqCst) {
+                    tracing::debug!("subscription fell behind; catching up from the store");
+                    state.replaying = true;
+                    continue;
+                }
+                if event.seq > state.last {
+                    state.last = event.seq;
+                    return Some((event, state));
                 }
             }
         })

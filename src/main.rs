@@ -6,9 +6,10 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::graphql::Statics;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
+use killreport::statics::Statics;
+use killreport::ws::WsService;
 
 #[derive(Parser)]
 #[command(
@@ -34,25 +35,27 @@ async fn main() -> anyhow::Result<()> {
     let redis = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
         .await
         .context("connecting to Redis")?;
+    let statics = Arc::new(Statics::load(&pool).await.context("loading static data")?);
     let hub = Hub::start(
         pool.clone(),
+        Arc::clone(&statics),
         &args.redis.redis_url,
         &args.redis.events_channel,
         shutdown.clone(),
     )
     .await
     .context("subscribing to killmail events on Redis")?;
-    let statics = Arc::new(Statics::load(&pool).await.context("loading static data")?);
     let schema = killreport::graphql::schema(pool.clone(), hub, statics);
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
+    let ws = WsService::new(schema.clone(), args.http.ws_limits(), shutdown.clone());
     let state = AppState {
         pool,
         redis,
         schema,
-        shutdown: shutdown.clone(),
+        ws,
     };
     serve(listener, router(state), shutdown).await?;
     Ok(())

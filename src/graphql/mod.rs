@@ -11,7 +11,6 @@ mod types;
 pub use filter::{Involvement, KillmailFilter};
 pub use types::KillmailNode;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
@@ -19,6 +18,7 @@ use async_graphql::{EmptyMutation, ErrorExtensions, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
 use crate::live::Hub;
+use crate::statics::Statics;
 
 pub type KillreportSchema = Schema<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot>;
 
@@ -52,65 +52,6 @@ pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>) -> KillreportSchema
         .data(hub)
         .data(statics)
         .finish()
-}
-
-/// The static tables, in memory: every solar system, region and item type.
-#[derive(Debug, Default)]
-pub struct Statics {
-    pub systems: HashMap<i64, System>,
-    pub regions: HashMap<i64, String>,
-    /// Type id → (name, group name).
-    pub types: HashMap<i64, (Option<String>, Option<String>)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct System {
-    pub name: String,
-    pub security_status: Option<f64>,
-    pub region_id: i64,
-}
-
-impl Statics {
-    pub async fn load(pool: &PgPool) -> sqlx::Result<Self> {
-        let systems = crate::db::statics::solar_systems(pool)
-            .await?
-            .into_iter()
-            .map(|s| {
-                (
-                    s.id,
-                    System {
-                        name: s.name,
-                        security_status: s.security_status,
-                        region_id: s.region_id,
-                    },
-                )
-            })
-            .collect();
-        let regions = crate::db::statics::regions(pool)
-            .await?
-            .into_iter()
-            .collect();
-        let types = crate::db::statics::item_types(pool)
-            .await?
-            .into_iter()
-            .map(|(id, name, group)| (id, (name, group)))
-            .collect();
-        Ok(Self {
-            systems,
-            regions,
-            types,
-        })
-    }
-
-    pub fn region_of(&self, solar_system_id: i64) -> Option<i64> {
-        self.systems.get(&solar_system_id).map(|s| s.region_id)
-    }
-
-    pub fn type_name(&self, type_id: i64) -> Option<&str> {
-        self.types
-            .get(&type_id)
-            .and_then(|(name, _)| name.as_deref())
-    }
 }
 
 /// A mistake in the request: the message says what to change.

@@ -1,12 +1,14 @@
-//! `Subscription.killmailAdded`: the process's live hub, filtered per subscriber before any
-//! resolver runs; `after` replays from the store first (see `live::Hub::subscribe`).
+//! `Subscription.killmailAdded`: the process's live hub, which routes each event only to the
+//! subscriptions whose filter it passes, before any resolver runs; `after` replays from the
+//! store first (see `live::Hub::subscribe`). The WebSocket layer shares one execution of this
+//! between all subscribers of the same document and variables (`ws::feeds`).
 
 use std::sync::Arc;
 
 use async_graphql::{Context, Result, Subscription};
 use futures::{Stream, StreamExt};
 
-use super::{KillmailFilter, KillmailNode, Statics, bad_input};
+use super::{KillmailFilter, KillmailNode, bad_input};
 use crate::killmail::Seq;
 use crate::live::Hub;
 
@@ -32,11 +34,9 @@ impl SubscriptionRoot {
                     .ok_or_else(|| bad_input(format!("{cursor:?} is not a killmail cursor")))
             })
             .transpose()?;
-        let statics = Arc::clone(ctx.data_unchecked::<Arc<Statics>>());
-        let events = ctx.data_unchecked::<Hub>().subscribe(after);
-        Ok(events.filter_map(move |event| {
-            let pass = filter.matches(&event.killmail, event.zkb.as_ref(), &statics);
-            futures::future::ready(pass.then(|| KillmailNode::from(event)))
-        }))
+        let events = ctx
+            .data_unchecked::<Hub>()
+            .subscribe(Arc::new(filter), after);
+        Ok(events.map(KillmailNode::from))
     }
 }

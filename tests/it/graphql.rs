@@ -7,24 +7,26 @@ use std::sync::Arc;
 
 use async_graphql::{Request, Variables};
 use indicatif::ProgressBar;
-use killreport::graphql::{KillreportSchema, Statics};
+use killreport::graphql::KillreportSchema;
 use killreport::import::Importer;
 use killreport::live::Hub;
+use killreport::statics::Statics;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{TestEnv, fixtures, redis_url};
 
 async fn schema(env: &TestEnv) -> KillreportSchema {
+    let statics = Arc::new(Statics::load(&env.pool).await.expect("statics"));
     let hub = Hub::start(
         env.pool.clone(),
+        Arc::clone(&statics),
         &redis_url(),
         &env.channel,
         CancellationToken::new(),
     )
     .await
     .expect("hub");
-    let statics = Arc::new(Statics::load(&env.pool).await.expect("statics"));
     killreport::graphql::schema(env.pool.clone(), hub, statics)
 }
 

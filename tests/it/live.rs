@@ -59,6 +59,7 @@ async fn hub_and_publisher(env: &TestEnv) -> (Hub, EventPublisher, CancellationT
     let shutdown = CancellationToken::new();
     let hub = Hub::start(
         env.pool.clone(),
+        Arc::default(),
         &redis_url(),
         &env.channel,
         shutdown.clone(),
@@ -81,8 +82,8 @@ async fn quiet(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin)) {
 async fn subscribers_get_every_event_in_order_even_when_published_out_of_order_or_lost() {
     let env = TestEnv::new().await;
     let (hub, publisher, shutdown) = hub_and_publisher(&env).await;
-    let mut first = Box::pin(hub.subscribe(None));
-    let mut second = Box::pin(hub.subscribe(None));
+    let mut first = Box::pin(hub.subscribe(Arc::default(), None));
+    let mut second = Box::pin(hub.subscribe(Arc::default(), None));
 
     let events = store(&env, &received(0..10)).await;
     let first_seq = events[0].seq.0;
@@ -108,7 +109,7 @@ async fn after_replays_what_was_missed_then_continues_live_without_duplicates() 
     let early = store(&env, &received(0..6)).await;
     publisher.publish(&early).await.expect("publish");
     let resume_after = early[1].seq;
-    let mut resumed = Box::pin(hub.subscribe(Some(resume_after)));
+    let mut resumed = Box::pin(hub.subscribe(Arc::default(), Some(resume_after)));
     let late = store(&env, &received(6..9)).await;
     publisher.publish(&late).await.expect("publish");
 
@@ -118,7 +119,7 @@ async fn after_replays_what_was_missed_then_continues_live_without_duplicates() 
     quiet(&mut resumed).await;
 
     // A replayed event carries the killmail and the names the store has.
-    let mut again = Box::pin(hub.subscribe(Some(Seq(resume_after.0 - 1))));
+    let mut again = Box::pin(hub.subscribe(Arc::default(), Some(Seq(resume_after.0 - 1))));
     let event = tokio::time::timeout(PATIENCE, again.next())
         .await
         .expect("in time")

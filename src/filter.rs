@@ -1,0 +1,197 @@
+//! A killmail filter with its ids parsed: one meaning applied three ways, as SQL over the store
+//! (the `killmails` connection), in memory over an event (`killmailAdded`), and as the keys the
+//! live hub indexes subscriptions by, so an event is only checked against filters it could
+//! pass. Within one list any id matches; across fields all must hold.
+
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::killmail::{Killmail, Zkb};
+use crate::statics::Statics;
+
+/// Where entity ids of a filter must appear.
+#[derive(async_graphql::Enum, Copy, Clone, Debug, Default, Eq, PartialEq)]
+pub enum Involvement {
+    Victim,
+    Attacker,
+    #[default]
+    Any,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub characters: Vec<i64>,
+    pub corporations: Vec<i64>,
+    pub alliances: Vec<i64>,
+    /// The victim's ship type.
+    pub ships: Vec<i64>,
+    pub systems: Vec<i64>,
+    pub regions: Vec<i64>,
+    /// zKillboard's total value, at least this (killmails without a zkb block never match).
+    pub min_value: Option<f64>,
+    pub npc: Option<bool>,
+    pub solo: Option<bool>,
+    pub involvement: Involvement,
+}
+
+/// Something an event can be looked up by: an entity anywhere on the killmail, the victim's
+/// ship, the system or the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Character(i64),
+    Corporation(i64),
+    Alliance(i64),
+    Ship(i64),
+    System(i64),
+    Region(i64),
+}
+
+/// Entity columns: (victim column on `killmails`, column on `attackers`).
+const ENTITY_COLUMNS: [(&str, &str); 3] = [
+    ("victim_character_id", "character_id"),
+    ("victim_corporation_id", "corporation_id"),
+    ("victim_alliance_id", "alliance_id"),
+];
+
+impl Filter {
+    fn entity_lists(&self) -> [&[i64]; 3] {
+        [&self.characters, &self.corporations, &self.alliances]
+    }
+
+    /// Appends ` AND …` conditions on `killmails k` to `sql`.
+    pub fn push_sql(&self, sql: &mut QueryBuilder<'_, Postgres>) {
+        for (list, (victim_column, attacker_column)) in
+            self.entity_lists().into_iter().zip(ENTITY_COLUMNS)
+        {
+            if list.is_empty() {
+                continue;
+            }
+            sql.push(" AND (");
+            if self.involvement != Involvement::Attacker {
+                sql.push(format_args!("k.{victim_column} = ANY("))
+                    .push_bind(list.to_vec())
+                    .push(")");
+            }
+            if self.involvement == Involvement::Any {
+                sql.push(" OR ");
+            }
+            if self.involvement != Involvement::Victim {
+                sql.push(format_args!(
+                    "k.killmail_id IN (SELECT a.killmail_id FROM attackers a WHERE a.{attacker_column} = ANY("
+                ))
+                .push_bind(list.to_vec())
+                .push("))");
+            }
+            sql.push(")");
+        }
+        for (list, column) in [
+            (&self.ships, "victim_ship_type_id"),
+            (&self.systems, "solar_system_id"),
+            (&self.regions, "region_id"),
+        ] {
+            if !list.is_empty() {
+                sql.push(format_args!(" AND k.{column} = ANY("))
+                    .push_bind(list.clone())
+                    .push(")");
+            }
+        }
+        if let Some(min) = self.min_value {
+            sql.push(" AND k.total_value >= ").push_bind(min);
+        }
+        if let Some(npc) = self.npc {
+            sql.push(" AND k.npc = ").push_bind(npc);
+        }
+        if let Some(solo) = self.solo {
+            sql.push(" AND k.solo = ").push_bind(solo);
+        }
+    }
+
+    /// Whether an event's killmail passes the filter.
+    pub fn matches(&self, killmail: &Killmail, zkb: Option<&Zkb>, statics: &Statics) -> bool {
+        let victim = &killmail.victim;
+        let victim_ids = [
+            victim.character_id,
+            victim.corporation_id,
+            victim.alliance_id,
+        ];
+        for (index, list) in self.entity_lists().into_iter().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            let hit = |id: Option<i64>| id.is_some_and(|id| list.contains(&id));
+            let as_victim = self.involvement != Involvement::Attacker && hit(victim_ids[index]);
+            let as_attacker = self.involvement != Involvement::Victim
+                && killmail
+                    .attackers
+                    .iter()
+                    .any(|a| hit([a.character_id, a.corporation_id, a.alliance_id][index]));
+            if !as_victim && !as_attacker {
+                return false;
+            }
+        }
+        let within = |list: &[i64], id: Option<i64>| {
+            list.is_empty() || id.is_some_and(|id| list.contains(&id))
+        };
+        within(&self.ships, Some(victim.ship_type_id))
+            && within(&self.systems, Some(killmail.solar_system_id))
+            && within(&self.regions, statics.region_of(killmail.solar_system_id))
+            && self
+                .min_value
+                .is_none_or(|min| zkb.and_then(Zkb::total_value).is_some_and(|v| v >= min))
+            && self
+                .npc
+                .is_none_or(|npc| zkb.and_then(Zkb::npc) == Some(npc))
+            && self
+                .solo
+                .is_none_or(|solo| zkb.and_then(Zkb::solo) == Some(solo))
+    }
+
+    /// The keys this filter is indexed under: every id of one list that a passing killmail
+    /// must carry (any one of them). Empty when the filter names no ids, so it is checked
+    /// against every event. Systems come first, being the most selective; entity lists are
+    /// keyed without regard to involvement, which `matches` then checks.
+    pub fn index_keys(&self) -> Vec<Key> {
+        type KeyOf = fn(i64) -> Key;
+        let lists: [(&[i64], KeyOf); 6] = [
+            (&self.systems, Key::System),
+            (&self.characters, Key::Character),
+            (&self.corporations, Key::Corporation),
+            (&self.alliances, Key::Alliance),
+            (&self.ships, Key::Ship),
+            (&self.regions, Key::Region),
+        ];
+        lists
+            .into_iter()
+            .find(|(list, _)| !list.is_empty())
+            .map(|(list, key)| list.iter().copied().map(key).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Every key a killmail can be found by, each once.
+pub fn event_keys(killmail: &Killmail, statics: &Statics) -> Vec<Key> {
+    let victim = &killmail.victim;
+    let mut keys = vec![
+        Key::System(killmail.solar_system_id),
+        Key::Ship(victim.ship_type_id),
+    ];
+    keys.extend(statics.region_of(killmail.solar_system_id).map(Key::Region));
+    let parties = std::iter::once((
+        victim.character_id,
+        victim.corporation_id,
+        victim.alliance_id,
+    ))
+    .chain(
+        killmail
+            .attackers
+            .iter()
+            .map(|a| (a.character_id, a.corporation_id, a.alliance_id)),
+    );
+    for (character, corporation, alliance) in parties {
+        keys.extend(character.map(Key::Character));
+        keys.extend(corporation.map(Key::Corporation));
+        keys.extend(alliance.map(Key::Alliance));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    keys.retain(|key| seen.insert(*key));
+    keys
+}

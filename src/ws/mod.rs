@@ -1,0 +1,401 @@
+//! GraphQL over WebSocket for `server`: both protocols (see `protocol`), subscriptions shared
+//! between identical documents (see `feeds`), and the limits that keep one client from hurting
+//! the others. Each connection is one task: a session that reads the client's messages and a
+//! writer that drains a bounded send queue into the socket, so writes to many sockets run in
+//! parallel and a client that does not read fills only its own queue, then is closed (1008)
+//! and may resume with `after`.
+
+pub mod feeds;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use async_graphql::parser::types::ExecutableDocument;
+
+use self::feeds::{Feeds, Joined, Membership};
+use self::protocol::{ClientMessage, Close, Outgoing, Protocol, code};
+
+use crate::graphql::KillreportSchema;
+
+/// What one server allows its WebSocket clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections at once; more are refused with 503 before the upgrade.
+    pub max_connections: usize,
+    /// Operations at once on one connection; more get an `error` message.
+    pub max_subscriptions: usize,
+    /// Messages queued for one client; a client this far behind is closed.
+    pub send_queue: usize,
+    /// Between pings; a client silent for two of these is gone, and one that has not sent
+    /// `connection_init` after one is closed.
+    pub keepalive: Duration,
+    /// The largest message a client may send.
+    pub max_message_bytes: usize,
+}
+
+/// The WebSocket side of a server; clone it freely.
+#[derive(Clone)]
+pub struct WsService {
+    schema: KillreportSchema,
+    feeds: Feeds,
+    limits: Arc<Limits>,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+/// How long a closing connection may take to say goodbye to a client that does not read.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// Bytes read from a socket at a time; a larger message still arrives whole.
+const READ_BUFFER: usize = 4 * 1024;
+
+impl WsService {
+    pub fn new(schema: KillreportSchema, limits: Limits, shutdown: CancellationToken) -> Self {
+        Self {
+            feeds: Feeds::new(schema.clone()),
+            schema,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            limits: Arc::new(limits),
+            shutdown,
+        }
+    }
+
+    pub fn feeds(&self) -> &Feeds {
+        &self.feeds
+    }
+
+    /// Accepts the upgrade, unless the server already holds as many connections as it may.
+    pub fn upgrade(&self, upgrade: WebSocketUpgrade, protocol: Protocol) -> Response {
+        let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+            let message = format!(
+                "too many connections: this server holds at most {}",
+                self.limits.max_connections
+            );
+            return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+        };
+        let service = self.clone();
+        upgrade
+            .protocols([protocol.sec_websocket_protocol()])
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(self.limits.max_message_bytes)
+            .max_frame_size(self.limits.max_message_bytes)
+            .on_upgrade(move |socket| async move {
+                service.serve(socket, protocol).await;
+                drop(permit);
+            })
+    }
+
+    async fn serve(self, socket: WebSocket, protocol: Protocol) {
+        let (sink, stream) = socket.split();
+        let (sender, queue) = mpsc::channel(self.limits.send_queue);
+        let outbox = Outbox {
+            sender,
+            overflowed: CancellationToken::new(),
+        };
+        let (closing, close) = oneshot::channel();
+        let session = Session {
+            service: self,
+            protocol,
+            outbox,
+            operations: HashMap::new(),
+            initialised: false,
+        };
+        futures::join!(
+            session.run(stream, closing),
+            write(sink, queue, close, protocol)
+        );
+    }
+}
+
+/// A client's send queue, as its subscriptions' feeds and its session see it.
+#[derive(Clone)]
+pub struct Outbox {
+    sender: mpsc::Sender<Outgoing>,
+    /// Cancelled when a message did not fit: the client is too slow and is closed.
+    overflowed: CancellationToken,
+}
+
+impl Outbox {
+    /// Queues a message without waiting; a full queue marks the client as too slow.
+    pub fn push(&self, message: Outgoing) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(message) {
+            self.overflowed.cancel();
+        }
+    }
+}
+
+/// One operation of a connection.
+enum Operation {
+    Subscription(
+        #[expect(dead_code, reason = "held for its Drop, which leaves the feed")] Membership,
+    ),
+    /// A query or mutation, answered already: only its id is taken until the client completes.
+    Answered,
+}
+
+struct Session {
+    service: WsService,
+    protocol: Protocol,
+    outbox: Outbox,
+    operations: HashMap<String, Operation>,
+    initialised: bool,
+}
+
+/// What to do after a client's message.
+enum Flow {
+    Continue,
+    Close(Option<Close>),
+}
+
+impl Session {
+    /// Reads the client's messages until the connection ends; tells the writer how to close.
+    async fn run(
+        mut self,
+        mut stream: SplitStream<WebSocket>,
+        closing: oneshot::Sender<Option<Close>>,
+    ) {
+        let keepalive = self.service.limits.keepalive;
+        let mut ticks = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+        let init_deadline = tokio::time::sleep(keepalive);
+        tokio::pin!(init_deadline);
+        let shutdown = self.service.shutdown.clone();
+        let overflowed = self.outbox.overflowed.clone();
+        let mut heard = Instant::now();
+        let close = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    break Some(Close::new(code::GOING_AWAY, "server shutting down"));
+                }
+                () = overflowed.cancelled() => {
+                    let reason = format!(
+                        "too slow: {} messages unread; resubscribe with after: <last cursor>",
+                        self.service.limits.send_queue
+                    );
+                    break Some(Close::new(code::POLICY, reason));
+                }
+                () = &mut init_deadline, if !self.initialised => {
+                    break Some(Close::new(code::INIT_TIMEOUT, "Connection initialisation timeout"));
+                }
+                _ = ticks.tick() => {
+                    if heard.elapsed() > keepalive * 2 {
+                        break Some(Close::new(code::GOING_AWAY, "no answer to pings"));
+                    }
+                    self.outbox.push(Outgoing::KeepAlive);
+                }
+                frame = stream.next() => {
+                    heard = Instant::now();
+                    let flow = match frame {
+                        Some(Ok(message)) => self.receive(message).await,
+                        Some(Err(error)) => Flow::Close(self.read_failed(&error)),
+                        None => Flow::Close(None),
+                    };
+                    if let Flow::Close(close) = flow {
+                        break close;
+                    }
+                }
+            }
+        };
+        // Leaving every feed before the writer finishes: nothing more is queued for it.
+        self.operations.clear();
+        let _ = closing.send(close);
+    }
+
+    /// A read error ends the connection; a message over the size limit is told so.
+    fn read_failed(&self, error: &axum::Error) -> Option<Close> {
+        let too_big = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+            .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
+        too_big.then(|| {
+            Close::new(
+                code::TOO_BIG,
+                format!(
+                    "message too big: at most {} bytes",
+                    self.service.limits.max_message_bytes
+                ),
+            )
+        })
+    }
+
+    async fn receive(&mut self, message: Message) -> Flow {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                return Flow::Close(Some(Close::new(
+                    code::BAD_REQUEST,
+                    "binary messages are not GraphQL messages; send text",
+                )));
+            }
+            // Pings are answered by the WebSocket layer itself; any frame shows the peer lives.
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return Flow::Close(None),
+        };
+        let message = match serde_json::from_str::<ClientMessage>(&text) {
+            Ok(message) => message,
+            Err(error) => {
+                return Flow::Close(Some(Close::new(
+                    code::BAD_REQUEST,
+                    format!("invalid message: {error}"),
+                )));
+            }
+        };
+        match message {
+            ClientMessage::ConnectionInit { .. } => {
+                if self.initialised {
+                    return Flow::Close(Some(Close::new(
+                        code::TOO_MANY_INITS,
+                        "Too many initialisation requests",
+                    )));
+                }
+                self.initialised = true;
+                self.outbox.push(Outgoing::Ack);
+                if self.protocol == Protocol::SubscriptionsTransportWS {
+                    self.outbox.push(Outgoing::KeepAlive);
+                }
+            }
+            ClientMessage::Subscribe { id, payload } => {
+                if !self.initialised {
+                    return Flow::Close(Some(Close::new(code::UNAUTHORIZED, "Unauthorized")));
+                }
+                if self.operations.contains_key(&id) {
+                    if self.protocol == Protocol::GraphQLWS {
+                        return Flow::Close(Some(Close::new(
+                            code::DUPLICATE_ID,
+                            format!("Subscriber for {id} already exists"),
+                        )));
+                    }
+                    // The legacy protocol restarts an operation whose id is reused.
+                    self.operations.remove(&id);
+                }
+                self.start(id, *payload).await;
+            }
+            ClientMessage::Complete { id } => {
+                if self.operations.remove(&id).is_some()
+                    && self.protocol == Protocol::SubscriptionsTransportWS
+                {
+                    self.outbox.push(Outgoing::Complete {
+                        id: protocol::id_json(&id),
+                    });
+                }
+            }
+            ClientMessage::Ping { payload } => self.outbox.push(Outgoing::Pong(payload)),
+            ClientMessage::Pong { .. } => {}
+            ClientMessage::ConnectionTerminate => return Flow::Close(None),
+        }
+        Flow::Continue
+    }
+
+    /// Starts operation `id`: a subscription joins its feed; a query or mutation is answered
+    /// at once.
+    async fn start(&mut self, id: String, mut request: async_graphql::Request) {
+        let id_json = protocol::id_json(&id);
+        if self.operations.len() >= self.service.limits.max_subscriptions {
+            let message = format!(
+                "too many operations on this connection: at most {}; complete one first",
+                self.service.limits.max_subscriptions
+            );
+            self.outbox.push(Outgoing::Error {
+                id: id_json,
+                payload: protocol::error_list(&message, "TOO_MANY_SUBSCRIPTIONS"),
+            });
+            return;
+        }
+        let operation_name = request.operation_name.clone();
+        let subscription = match request.parsed_query() {
+            Ok(document) => is_subscription(document, operation_name.as_deref()),
+            Err(error) => {
+                let payload = serde_json::to_string(&[error]).unwrap_or_default();
+                self.outbox.push(Outgoing::Error {
+                    id: id_json,
+                    payload: payload.into(),
+                });
+                return;
+            }
+        };
+        if subscription {
+            match self
+                .service
+                .feeds
+                .join(request, Arc::clone(&id_json), self.outbox.clone())
+            {
+                Joined::Live(membership) => {
+                    self.operations
+                        .insert(id, Operation::Subscription(membership));
+                }
+                Joined::Failed(errors) => self.outbox.push(Outgoing::Error {
+                    id: id_json,
+                    payload: errors,
+                }),
+            }
+            return;
+        }
+        let response = self.service.schema.execute(request).await;
+        match serde_json::to_string(&response) {
+            Ok(payload) => {
+                self.outbox.push(Outgoing::Next {
+                    id: Arc::clone(&id_json),
+                    payload: payload.into(),
+                });
+                self.outbox.push(Outgoing::Complete { id: id_json });
+            }
+            Err(error) => tracing::error!(%error, "a query result did not serialize"),
+        }
+        // Its id stays taken until the client completes it, as graphql-ws's clients do.
+        self.operations.insert(id, Operation::Answered);
+    }
+}
+
+/// Whether the operation a request names (or its only one) is a subscription.
+fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    feeds::operation(document, operation_name)
+        .is_some_and(|o| o.node.ty == async_graphql::parser::types::OperationType::Subscription)
+}
+
+/// Drains the send queue into the socket until the session says how to close, then says
+/// goodbye within `CLOSE_GRACE`.
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    mut close: oneshot::Receiver<Option<Close>>,
+    protocol: Protocol,
+) {
+    let close = loop {
+        let message = tokio::select! {
+            biased;
+            close = &mut close => break close.ok().flatten(),
+            message = queue.recv() => message,
+        };
+        let Some(message) = message else {
+            break (&mut close).await.ok().flatten();
+        };
+        let sent = async {
+            for frame in message.frames(protocol) {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            biased;
+            close = &mut close => break close.ok().flatten(),
+            sent = sent => if sent.is_err() { return },
+        }
+    };
+    let goodbye = async {
+        if let Some(close) = close {
+            sink.send(close.frame()).await.ok();
+        }
+        sink.close().await.ok();
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+}

@@ -1,0 +1,232 @@
+//! The messages of both GraphQL-over-WebSocket protocols: `graphql-transport-ws` (graphql-ws,
+//! what Apollo Client and GraphiQL speak) and the legacy `graphql-ws`
+//! (subscriptions-transport-ws). Clients' messages are read into one vocabulary; ours are
+//! written in the client's. Close codes are graphql-ws's where it has one.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use async_graphql::http::WebSocketProtocols as Protocol;
+
+/// A client's message, in either protocol (the legacy names are aliases).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    #[serde(alias = "start")]
+    Subscribe {
+        id: String,
+        payload: Box<async_graphql::Request>,
+    },
+    #[serde(alias = "stop")]
+    Complete {
+        id: String,
+    },
+    Ping {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Pong {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    ConnectionTerminate,
+}
+
+/// A message for the client. Ids and payloads are JSON text already, shared between every
+/// subscriber of one execution.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Ack,
+    /// A WebSocket ping frame, and the legacy protocol's `ka`.
+    KeepAlive,
+    Pong(Option<Value>),
+    Next {
+        id: Arc<str>,
+        payload: Arc<str>,
+    },
+    /// The operation failed before it produced anything; `payload` is a list of errors.
+    Error {
+        id: Arc<str>,
+        payload: Arc<str>,
+    },
+    Complete {
+        id: Arc<str>,
+    },
+}
+
+impl Outgoing {
+    /// The frames that carry this message in `protocol`, in order.
+    pub fn frames(self, protocol: Protocol) -> impl Iterator<Item = Message> {
+        let legacy = protocol == Protocol::SubscriptionsTransportWS;
+        let text = |text: String| Message::Text(Utf8Bytes::from(text));
+        let (first, second) = match self {
+            Outgoing::Ack => (text(r#"{"type":"connection_ack"}"#.to_owned()), None),
+            Outgoing::KeepAlive => (
+                Message::Ping(Default::default()),
+                legacy.then(|| Message::Text(Utf8Bytes::from_static(r#"{"type":"ka"}"#))),
+            ),
+            Outgoing::Pong(payload) => {
+                let pong = match payload {
+                    Some(payload) => format!(r#"{{"type":"pong","payload":{payload}}}"#),
+                    None => r#"{"type":"pong"}"#.to_owned(),
+                };
+                (text(pong), None)
+            }
+            Outgoing::Next { id, payload } => {
+                let kind = if legacy { "data" } else { "next" };
+                (
+                    text(format!(
+                        r#"{{"id":{id},"type":"{kind}","payload":{payload}}}"#
+                    )),
+                    None,
+                )
+            }
+            Outgoing::Error { id, payload } => (
+                text(format!(
+                    r#"{{"id":{id},"type":"error","payload":{payload}}}"#
+                )),
+                None,
+            ),
+            Outgoing::Complete { id } => {
+                (text(format!(r#"{{"id":{id},"type":"complete"}}"#)), None)
+            }
+        };
+        std::iter::once(first).chain(second)
+    }
+}
+
+/// The first protocol of a `Sec-WebSocket-Protocol` list that the server speaks.
+pub fn negotiate(requested: &str) -> Option<Protocol> {
+    requested
+        .split(',')
+        .find_map(|name| name.trim().parse::<Protocol>().ok())
+}
+
+/// An operation id as JSON text, ready to splice into messages.
+pub fn id_json(id: &str) -> Arc<str> {
+    Value::from(id).to_string().into()
+}
+
+/// A list of GraphQL errors with one message, as JSON text.
+pub fn error_list(message: &str, code: &str) -> Arc<str> {
+    serde_json::json!([{ "message": message, "extensions": { "code": code } }])
+        .to_string()
+        .into()
+}
+
+/// Why the server closes a connection: a WebSocket close code and a reason for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Close reasons are at most 123 bytes on the wire.
+const MAX_REASON: usize = 123;
+
+impl Close {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Self { code, reason }
+    }
+
+    pub fn frame(self) -> Message {
+        Message::Close(Some(CloseFrame {
+            code: self.code,
+            reason: Utf8Bytes::from(self.reason),
+        }))
+    }
+}
+
+/// Close codes. 1xxx are WebSocket's own; 44xx are graphql-ws's.
+pub mod code {
+    /// The server is going away: shutdown, or a peer that stopped answering pings.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A client that does not read what it asked for fast enough.
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const BAD_REQUEST: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const INIT_TIMEOUT: u16 = 4408;
+    pub const DUPLICATE_ID: u16 = 4409;
+    pub const TOO_MANY_INITS: u16 = 4429;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_protocols_vocabularies_are_read() {
+        for text in [
+            r#"{"type":"subscribe","id":"1","payload":{"query":"subscription { killmailAdded { id } }"}}"#,
+            r#"{"type":"start","id":"1","payload":{"query":"{ x }","variables":null}}"#,
+        ] {
+            let message: ClientMessage = serde_json::from_str(text).expect(text);
+            assert!(matches!(message, ClientMessage::Subscribe { id, .. } if id == "1"));
+        }
+        let stop: ClientMessage =
+            serde_json::from_str(r#"{"type":"stop","id":"7"}"#).expect("stop");
+        assert!(matches!(stop, ClientMessage::Complete { id } if id == "7"));
+        let error = serde_json::from_str::<ClientMessage>(r#"{"type":"shout"}"#)
+            .expect_err("unknown type")
+            .to_string();
+        assert!(error.contains("unknown variant `shout`"), "{error}");
+    }
+
+    #[test]
+    fn the_first_protocol_spoken_is_chosen() {
+        assert_eq!(
+            negotiate("foo, graphql-ws"),
+            Some(Protocol::SubscriptionsTransportWS)
+        );
+        assert_eq!(
+            negotiate("graphql-transport-ws,graphql-ws"),
+            Some(Protocol::GraphQLWS)
+        );
+        assert_eq!(negotiate("mqtt"), None);
+    }
+
+    #[test]
+    fn next_is_data_in_the_legacy_protocol_and_ids_are_escaped() {
+        let next = Outgoing::Next {
+            id: id_json("a\"b"),
+            payload: r#"{"data":{}}"#.into(),
+        };
+        let frames: Vec<Message> = next.clone().frames(Protocol::GraphQLWS).collect();
+        assert_eq!(
+            frames,
+            [Message::Text(
+                r#"{"id":"a\"b","type":"next","payload":{"data":{}}}"#.into()
+            )]
+        );
+        let legacy: Vec<Message> = next.frames(Protocol::SubscriptionsTransportWS).collect();
+        assert_eq!(
+            legacy,
+            [Message::Text(
+                r#"{"id":"a\"b","type":"data","payload":{"data":{}}}"#.into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_at_a_character_boundary() {
+        let close = Close::new(4400, "é".repeat(100));
+        assert!(close.reason.len() <= MAX_REASON);
+        assert!(close.reason.chars().all(|c| c == 'é'));
+    }
+}
