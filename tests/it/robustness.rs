@@ -2,7 +2,7 @@
 //! and worker-redisq stopped by SIGTERM or killed by SIGKILL mid-stream, with every killmail
 //! stored once and announced once all the same; and the decoders fuzzed (`decoders`).
 
-mod decoders;
+pub mod decoders;
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;

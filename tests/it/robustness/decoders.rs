@@ -282,7 +282,7 @@ fn any_json() -> impl Strategy<Value = Value> {
 }
 
 /// A decoder's input: arbitrary bytes, arbitrary JSON, or one of `corpus` mutated.
-fn input(corpus: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+pub fn input(corpus: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     let by_bytes = (
         select(corpus.clone()),
         prop::collection::vec(byte_edit(), 1..6),

@@ -35,14 +35,24 @@ pub struct WsClient {
 impl WsClient {
     /// Connects and completes `connection_init` / `connection_ack`.
     pub async fn connect(url: &str, protocol: Protocol) -> Self {
+        let mut client = Self::open(url, protocol)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket connect: {e}"));
+        client.init().await;
+        client
+    }
+
+    /// Completes the WebSocket handshake only; the server's refusal is the error.
+    pub async fn open(
+        url: &str,
+        protocol: Protocol,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let mut request = url.into_client_request().expect("a WebSocket URL");
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             protocol.name().parse().expect("header"),
         );
-        let (socket, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("WebSocket connect");
+        let (socket, response) = tokio_tungstenite::connect_async(request).await?;
         assert_eq!(
             response
                 .headers()
@@ -50,24 +60,29 @@ impl WsClient {
                 .and_then(|v| v.to_str().ok()),
             Some(protocol.name())
         );
-        let mut client = Self { socket, protocol };
-        client
-            .send(json!({"type": "connection_init", "payload": {}}))
-            .await;
-        let ack = client.receive().await;
-        assert_eq!(ack["type"], "connection_ack", "{ack}");
-        client
+        Ok(Self { socket, protocol })
     }
 
-    async fn send(&mut self, message: Value) {
-        self.socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .expect("send");
+    /// Sends `connection_init` and expects `connection_ack`.
+    pub async fn init(&mut self) {
+        self.send(json!({"type": "connection_init", "payload": {}}))
+            .await;
+        let ack = self.receive().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_frame(Message::Text(message.to_string().into()))
+            .await;
+    }
+
+    /// Sends any frame as it is, however wrong.
+    pub async fn send_frame(&mut self, frame: Message) {
+        self.socket.send(frame).await.expect("send");
     }
 
     /// The next protocol message that is not a keepalive.
-    async fn receive(&mut self) -> Value {
+    pub async fn receive(&mut self) -> Value {
         loop {
             let frame = tokio::time::timeout(PATIENCE, self.socket.next())
                 .await
@@ -117,12 +132,36 @@ impl WsClient {
 
     /// Reads until the server closes the socket; its close code, if it sent a close frame.
     pub async fn close_code(&mut self) -> Option<u16> {
+        self.close_frame().await.map(|(code, _)| code)
+    }
+
+    /// Reads until a `pong` (`None`) or the server's close frame (its code and reason; 1000
+    /// when the server ended the connection without one).
+    pub async fn close_or_pong(&mut self) -> Option<(u16, String)> {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Text(text))) if text.contains(r#""type":"pong""#) => return None,
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(frame.map_or((1000, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    }));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some((1000, String::new())),
+            }
+        }
+    }
+
+    /// Reads until the server closes the socket; its close code and reason, if it sent them.
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
         loop {
             let frame = tokio::time::timeout(PATIENCE, self.socket.next())
                 .await
                 .expect("closed in time");
             match frame {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
             }

@@ -1,0 +1,356 @@
+//! Hostile and broken WebSocket clients: each is refused or closed with the protocol's code and
+//! a clear reason, and a well-behaved client beside it still receives every killmail.
+
+use std::time::Duration;
+
+use killreport::events::{EventPublisher, KillmailAdded};
+use killreport::killmail::{Killmail, Seq};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::ws::{Protocol, WsClient};
+use crate::support::{TestEnv, fixtures, redis_url};
+
+const IDS: &str = "subscription { killmailAdded { killmailId } }";
+
+/// A server for this test with `settings` (environment variables) and its WebSocket URL.
+async fn server(env: &mut TestEnv, settings: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    for (name, value) in settings {
+        env.vars.insert((*name).into(), (*value).into());
+    }
+    let (server, base) = env.start_server().await;
+    (
+        server,
+        format!("{}/graphql", base.replace("http://", "ws://")),
+    )
+}
+
+/// Announces `killmails` on the test's channel with sequences 1, 2, … (the test's store is
+/// empty, so the server takes them as the next ones).
+async fn announce(env: &TestEnv, killmails: &[Killmail]) {
+    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
+        .await
+        .expect("publisher");
+    for (index, killmail) in killmails.iter().enumerate() {
+        let event = KillmailAdded {
+            seq: Seq(index as i64 + 1),
+            killmail: killmail.clone(),
+            zkb: None,
+            hash: None,
+            names: Default::default(),
+        };
+        publisher
+            .publish(std::slice::from_ref(&event))
+            .await
+            .expect("publish");
+    }
+}
+
+/// A well-behaved subscriber, registered.
+async fn watcher(url: &str) -> WsClient {
+    let mut client = WsClient::connect(url, Protocol::TransportWs).await;
+    client.subscribe("w", IDS, json!({})).await;
+    client
+}
+
+/// Asserts `client` receives exactly `killmails`, in order.
+async fn receives_all(client: &mut WsClient, killmails: &[Killmail]) {
+    for killmail in killmails {
+        let data = client.next_data("w").await;
+        assert_eq!(
+            data["killmailAdded"]["killmailId"],
+            killmail.killmail_id.to_string()
+        );
+    }
+}
+
+fn some_killmails(n: usize) -> Vec<Killmail> {
+    fixtures::killmails()
+        .into_iter()
+        .take(n)
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_with_1008_and_the_others_get_everything() {
+    let mut env = TestEnv::new().await;
+    let (_server, url) = server(&mut env, &[("WS_SEND_QUEUE", "8")]).await;
+    // Structure-fight sized killmails: 500 attackers each, so the socket's buffers fill fast.
+    let (template, _) = fixtures::killmails().swap_remove(0);
+    let fight: Vec<Killmail> = (0..150)
+        .map(|i| {
+            let mut killmail = template.clone();
+            killmail.killmail_id.0 += i;
+            killmail.attackers = (0..500).map(|_| template.attackers[0].clone()).collect();
+            killmail
+        })
+        .collect();
+    let mut slow = WsClient::connect(&url, Protocol::TransportWs).await;
+    let everything = "subscription { killmailAdded { killmailId attackers { damageDone finalBlow securityStatus character { id } corporation { id } alliance { id } shipType { id } weaponType { id } } } }";
+    slow.subscribe("s", everything, json!({})).await;
+    let mut good = watcher(&url).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    announce(&env, &fight).await;
+    receives_all(&mut good, &fight).await;
+    let (code, reason) = slow.close_frame().await.expect("a close frame");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("too slow"), "{reason}");
+    assert!(reason.contains("after"), "says how to resume: {reason}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_503_and_held_ones_carry_on() {
+    let mut env = TestEnv::new().await;
+    let (_server, url) = server(&mut env, &[("WS_MAX_CONNECTIONS", "2")]).await;
+    let mut good = watcher(&url).await;
+    let other = WsClient::connect(&url, Protocol::TransportWs).await;
+    match WsClient::open(&url, Protocol::TransportWs).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("too many connections"), "{body}");
+        }
+        Err(other) => panic!("refused, but not with 503: {other}"),
+        Ok(_) => panic!("a third connection was accepted"),
+    }
+    // A place freed is a place taken.
+    other.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _third = WsClient::connect(&url, Protocol::TransportWs).await;
+
+    let killmails = some_killmails(5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    announce(&env, &killmails).await;
+    receives_all(&mut good, &killmails).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn operations_over_the_limit_get_an_error_and_the_connection_carries_on() {
+    let mut env = TestEnv::new().await;
+    let (_server, url) = server(&mut env, &[("WS_MAX_SUBSCRIPTIONS", "2")]).await;
+    let mut client = watcher(&url).await;
+    client.subscribe("second", IDS, json!({})).await;
+    client.subscribe("third", IDS, json!({})).await;
+    let refused = client.receive().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "third");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"],
+        "TOO_MANY_SUBSCRIPTIONS"
+    );
+
+    let killmails = some_killmails(3);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    announce(&env, &killmails).await;
+    let mut got = Vec::new();
+    while got.len() < 2 * killmails.len() {
+        let message = client.receive().await;
+        assert_eq!(message["type"], "next", "{message}");
+        got.push(message["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(got.iter().filter(|id| *id == "w").count(), 3);
+    assert_eq!(got.iter().filter(|id| *id == "second").count(), 3);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn protocol_violations_get_graphql_ws_close_codes_and_others_are_untouched() {
+    let mut env = TestEnv::new().await;
+    let (_server, url) = server(&mut env, &[]).await;
+    let mut good = watcher(&url).await;
+
+    let big = "x".repeat(70 * 1024);
+    let cases: Vec<(&str, bool, Message, u16, &str)> = vec![
+        (
+            "not JSON",
+            true,
+            Message::Text("{oops".into()),
+            4400,
+            "invalid message",
+        ),
+        (
+            "unknown type",
+            true,
+            Message::Text(r#"{"type":"shout"}"#.into()),
+            4400,
+            "unknown variant `shout`",
+        ),
+        (
+            "binary",
+            true,
+            Message::Binary(vec![1, 2, 3].into()),
+            4400,
+            "binary",
+        ),
+        (
+            "subscribe before connection_init",
+            false,
+            Message::Text(
+                json!({"id": "1", "type": "subscribe", "payload": {"query": IDS}})
+                    .to_string()
+                    .into(),
+            ),
+            4401,
+            "Unauthorized",
+        ),
+        (
+            "a second connection_init",
+            true,
+            Message::Text(r#"{"type":"connection_init"}"#.into()),
+            4429,
+            "Too many initialisation requests",
+        ),
+        (
+            "oversized",
+            true,
+            Message::Text(
+                json!({"id": "1", "type": "subscribe", "payload": {"query": big}})
+                    .to_string()
+                    .into(),
+            ),
+            1009,
+            "at most 65536 bytes",
+        ),
+    ];
+    for (case, initialised, frame, code, reason) in cases {
+        let mut client = WsClient::open(&url, Protocol::TransportWs)
+            .await
+            .expect("connect");
+        if initialised {
+            client.init().await;
+        }
+        client.send_frame(frame).await;
+        let (got_code, got_reason) = client
+            .close_frame()
+            .await
+            .unwrap_or_else(|| panic!("{case}: no close frame"));
+        assert_eq!(got_code, code, "{case}: {got_reason}");
+        assert!(got_reason.contains(reason), "{case}: {got_reason}");
+    }
+
+    // The same id twice is 4409; an invalid document is an error for that operation only.
+    let mut client = WsClient::connect(&url, Protocol::TransportWs).await;
+    client
+        .subscribe("x", "subscription { nope }", json!({}))
+        .await;
+    let error = client.receive().await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["id"], "x");
+    assert!(
+        error["payload"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nope")),
+        "{error}"
+    );
+    client.subscribe("d", IDS, json!({})).await;
+    client.subscribe("d", IDS, json!({})).await;
+    let (code, reason) = client.close_frame().await.expect("a close frame");
+    assert_eq!(
+        (code, reason.as_str()),
+        (4409, "Subscriber for d already exists")
+    );
+
+    let killmails = some_killmails(3);
+    announce(&env, &killmails).await;
+    receives_all(&mut good, &killmails).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn keepalive_pings_drop_silent_peers_and_uninitialised_connections() {
+    let mut env = TestEnv::new().await;
+    let (_server, url) = server(&mut env, &[("WS_KEEPALIVE_SECS", "1")]).await;
+    let mut good = watcher(&url).await;
+    let mut silent = WsClient::connect(&url, Protocol::TransportWs).await;
+    let mut mute = WsClient::open(&url, Protocol::TransportWs)
+        .await
+        .expect("connect");
+
+    // The silent one reads nothing, so it answers no ping; the good one answers as it reads.
+    let keep_reading = async {
+        good.assert_quiet(Duration::from_secs(4)).await;
+        good
+    };
+    let (mut good, (code, reason)) = tokio::join!(keep_reading, async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        silent.close_frame().await.expect("a close frame")
+    });
+    assert_eq!((code, reason.as_str()), (1001, "no answer to pings"));
+    let (code, reason) = mute.close_frame().await.expect("a close frame");
+    assert_eq!(
+        (code, reason.as_str()),
+        (4408, "Connection initialisation timeout")
+    );
+
+    let killmails = some_killmails(3);
+    announce(&env, &killmails).await;
+    receives_all(&mut good, &killmails).await;
+    env.cleanup().await;
+}
+
+/// Frames drawn from valid client messages, mutated byte by byte and field by field (the
+/// decoders' fuzzing inputs), each sent on a connection of its own after `connection_init`.
+const FUZZED_FRAMES: usize = 200;
+
+#[tokio::test]
+async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_server_carries_on() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    let mut env = TestEnv::new().await;
+    let (mut server, url) = server(&mut env, &[]).await;
+    let mut good = watcher(&url).await;
+    let corpus: Vec<Vec<u8>> = [
+        json!({"type": "connection_init", "payload": {}}),
+        json!({"type": "subscribe", "id": "1", "payload": {"query": IDS, "variables": {"f": {"npc": true}}}}),
+        json!({"type": "start", "id": "2", "payload": {"query": "subscription($f: KillmailFilter) { killmailAdded(filter: $f) { id } }", "operationName": null}}),
+        json!({"type": "complete", "id": "1"}),
+        json!({"type": "ping", "payload": {"at": 1}}),
+        json!({"type": "pong"}),
+        json!({"type": "connection_terminate"}),
+    ]
+    .iter()
+    .map(|m| m.to_string().into_bytes())
+    .collect();
+    let strategy = crate::robustness::decoders::input(corpus);
+    let mut runner = TestRunner::deterministic();
+    let allowed = [1000, 1009, 4400, 4401, 4409, 4429];
+    let mut closed = 0;
+    for _ in 0..FUZZED_FRAMES {
+        let bytes = strategy.new_tree(&mut runner).expect("an input").current();
+        let frame = match String::from_utf8(bytes) {
+            Ok(text) => Message::Text(text.clone().into()),
+            Err(bytes) => Message::Binary(bytes.into_bytes().into()),
+        };
+        let mut client = WsClient::open(&url, Protocol::TransportWs)
+            .await
+            .expect("connect");
+        client.init().await;
+        client.send_frame(frame.clone()).await;
+        // Either the connection is closed with a protocol code and a reason, or it carries on
+        // and answers a ping.
+        client.send(json!({"type": "ping"})).await;
+        match tokio::time::timeout(Duration::from_secs(5), client.close_or_pong()).await {
+            Ok(Some((code, reason))) => {
+                assert!(allowed.contains(&code), "{frame:?} → {code} {reason}");
+                assert!(code == 1000 || !reason.is_empty(), "{frame:?} → {code}");
+                closed += 1;
+            }
+            Ok(None) => {}
+            Err(_) => panic!("{frame:?}: neither closed nor answered"),
+        }
+    }
+    assert!(closed > 0, "no fuzzed frame was refused");
+    assert!(
+        server.try_wait().expect("status").is_none(),
+        "the server died"
+    );
+    let killmails = some_killmails(3);
+    announce(&env, &killmails).await;
+    receives_all(&mut good, &killmails).await;
+    env.cleanup().await;
+}
