@@ -56,8 +56,9 @@ struct FanoutArgs {
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// A server to measure, NAME=WS_URL[+WS_URL…][,pid=PID[+PID…]]; repeat for several, run in
-    /// turn. With several URLs the clients are dealt round-robin over them; CPU and memory are
-    /// summed over the pids. The ratios are the first target's figures over each other's.
+    /// turn. With several URLs the clients are dealt round-robin over them (in whole rounds of
+    /// the mix); CPU and memory are summed over the pids. The ratios are the first target's
+    /// figures over each other's.
     #[arg(long = "target", value_name = "TARGET")]
     targets: Vec<Target>,
     /// The one server to measure when no --target is given.

@@ -17,7 +17,7 @@ use super::Percentiles;
 use super::client::{self, Ending, Outcome, Shared, Subscriber};
 use super::documents::Document;
 use super::process::{self, PeakSampler};
-use super::report::{FanoutReport, ServerCost};
+use super::report::{FanoutReport, ServerCost, UrlTally};
 use crate::events::{EventPublisher, KillmailAdded};
 use crate::killmail::{Received, Seq};
 use crate::queue::{IngestJob, Publisher};
@@ -170,11 +170,17 @@ impl Plan {
         self.expected[index].iter().filter(|&&e| e).count()
     }
 
+    /// Which of `target`'s URLs client `i` uses: round-robin in whole rounds of the document
+    /// mix, so that every server gets every document (client `i` has document `i mod N`).
+    fn server_of(&self, i: usize, target: &Target) -> usize {
+        (i / self.documents.len()) % target.urls.len()
+    }
+
     /// Client `i`'s subscription on `target`.
     fn subscriber(&self, target: &Target, i: usize) -> Subscriber {
         let document = i % self.documents.len();
         Subscriber {
-            url: target.urls[i % target.urls.len()].clone(),
+            url: target.urls[self.server_of(i, target)].clone(),
             subscribe: self.subscribe[document].clone(),
             expected: self.expected[document].clone(),
             // Spread over the interval, so pings do not come in waves.
@@ -227,6 +233,10 @@ pub async fn run(
         .sum();
     let connect_failures = tally(connected.into_iter().filter_map(|(_, r)| r.err()));
 
+    if held.is_empty() {
+        // Nothing to measure, and events would only move a server's sequence on.
+        stop.cancel();
+    }
     tokio::time::sleep(plan.settle).await;
     let idle = weigh()?;
 
@@ -235,7 +245,7 @@ pub async fn run(
     let mut sent_at = Vec::with_capacity(plan.killmails.len());
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.rate.max(0.001)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for received in &plan.killmails {
+    for received in plan.killmails.iter().filter(|_| !held.is_empty()) {
         ticker.tick().await;
         // The clock starts before the publish: a broker's confirm is part of the path.
         sent_at.push(Instant::now());
@@ -252,10 +262,11 @@ pub async fn run(
     let loadgen_cpu = process::own_cpu_seconds() - own_cpu;
 
     stop.cancel();
+    // (client index, what it saw) for every client that connected.
     let mut outcomes = Vec::with_capacity(clients.len());
-    for client in clients {
+    for (i, client) in clients.into_iter().enumerate() {
         if let Some(outcome) = client.await.context("a client task failed")? {
-            outcomes.push(outcome);
+            outcomes.push((i, outcome));
         }
     }
     let peak_rss_kib = match sampler {
@@ -265,13 +276,29 @@ pub async fn run(
 
     let mut latencies = Vec::with_capacity(expected);
     let mut last_receipt = started;
-    for outcome in &outcomes {
+    let mut per_url: Vec<UrlTally> = target
+        .urls
+        .iter()
+        .map(|url| UrlTally {
+            url: url.clone(),
+            ..UrlTally::default()
+        })
+        .collect();
+    for (i, outcome) in &outcomes {
         for &(event, at) in &outcome.received {
             latencies.push(at.saturating_duration_since(sent_at[event as usize]));
             last_receipt = last_receipt.max(at);
         }
+        let expected = plan.matching(i % plan.documents.len());
+        let tally = &mut per_url[plan.server_of(*i, target)];
+        tally.held += 1;
+        tally.expected += expected;
+        tally.delivered += outcome.received.len();
+        tally.complete += usize::from(
+            outcome.received.len() == expected && outcome.duplicated + outcome.unexpected == 0,
+        );
     }
-    let sum = |count: fn(&Outcome) -> usize| outcomes.iter().map(count).sum::<usize>();
+    let sum = |count: fn(&Outcome) -> usize| outcomes.iter().map(|(_, o)| count(o)).sum::<usize>();
     let server = match (before, idle, after) {
         (Some(before), Some(idle), Some(after)) => Some(ServerCost {
             cpu_seconds: after.cpu_seconds - idle.cpu_seconds,
@@ -300,8 +327,9 @@ pub async fn run(
         endings: tally(
             outcomes
                 .iter()
-                .filter_map(|o| o.ending.as_ref().map(describe)),
+                .filter_map(|(_, o)| o.ending.as_ref().map(describe)),
         ),
+        per_url,
         elapsed: last_receipt.saturating_duration_since(started),
         latency: Percentiles::of(latencies),
         server,

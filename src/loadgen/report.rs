@@ -21,6 +21,17 @@ pub struct ServerCost {
     pub hwm_kib: u64,
 }
 
+/// The clients of one server of a target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlTally {
+    pub url: String,
+    pub held: usize,
+    pub expected: usize,
+    pub delivered: usize,
+    /// Clients that got everything they should have, once, and nothing else.
+    pub complete: usize,
+}
+
 /// What a fan-out run saw on one target.
 #[derive(Debug, Clone)]
 pub struct FanoutReport {
@@ -46,6 +57,8 @@ pub struct FanoutReport {
     pub errors: usize,
     /// How clients that stopped early stopped, with how many did so.
     pub endings: Vec<(String, usize)>,
+    /// Per server of the target, in the order of its URLs.
+    pub per_url: Vec<UrlTally>,
     /// From the first injection to the last receipt.
     pub elapsed: Duration,
     pub latency: Percentiles,
@@ -55,6 +68,11 @@ pub struct FanoutReport {
 }
 
 impl FanoutReport {
+    /// Clients that got everything they should have, once, and nothing else.
+    pub fn complete_clients(&self) -> usize {
+        self.per_url.iter().map(|u| u.complete).sum()
+    }
+
     pub fn lost(&self) -> usize {
         self.expected - self.delivered
     }
@@ -63,9 +81,11 @@ impl FanoutReport {
         self.delivered as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 
+    /// `None` without a pid, or when the server used no measurable CPU (a wrong pid).
     pub fn messages_per_cpu_second(&self) -> Option<f64> {
         self.server
-            .map(|s| self.delivered as f64 / s.cpu_seconds.max(f64::EPSILON))
+            .filter(|s| s.cpu_seconds > 0.0)
+            .map(|s| self.delivered as f64 / s.cpu_seconds)
     }
 
     pub fn cpu_ms_per_event(&self) -> Option<f64> {
@@ -154,6 +174,25 @@ impl fmt::Display for FanoutReport {
                 thousands(self.errors)
             )?;
         }
+        writeln!(
+            f,
+            "subscribers  {} of {} held got all they should, once, and nothing else",
+            thousands(self.complete_clients()),
+            thousands(self.held)
+        )?;
+        if self.per_url.len() > 1 {
+            for url in &self.per_url {
+                writeln!(
+                    f,
+                    "  {}: {} held, {} complete, delivered {} of {}",
+                    url.url,
+                    thousands(url.held),
+                    thousands(url.complete),
+                    thousands(url.delivered),
+                    thousands(url.expected)
+                )?;
+            }
+        }
         for (ending, count) in self.endings.iter().take(5) {
             writeln!(f, "  {} clients: {ending}", thousands(*count))?;
         }
@@ -193,11 +232,17 @@ pub fn comparison(reports: &[FanoutReport]) -> String {
     type Figure = fn(&FanoutReport) -> Option<f64>;
     let decimal = |v: f64| format!("{v:.1}");
     // (label, figure, how it is shown, whether a ratio means something)
-    let rows: [(&str, Figure, fn(f64) -> String, bool); 12] = [
+    let rows: [(&str, Figure, fn(f64) -> String, bool); 13] = [
         ("connections held", |r| Some(r.held as f64), count, false),
         ("expected", |r| Some(r.expected as f64), count, false),
         ("delivered", |r| Some(r.delivered as f64), count, false),
         ("lost", |r| Some(r.lost() as f64), count, false),
+        (
+            "complete subscribers",
+            |r| Some(r.complete_clients() as f64),
+            count,
+            false,
+        ),
         (
             "duplicated + unexpected",
             |r| Some((r.duplicated + r.unexpected) as f64),
@@ -307,6 +352,13 @@ mod tests {
             foreign: 0,
             errors: 0,
             endings: Vec::new(),
+            per_url: vec![UrlTally {
+                url: "ws://127.0.0.1:1/graphql".into(),
+                held: 10,
+                expected: 100,
+                delivered,
+                complete: if delivered == 100 { 10 } else { 0 },
+            }],
             elapsed: Duration::from_secs(1),
             latency: Percentiles::default(),
             server: Some(ServerCost {
