@@ -243,10 +243,11 @@ impl Ranked {
     /// The label and filter of the `round`-th document of `kind`.
     fn filter(&self, kind: Kind, round: usize) -> (String, Option<Value>) {
         let pick = |list: &[i64], count: usize| -> Vec<String> {
+            if list.is_empty() {
+                return Vec::new();
+            }
             (0..count)
-                .filter_map(|k| {
-                    (!list.is_empty()).then(|| list[(round * count + k) % list.len()].to_string())
-                })
+                .map(|k| list[(round * count + k) % list.len()].to_string())
                 .collect()
         };
         let labelled = |label: String, filter: Value| (label, Some(filter));
@@ -284,11 +285,11 @@ impl Ranked {
                 labelled(format!("minValue {min}"), json!({ "minValue": min }))
             }
             Kind::Npc => {
-                let npc = round % 2 == 0;
+                let npc = round.is_multiple_of(2);
                 labelled(format!("npc {npc}"), json!({ "npc": npc }))
             }
             Kind::Solo => {
-                let solo = round % 2 == 0;
+                let solo = round.is_multiple_of(2);
                 labelled(format!("solo {solo}"), json!({ "solo": solo }))
             }
         }

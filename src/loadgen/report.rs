@@ -113,7 +113,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -230,9 +230,10 @@ impl fmt::Display for FanoutReport {
 /// The targets side by side (a Markdown table), with the first over each other one.
 pub fn comparison(reports: &[FanoutReport]) -> String {
     type Figure = fn(&FanoutReport) -> Option<f64>;
+    /// (label, figure, how it is shown, whether a ratio means something)
+    type Row = (&'static str, Figure, fn(f64) -> String, bool);
     let decimal = |v: f64| format!("{v:.1}");
-    // (label, figure, how it is shown, whether a ratio means something)
-    let rows: [(&str, Figure, fn(f64) -> String, bool); 13] = [
+    let rows: [Row; 13] = [
         ("connections held", |r| Some(r.held as f64), count, false),
         ("expected", |r| Some(r.expected as f64), count, false),
         ("delivered", |r| Some(r.delivered as f64), count, false),
