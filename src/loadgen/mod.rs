@@ -193,3 +193,23 @@ pub async fn query_latency(
     }
     Ok(Percentiles::of(samples))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let ms = Duration::from_millis;
+        let samples: Vec<Duration> = (1..=1000).rev().map(ms).collect();
+        let p = Percentiles::of(samples);
+        assert_eq!(
+            (p.p50, p.p99, p.p999, p.max),
+            (ms(500), ms(990), ms(999), ms(1000))
+        );
+
+        let one = Percentiles::of(vec![ms(7)]);
+        assert_eq!((one.p50, one.p999, one.max), (ms(7), ms(7), ms(7)));
+        assert_eq!(Percentiles::of(Vec::new()).max, Duration::ZERO);
+    }
+}
