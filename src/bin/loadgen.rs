@@ -3,16 +3,19 @@
 //! - `loadgen ingest`: real killmails as `killmail.ingest` jobs at a fixed rate, each timed from
 //!   its publish to its event on Redis, through a running worker-killmails.
 //! - `loadgen query`: latency of the `killmails` query.
-//! - `loadgen fanout`: events on Redis to N WebSocket subscribers, with the server's CPU and
-//!   memory when given its pid; runs against killreport or the Node peer alike.
+//! - `loadgen fanout`: killmails (events on Redis, or jobs through the whole pipeline) to N
+//!   WebSocket subscribers with a mix of filtered documents, every delivery checked and timed,
+//!   with the servers' CPU and memory; several targets (killreport, the Node peer, two servers
+//!   sharing the clients) in one run, side by side.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use killreport::config::{RabbitArgs, RedisArgs};
-use killreport::loadgen::Fanout;
+use killreport::events::EventPublisher;
+use killreport::loadgen::{Injector, Plan, Target, fanout, process, workload};
 use killreport::queue::Publisher;
 
 #[derive(Parser)]
@@ -43,36 +46,79 @@ struct QueryArgs {
     filter: Option<String>,
 }
 
-/// Event published on Redis → received by N WebSocket subscribers (fan-out only). Sequence
-/// numbers are taken from the clock so they are above anything the server has seen; use a
-/// server set aside for benchmarking.
+/// N graphql-transport-ws subscribers with a mix of documents; killmails injected at a fixed
+/// rate; every delivery checked against what each document should get and timed from injection
+/// to receipt; with pids, the server's CPU and memory. Each target in turn with the same
+/// killmails, documents and rate, then a side-by-side table.
 #[derive(Args)]
 struct FanoutArgs {
-    /// Killmail files to draw events from.
+    /// Killmail files or directories to draw events from (anything `queue import` reads).
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    #[arg(long, default_value = "ws://127.0.0.1:4000/graphql")]
-    url: String,
-    #[arg(long, default_value_t = 1000)]
-    clients: usize,
-    #[arg(long, default_value_t = 100)]
-    events: usize,
-    /// Events per second.
-    #[arg(long, default_value_t = 20.0)]
-    rate: f64,
-    /// The subscription document every client sends.
+    /// A server to measure, NAME=WS_URL[+WS_URL…][,pid=PID[+PID…]]; repeat for several, run in
+    /// turn. With several URLs the clients are dealt round-robin over them (in whole rounds of
+    /// the mix); CPU and memory are summed over the pids. The ratios are the first target's
+    /// figures over each other's.
+    #[arg(long = "target", value_name = "TARGET")]
+    targets: Vec<Target>,
+    /// The one server to measure when no --target is given.
     #[arg(
         long,
-        default_value = "subscription { killmailAdded { killmailId killmailTime victim { characterName shipTypeName } } }"
+        default_value = "ws://127.0.0.1:4000/graphql",
+        conflicts_with = "targets"
     )]
-    document: String,
-    /// The server's process id, to report its CPU time and peak memory.
-    #[arg(long)]
+    url: String,
+    /// The process id of --url's server, to measure its CPU and memory.
+    #[arg(long, conflicts_with = "targets")]
     pid: Option<u32>,
+    /// Subscribers per target.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Distinct subscription documents; client i subscribes with document i mod N. 1 is
+    /// DESIGN.md's example for everyone; more add filtered and heavier documents.
+    #[arg(long, default_value_t = 1)]
+    mix: usize,
+    /// Killmails to inject.
+    #[arg(long, default_value_t = 100)]
+    events: usize,
+    /// Of those, how many are the fights with the most attackers in FILEs, spread evenly
+    /// through the run.
+    #[arg(long, default_value_t = 0)]
+    include_largest: usize,
+    /// Killmails per second.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// `redis`: events straight onto the channel (fan-out only). `jobs`: killmail.ingest jobs
+    /// through worker-killmails and the store; the killmails must be new to it (use a fresh
+    /// database), so one target only.
+    #[arg(long, value_enum, default_value_t = Inject::Redis)]
+    inject: Inject,
+    /// Seconds to wait for stragglers after the last injection.
     #[arg(long, default_value_t = 60)]
     patience_secs: u64,
+    /// Seconds subscriptions sit idle before the server is weighed and injection starts.
+    #[arg(long, default_value_t = 2.0)]
+    settle_secs: f64,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 150)]
+    connect_concurrency: usize,
+    /// Seconds a connection may take from TCP connect to connection_ack.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout_secs: u64,
+    /// Seconds between the `ping`s each client sends, as graphql-ws' and Apollo's `keepAlive`
+    /// option does (killreport closes a connection silent for 30 s); 0 for none.
+    #[arg(long, default_value_t = 10.0)]
+    client_ping_secs: f64,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    rabbit: RabbitArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Inject {
+    Redis,
+    Jobs,
 }
 
 /// Job publish → worker-killmails → PostgreSQL → Redis event: latency at a fixed rate. The
@@ -128,70 +174,122 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
 }
 
 async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
-    let mut killmails = killreport::import::read_killmails(&args.files).await?;
-    killmails.truncate(args.events);
-    let before = args.pid.map(process_usage).transpose()?;
-    let first_seq = chrono::Utc::now().timestamp_micros();
-    let plan = Fanout {
-        ws_url: &args.url,
-        document: &args.document,
-        clients: args.clients,
-        redis_url: &args.redis.redis_url,
-        channel: &args.redis.events_channel,
-        first_seq,
-        rate: args.rate,
-        patience: Duration::from_secs(args.patience_secs),
+    let targets = if args.targets.is_empty() {
+        vec![Target {
+            name: "server".into(),
+            urls: vec![args.url.clone()],
+            pids: args.pid.into_iter().collect(),
+        }]
+    } else {
+        args.targets.clone()
     };
-    let report = killreport::loadgen::fanout_latency(&plan, &killmails).await?;
-    println!("{report}");
-    if let (Some(pid), Some((cpu_before, _))) = (args.pid, before) {
-        let (cpu_after, peak_rss_kb) = process_usage(pid)?;
-        let cpu = cpu_after - cpu_before;
-        println!(
-            "server: {cpu:.2} CPU-seconds ({:.0} delivered messages per CPU-second), peak RSS {} MiB",
-            report.delivered as f64 / cpu.max(f64::EPSILON),
-            peak_rss_kb / 1024
+    if args.inject == Inject::Jobs && targets.len() > 1 {
+        anyhow::bail!(
+            "--inject jobs takes one target: after it, the killmails are no longer new to the store"
         );
+    }
+    let open_files = process::raise_open_files_limit();
+    // A few descriptors beyond the sockets: Redis, RabbitMQ, /proc reads, the runtime.
+    if open_files < args.clients as u64 + 64 {
+        anyhow::bail!(
+            "{} clients need more open files than the limit of {open_files} (raise the hard limit: ulimit -Hn 20000)",
+            args.clients
+        );
+    }
+
+    let plan = plan(&args).await?;
+    let mut injector = match args.inject {
+        Inject::Redis => Injector::Redis {
+            publisher: EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
+                .await
+                .context("connecting to Redis")?,
+            // Above anything a server has seen (it drops sequence numbers already sent): use
+            // servers set aside for benchmarking.
+            next_seq: chrono::Utc::now().timestamp_micros(),
+        },
+        Inject::Jobs => Injector::Jobs(publisher(&args.rabbit).await?),
+    };
+    let mut reports = Vec::with_capacity(targets.len());
+    for target in &targets {
+        println!();
+        let report = fanout::run(target, &plan, &mut injector).await?;
+        println!("{report}");
+        if args.inject == Inject::Jobs && report.delivered == 0 && report.expected > 0 {
+            println!("nothing arrived: were the killmails new to worker-killmails' store?");
+        }
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        println!("\n{}", killreport::loadgen::comparison(&reports));
     }
     Ok(())
 }
 
-/// CPU seconds used so far and peak resident memory (KiB) of a process, from /proc.
-fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .context("reading the server's /proc stat")?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
+/// The killmails and documents every target gets, described on stdout.
+async fn plan(args: &FanoutArgs) -> anyhow::Result<Plan> {
+    let mut killmails = workload::pick(
+        killreport::import::read_killmails(&args.files).await?,
+        args.events,
+        args.include_largest,
+    );
+    let made_up = killmails
+        .iter_mut()
+        .map(workload::fill_zkb)
+        .filter(|&filled| filled)
+        .count();
+    let mut sizes: Vec<_> = killmails
+        .iter()
+        .map(|r| (r.killmail.attackers.len(), r.killmail.killmail_id))
         .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let peak = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    // The kernel counts in clock ticks of 1/100 s on Linux.
-    Ok((ticks / 100.0, peak))
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let largest: Vec<String> = sizes
+        .iter()
+        .take(args.include_largest.max(3))
+        .map(|(attackers, id)| format!("{id} ({attackers})"))
+        .collect();
+    println!(
+        "{} killmails at {}/s; most attackers: {}",
+        killmails.len(),
+        args.rate,
+        largest.join(", ")
+    );
+    if made_up > 0 {
+        println!(
+            "{made_up} of them had no zkb block and were given a made-up one (value, npc, solo)"
+        );
+    }
+    let documents = killreport::loadgen::mix(args.mix.max(1), &killmails);
+    let mut plan = Plan::new(args.clients, documents, killmails, args.rate)?;
+    plan.patience = Duration::from_secs(args.patience_secs);
+    plan.settle = Duration::from_secs_f64(args.settle_secs);
+    plan.connect_concurrency = args.connect_concurrency;
+    plan.connect_timeout = Duration::from_secs(args.connect_timeout_secs);
+    plan.client_ping =
+        (args.client_ping_secs > 0.0).then(|| Duration::from_secs_f64(args.client_ping_secs));
+    for (index, document) in plan.documents.iter().enumerate() {
+        println!(
+            "document {index}: matches {} of {}; {}",
+            plan.matching(index),
+            plan.killmails.len(),
+            document.label
+        );
+    }
+    Ok(plan)
+}
+
+async fn publisher(rabbit: &RabbitArgs) -> anyhow::Result<Publisher> {
+    let connection = killreport::queue::connect(&rabbit.rabbitmq_url, "loadgen")
+        .await
+        .context("connecting to RabbitMQ")?;
+    Publisher::new(&connection, rabbit.topology())
+        .await
+        .context("declaring the job queues")
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let mut killmails = killreport::import::read_killmails(&args.files).await?;
     killmails.truncate(args.count);
-    let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "loadgen")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let publisher = Publisher::new(&connection, args.rabbit.topology()).await?;
+    let publisher = publisher(&args.rabbit).await?;
     println!("publishing {} jobs at {}/s", killmails.len(), args.rate);
     let report = killreport::loadgen::ingest_latency(
         &publisher,

@@ -1,5 +1,22 @@
 //! Load generation for benchmarks: inject killmails at a fixed rate and measure how long each
 //! takes to come out the other end. Figures are printed, never asserted; see BENCHMARKS.md.
+//!
+//! Here: latency percentiles, job → event latency (`ingest_latency`) and query latency. The
+//! WebSocket fan-out benchmark is split by concern: `workload` picks the killmails, `documents`
+//! builds the subscription mix and what each document should receive, `client` is one
+//! subscriber, `fanout` runs a target, `process` reads a server's cost from /proc and `report`
+//! prints one target and several side by side.
+
+mod client;
+pub mod documents;
+pub mod fanout;
+pub mod process;
+pub mod report;
+pub mod workload;
+
+pub use documents::{Document, mix};
+pub use fanout::{Injector, Plan, Target};
+pub use report::{FanoutReport, comparison};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -177,170 +194,22 @@ pub async fn query_latency(
     Ok(Percentiles::of(samples))
 }
 
-/// What a fan-out run saw.
-#[derive(Debug, Clone)]
-pub struct FanoutReport {
-    pub clients: usize,
-    pub events: usize,
-    pub expected: usize,
-    pub delivered: usize,
-    pub lost: usize,
-    pub duplicated: usize,
-    pub elapsed: Duration,
-    pub latency: Percentiles,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl fmt::Display for FanoutReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} clients, {} events: expected {}, delivered {}, lost {}, duplicated {}",
-            self.clients, self.events, self.expected, self.delivered, self.lost, self.duplicated
-        )?;
-        writeln!(
-            f,
-            "{:.0} messages/s over {:.1} s",
-            self.delivered as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON),
-            self.elapsed.as_secs_f64()
-        )?;
-        write!(f, "event published → received: {}", self.latency)
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let ms = Duration::from_millis;
+        let samples: Vec<Duration> = (1..=1000).rev().map(ms).collect();
+        let p = Percentiles::of(samples);
+        assert_eq!(
+            (p.p50, p.p99, p.p999, p.max),
+            (ms(500), ms(990), ms(999), ms(1000))
+        );
+
+        let one = Percentiles::of(vec![ms(7)]);
+        assert_eq!((one.p50, one.p999, one.max), (ms(7), ms(7), ms(7)));
+        assert_eq!(Percentiles::of(Vec::new()).max, Duration::ZERO);
     }
-}
-
-/// A fan-out run: `clients` graphql-transport-ws subscriptions to `ws_url` with `document`,
-/// then one event per killmail published on `channel` at `rate` per second, sequence numbers
-/// from `first_seq` (above anything the server has seen, or it drops them as already sent).
-pub struct Fanout<'a> {
-    pub ws_url: &'a str,
-    pub document: &'a str,
-    pub clients: usize,
-    pub redis_url: &'a str,
-    pub channel: &'a str,
-    pub first_seq: i64,
-    pub rate: f64,
-    pub patience: Duration,
-}
-
-/// Runs `plan` with `killmails` and times every delivery from publish to receipt.
-pub async fn fanout_latency(
-    plan: &Fanout<'_>,
-    killmails: &[Received],
-) -> anyhow::Result<FanoutReport> {
-    let Fanout {
-        ws_url,
-        document,
-        clients,
-        redis_url,
-        channel,
-        first_seq,
-        rate,
-        patience,
-    } = *plan;
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-    let (received_tx, mut received_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(usize, i64, Instant)>();
-    let mut sockets = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let mut request = ws_url.into_client_request()?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse()?);
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-        socket
-            .send(Message::Text(
-                r#"{"type":"connection_init","payload":{}}"#.into(),
-            ))
-            .await?;
-        let subscribe =
-            serde_json::json!({"id": "1", "type": "subscribe", "payload": {"query": document}});
-        socket
-            .send(Message::Text(subscribe.to_string().into()))
-            .await?;
-        sockets.push(socket);
-    }
-    for (client, mut socket) in sockets.into_iter().enumerate() {
-        let received = received_tx.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = socket.next().await {
-                let at = Instant::now();
-                let Message::Text(text) = frame else { continue };
-                let Ok(message) = serde_json::from_str::<serde_json::Value>(&text) else {
-                    continue;
-                };
-                match message["type"].as_str() {
-                    Some("next") => {
-                        let id = message["payload"]["data"]["killmailAdded"]["killmailId"]
-                            .as_str()
-                            .and_then(|id| id.parse().ok());
-                        if let Some(id) = id {
-                            received.send((client, id, at)).ok();
-                        }
-                    }
-                    Some("ping") => {
-                        socket
-                            .send(Message::Text(r#"{"type":"pong"}"#.into()))
-                            .await
-                            .ok();
-                    }
-                    _ => {}
-                }
-            }
-        });
-    }
-    drop(received_tx);
-    // Let every subscription register before the first event.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let publisher = crate::events::EventPublisher::connect(redis_url, channel).await?;
-    let mut sent_at: HashMap<i64, Instant> = HashMap::new();
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
-    for (offset, received) in killmails.iter().enumerate() {
-        ticker.tick().await;
-        let event = KillmailAdded {
-            seq: crate::killmail::Seq(first_seq + offset as i64),
-            killmail: received.killmail.clone(),
-            zkb: received.zkb.clone(),
-            hash: Some(received.hash.clone()),
-            names: Default::default(),
-        };
-        sent_at.insert(received.killmail.killmail_id.0, Instant::now());
-        publisher.publish(std::slice::from_ref(&event)).await?;
-    }
-
-    let expected = clients * killmails.len();
-    let mut seen = std::collections::HashSet::with_capacity(expected);
-    let mut duplicated = 0;
-    let mut latencies = Vec::with_capacity(expected);
-    let mut last_receipt = started;
-    let deadline = Instant::now() + patience;
-    while seen.len() < expected {
-        match tokio::time::timeout_at(deadline, received_rx.recv()).await {
-            Ok(Some((client, id, at))) => {
-                let Some(sent) = sent_at.get(&id) else {
-                    continue;
-                };
-                if !seen.insert((client, id)) {
-                    duplicated += 1;
-                    continue;
-                }
-                latencies.push(at.saturating_duration_since(*sent));
-                last_receipt = last_receipt.max(at);
-            }
-            _ => break,
-        }
-    }
-    Ok(FanoutReport {
-        clients,
-        events: killmails.len(),
-        expected,
-        delivered: seen.len(),
-        lost: expected - seen.len(),
-        duplicated,
-        elapsed: last_receipt.saturating_duration_since(started),
-        latency: Percentiles::of(latencies),
-    })
 }
