@@ -32,6 +32,9 @@ const PER_PHASE: usize = 37;
 const PACE: Duration = Duration::from_millis(150);
 /// How many killmails of a phase have appeared when its fault strikes.
 const FAULT_AFTER: u32 = 12;
+/// How long a stopped service or a killed process stays down before it is started again, so
+/// that killmails arrive meanwhile and pile up, or are committed but cannot be announced.
+const DOWNTIME: Duration = Duration::from_secs(3);
 /// After the last phase, how long to watch for late duplicates: longer than worker-killmails'
 /// 5 s sweep of pending announcements, the one thing that announces late.
 const QUIET: Duration = Duration::from_secs(7);
@@ -128,14 +131,15 @@ impl Pipeline {
 
     async fn inject(&mut self, fault: Fault) {
         match fault {
-            Fault::RestartRabbitmq => self.services.restart_rabbitmq().await,
-            Fault::RestartRedis => self.services.restart_redis().await,
-            Fault::RestartPostgres => self.services.restart_postgres().await,
+            Fault::RestartRabbitmq => self.services.restart_rabbitmq(DOWNTIME).await,
+            Fault::RestartRedis => self.services.restart_redis(DOWNTIME).await,
+            Fault::RestartPostgres => self.services.restart_postgres(DOWNTIME).await,
             Fault::KillWorkerKillmails => self.kill_and_start("worker-killmails").await,
             Fault::KillWorkerRedisq => self.kill_and_start("worker-redisq").await,
             Fault::RestartServer => {
                 let server = self.process("server");
                 terminate(server, PATIENCE).await;
+                tokio::time::sleep(DOWNTIME).await;
                 self.launch("server").await;
             }
         }
@@ -149,6 +153,7 @@ impl Pipeline {
 
     async fn kill_and_start(&mut self, binary: &'static str) {
         self.process(binary).kill().await.expect("SIGKILL");
+        tokio::time::sleep(DOWNTIME).await;
         self.launch(binary).await;
     }
 
@@ -333,8 +338,19 @@ fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
         for exited in &phase.exited {
             let _ = writeln!(out, "{fault}: {exited}, started again");
         }
-        for reason in &phase.resumed_after {
-            let _ = writeln!(out, "{fault}: subscriber resumed after: {reason}");
+        // A client retrying while the server is down fails the same way many times over.
+        let mut reasons = phase.resumed_after.iter().peekable();
+        while let Some(reason) = reasons.next() {
+            let mut times = 1;
+            while reasons.next_if_eq(&reason).is_some() {
+                times += 1;
+            }
+            let times = if times > 1 {
+                format!(" (×{times})")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "{fault}: subscriber resumed after: {reason}{times}");
         }
     }
     if !unexpected.is_empty() {

@@ -4,7 +4,8 @@
 //! service back on the same port with its data (PostgreSQL's cluster, RabbitMQ's durable queues
 //! and persistent messages), as restarting a production service would; Redis keeps nothing, as
 //! pub/sub needs nothing. Everything is stopped and the directory removed when the value is
-//! dropped, also when the test fails (the logs are then kept, and their place printed).
+//! dropped, also when the test fails (the logs are then kept, and their place printed, as
+//! they are when `KEEP_FAULT_SUITE_LOGS` is set).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -424,22 +425,26 @@ impl PrivateServices {
         &self.dir
     }
 
-    /// Stops PostgreSQL (`pg_ctl stop -m fast`: sessions are ended) and starts it again.
-    pub async fn restart_postgres(&mut self) {
+    /// Stops PostgreSQL (`pg_ctl stop -m fast`: sessions are ended), leaves it down for
+    /// `down`, and starts it again.
+    pub async fn restart_postgres(&mut self, down: Duration) {
         self.postgres.stop().await;
+        tokio::time::sleep(down).await;
         self.postgres.start().await;
     }
 
-    /// Stops Redis (SIGTERM) and starts it again, empty.
-    pub async fn restart_redis(&mut self) {
+    /// Stops Redis (SIGTERM), leaves it down for `down`, and starts it again, empty.
+    pub async fn restart_redis(&mut self, down: Duration) {
         self.redis.stop().await;
+        tokio::time::sleep(down).await;
         self.redis.start().await;
     }
 
-    /// Stops the RabbitMQ node (SIGTERM: connections closed, durable state written) and boots
-    /// it again.
-    pub async fn restart_rabbitmq(&mut self) {
+    /// Stops the RabbitMQ node (SIGTERM: connections closed, durable state written), leaves
+    /// it down for `down`, and boots it again.
+    pub async fn restart_rabbitmq(&mut self, down: Duration) {
         self.rabbitmq.stop().await;
+        tokio::time::sleep(down).await;
         self.rabbitmq.start().await;
     }
 }
@@ -470,11 +475,8 @@ impl Drop for PrivateServices {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        if std::thread::panicking() {
-            eprintln!(
-                "the fault suite's service logs are kept in {}",
-                self.dir.display()
-            );
+        if std::thread::panicking() || std::env::var_os("KEEP_FAULT_SUITE_LOGS").is_some() {
+            eprintln!("the fault suite's logs are kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
