@@ -197,7 +197,7 @@ impl Pipeline {
             let stored = self.stored(ids).await.is_some_and(|s| s.len() == ids.len());
             let delivered: HashSet<i64> = self
                 .subscriber
-                .received()
+                .deliveries()
                 .killmail_ids
                 .into_iter()
                 .collect();
@@ -211,11 +211,11 @@ impl Pipeline {
         }
     }
 
-    /// Streams the killmails of `sequences` onto the feed at [`PACE`], injects `fault` after
-    /// [`FAULT_AFTER`] of them, and waits until all are through.
+    /// Reveals the killmails `ids` (from sequence `first` on) on the feed at [`PACE`], injects
+    /// `fault` after [`FAULT_AFTER`] of them, and waits until all are through.
     async fn phase(&mut self, fault: Fault, first: i64, ids: Vec<i64>) -> Phase {
         let started = Instant::now();
-        let resumes_before = self.subscriber.received().resumed_after.len();
+        let resumes_before = self.subscriber.deliveries().resumed_after.len();
         let streaming = {
             let r2z2 = self.r2z2.clone();
             let last = first + i64::try_from(ids.len()).expect("few") - 1;
@@ -233,7 +233,7 @@ impl Pipeline {
         streaming.await.expect("streaming the phase");
         let through = self.wait_until_through(&ids).await;
         let exited = self.restart_exited().await;
-        let resumed_after = self.subscriber.received().resumed_after[resumes_before..].to_vec();
+        let resumed_after = self.subscriber.deliveries().resumed_after[resumes_before..].to_vec();
         Phase {
             fault,
             ids,
@@ -382,7 +382,7 @@ async fn every_killmail_is_stored_and_delivered_once_whatever_restarts() {
 
     tokio::time::sleep(QUIET).await;
     let stored = pipeline.stored(&ids).await.expect("PostgreSQL is back");
-    let received = pipeline.subscriber.received();
+    let received = pipeline.subscriber.deliveries();
     let mut deliveries: HashMap<i64, usize> = HashMap::new();
     for id in &received.killmail_ids {
         *deliveries.entry(*id).or_default() += 1;

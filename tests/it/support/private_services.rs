@@ -136,31 +136,35 @@ struct Postgres {
 }
 
 impl Postgres {
-    async fn init(bin: PathBuf, dir: &Path) -> Self {
+    /// A cluster to be in `dir/postgres`; [`Self::init`] makes and starts it.
+    fn new(bin: PathBuf, dir: &Path) -> Self {
         let home = dir.join("postgres");
-        std::fs::create_dir(&home).expect("creating PostgreSQL's directory");
-        let as_postgres_user = is_root();
-        if as_postgres_user {
+        Self {
+            bin,
+            data: home.join("data"),
+            log: home.join("postgres.log"),
+            port: free_port(),
+            as_postgres_user: is_root(),
+        }
+    }
+
+    async fn init(&self) {
+        let home = self.data.parent().expect("the cluster's directory");
+        std::fs::create_dir(home).expect("creating PostgreSQL's directory");
+        if self.as_postgres_user {
             let status = Command::new("chown")
                 .args(["postgres:"])
-                .arg(&home)
+                .arg(home)
                 .status()
                 .await
                 .expect("chown");
             assert!(status.success(), "chown postgres {}", home.display());
         }
-        let postgres = Self {
-            bin,
-            data: home.join("data"),
-            log: home.join("postgres.log"),
-            port: free_port(),
-            as_postgres_user,
-        };
-        let output = postgres
+        let output = self
             .command("initdb")
             .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
             .args(["--locale=C", "--no-sync", "-D"])
-            .arg(&postgres.data)
+            .arg(&self.data)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
@@ -171,8 +175,7 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        postgres.start().await;
-        postgres
+        self.start().await;
     }
 
     fn url(&self) -> String {
@@ -390,26 +393,30 @@ impl PrivateServices {
         let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let dir = std::env::temp_dir().join(format!("killreport-faults-{id}"));
         std::fs::create_dir(&dir).expect("creating the services' directory");
-        let mut redis = Redis {
+        let redis = Redis {
             program: programs.redis_server,
             dir: dir.join("redis"),
             port: free_port(),
             child: None,
         };
         std::fs::create_dir(&redis.dir).expect("creating Redis's directory");
-        let mut rabbitmq = Rabbitmq::new(programs.rabbitmq_server, &dir);
-        // RabbitMQ is the slow one; the others start meanwhile.
-        let ((), (), postgres) = tokio::join!(
-            rabbitmq.start(),
-            redis.start(),
-            Postgres::init(programs.postgres_bin, &dir)
-        );
-        Self {
+        // Made before anything starts, so that whatever has started is stopped by the drop if
+        // another service fails to.
+        let mut services = Self {
+            postgres: Postgres::new(programs.postgres_bin, &dir),
+            rabbitmq: Rabbitmq::new(programs.rabbitmq_server, &dir),
+            redis,
             dir,
+        };
+        let Self {
             postgres,
             redis,
             rabbitmq,
-        }
+            ..
+        } = &mut services;
+        // RabbitMQ is the slow one; the others start meanwhile.
+        tokio::join!(rabbitmq.start(), redis.start(), postgres.init());
+        services
     }
 
     pub fn services(&self) -> Services {

@@ -172,9 +172,9 @@ impl WsClient {
     }
 }
 
-/// What a [`ResumingSubscriber`] has seen so far.
+/// What a [`ResumingSubscriber`] has received so far.
 #[derive(Debug, Default, Clone)]
-pub struct Received {
+pub struct Deliveries {
     /// Every killmail id delivered, in arrival order, duplicates included.
     pub killmail_ids: Vec<i64>,
     /// Why each session ended before the subscriber resumed (one entry per resume).
@@ -186,13 +186,13 @@ pub struct Received {
 /// subscribes with `after` set to the last cursor it received, so that it should get every
 /// killmail exactly once. It runs until dropped.
 pub struct ResumingSubscriber {
-    received: Arc<Mutex<Received>>,
+    received: Arc<Mutex<Deliveries>>,
     task: JoinHandle<()>,
 }
 
 impl ResumingSubscriber {
     pub fn start(url: String) -> Self {
-        let received = Arc::new(Mutex::new(Received::default()));
+        let received = Arc::new(Mutex::new(Deliveries::default()));
         let task = {
             let received = Arc::clone(&received);
             tokio::spawn(async move {
@@ -210,7 +210,7 @@ impl ResumingSubscriber {
     }
 
     /// Subscribes once and records what arrives; returns why the session ended.
-    async fn session(url: &str, after: &mut String, received: &Mutex<Received>) -> String {
+    async fn session(url: &str, after: &mut String, received: &Mutex<Deliveries>) -> String {
         const QUERY: &str = "subscription Resume($after: String) {
             killmailAdded(after: $after) { killmailId cursor }
         }";
@@ -246,7 +246,7 @@ impl ResumingSubscriber {
         }
     }
 
-    pub fn received(&self) -> Received {
+    pub fn deliveries(&self) -> Deliveries {
         lock(&self.received).clone()
     }
 }
@@ -257,6 +257,6 @@ impl Drop for ResumingSubscriber {
     }
 }
 
-fn lock(received: &Mutex<Received>) -> std::sync::MutexGuard<'_, Received> {
+fn lock(received: &Mutex<Deliveries>) -> std::sync::MutexGuard<'_, Deliveries> {
     received.lock().expect("the subscriber's record")
 }
