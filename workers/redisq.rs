@@ -9,11 +9,15 @@ use clap::Parser;
 use killreport::config::{DatabaseArgs, FeedArgs, RabbitArgs};
 use killreport::feed::{Backoff, R2z2Poller, RedisqPoller};
 use killreport::queue::Publisher;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long the feed may take to stop after SIGTERM: publishing the job in hand and saving the
 /// cursor take well under a second unless RabbitMQ or PostgreSQL is stuck.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// A run of the feed that lasted this long was working when it ended, rather than failing to
+/// start (a failed start ends within a second: refused connection, database error).
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -54,15 +58,26 @@ async fn main() -> anyhow::Result<()> {
     // A lost broker (or database) ends a run; the feed is picked up again from where it was,
     // on a new connection, until shutdown.
     loop {
+        let started = Instant::now();
         let outcome = run(&args, http.clone(), pool.clone(), &shutdown).await;
         if shutdown.is_cancelled() {
             tracing::info!("worker-redisq stopped");
             return outcome;
         }
+        // A run that went on for a while was working: its end starts a new outage, whose
+        // retries begin again at the shortest delay (and are logged again).
+        if started.elapsed() >= HEALTHY_RUN {
+            failures = 0;
+        }
         failures += 1;
         let delay = backoff.delay(failures);
         if let Err(error) = outcome {
-            tracing::error!(error = format!("{error:#}"), retry_in = ?delay, "the feed stopped; starting it again");
+            let error = format!("{error:#}");
+            if failures == 1 {
+                tracing::error!(%error, retry_in = ?delay, "the feed stopped; starting it again until it runs");
+            } else {
+                tracing::debug!(%error, retry_in = ?delay, failures, "the feed is still stopped");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

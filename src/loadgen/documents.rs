@@ -12,8 +12,9 @@ use anyhow::Context;
 use async_graphql::InputType;
 use serde_json::{Value, json};
 
-use crate::graphql::{KillmailFilter, Statics};
+use crate::graphql::KillmailFilter;
 use crate::killmail::{Killmail, Received};
+use crate::statics::Statics;
 
 /// DESIGN.md's example: what every client subscribes with when there is one document.
 const DESIGN_EXAMPLE: &str = "killmailId killmailTime victim { characterName shipTypeName }";

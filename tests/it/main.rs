@@ -3,6 +3,7 @@
 //! binaries spawned as processes where a test is about processes.
 
 mod db;
+mod fault_suite;
 mod faults;
 mod feed;
 mod graphiql;

@@ -3,10 +3,12 @@
 
 pub mod fakes;
 pub mod fixtures;
+pub mod private_services;
 pub mod ws;
 
 use std::collections::HashMap;
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -24,6 +26,26 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Where a test environment's PostgreSQL, Redis and RabbitMQ are.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// A server URL without a database, like `postgres://postgres@127.0.0.1:5432`.
+    pub postgres: String,
+    pub redis: String,
+    pub rabbitmq: String,
+}
+
+impl Services {
+    /// The services every test shares, as `TEST_*_URL` names them.
+    pub fn shared() -> Self {
+        Self {
+            postgres: postgres_base(),
+            redis: redis_url(),
+            rabbitmq: rabbitmq_url(),
+        }
+    }
 }
 
 fn postgres_base() -> String {
@@ -70,21 +92,31 @@ pub struct TestEnv {
     pub database_url: String,
     pub pool: PgPool,
     pub rabbit: RabbitArgs,
+    pub redis_url: String,
     pub channel: String,
     /// Extra variables for every spawned process (fake service URLs, tuning).
     pub vars: HashMap<String, String>,
+    /// Where spawned processes write their output, one `<binary>.log` each; by default they
+    /// write to the test's own output.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl TestEnv {
+    /// An environment on the shared services.
     pub async fn new() -> Self {
         drop_stale_databases().await;
+        Self::on(Services::shared()).await
+    }
+
+    /// An environment on the given services (as the fault suite's private ones).
+    pub async fn on(services: Services) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let database_url = format!("{}/killreport_test_{id}", postgres_base());
+        let database_url = format!("{}/killreport_test_{id}", services.postgres);
         let pool = killreport::db::connect(&database_url, 5)
             .await
             .expect("creating the test database");
         let rabbit = RabbitArgs {
-            rabbitmq_url: rabbitmq_url(),
+            rabbitmq_url: services.rabbitmq,
             rabbitmq_exchange: format!("killreport.test.{id}"),
             ingest_queue: format!("killmail.ingest.test.{id}"),
         };
@@ -94,8 +126,10 @@ impl TestEnv {
             database_url,
             pool,
             rabbit,
+            redis_url: services.redis,
             channel,
             vars: HashMap::new(),
+            log_dir: None,
         }
     }
 
@@ -122,17 +156,30 @@ impl TestEnv {
             .expect("a free port");
         self.vars
             .insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
+        let server = self.start_server_again().await;
+        (server, format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Starts the server on the address [`Self::start_server`] chose (as after a restart) and
+    /// waits until it answers.
+    pub async fn start_server_again(&self) -> Child {
+        let addr = self
+            .vars
+            .get("LISTEN_ADDR")
+            .expect("start_server chose the address");
         let server = self.spawn("server", &[]);
-        let base = format!("http://127.0.0.1:{port}");
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        while reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_err()
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the server never came up"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        (server, base)
+        server
     }
 
     /// Spawns one of the package's binaries with this environment; it is killed when dropped.
@@ -172,7 +219,7 @@ impl TestEnv {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", env_or("TEST_RUST_LOG", "error"))
             .env("DATABASE_URL", &self.database_url)
-            .env("REDIS_URL", redis_url())
+            .env("REDIS_URL", &self.redis_url)
             .env("EVENTS_CHANNEL", &self.channel)
             .env("RABBITMQ_URL", &self.rabbit.rabbitmq_url)
             .env("RABBITMQ_EXCHANGE", &self.rabbit.rabbitmq_exchange)
@@ -182,12 +229,22 @@ impl TestEnv {
             .envs(&self.vars)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if let Some(dir) = &self.log_dir {
+            let path = dir.join(format!("{binary}.log"));
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let copy = log.try_clone().expect("a second handle on the log");
+            command.stdout(copy).stderr(log);
+        }
         command
     }
 
     /// Subscribes to this test's event channel; events arrive decoded, in order.
     pub async fn subscribe(&self) -> mpsc::UnboundedReceiver<KillmailAdded> {
-        let client = redis::Client::open(redis_url()).expect("Redis URL");
+        let client = redis::Client::open(self.redis_url.as_str()).expect("Redis URL");
         let mut pubsub = client
             .get_async_pubsub()
             .await
@@ -275,6 +332,24 @@ impl TestEnv {
             )
             .await;
         self.pool.close().await;
+    }
+}
+
+/// Stops a child process with SIGTERM, as a service manager would; kills it if it has not
+/// exited within `patience`. Returns its exit status when it stopped on the SIGTERM.
+pub async fn terminate(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    match tokio::time::timeout(patience, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
     }
 }
 

@@ -1,11 +1,14 @@
 //! A minimal GraphQL-over-WebSocket client speaking either protocol, as Apollo Client
-//! (`graphql-transport-ws`) or subscriptions-transport-ws (`graphql-ws`) would.
+//! (`graphql-transport-ws`) or subscriptions-transport-ws (`graphql-ws`) would, and a
+//! `killmailAdded` subscriber that resumes with `after` whenever its connection drops.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -35,11 +38,25 @@ pub struct WsClient {
 impl WsClient {
     /// Connects and completes `connection_init` / `connection_ack`.
     pub async fn connect(url: &str, protocol: Protocol) -> Self {
-        let mut client = Self::open(url, protocol)
+        Self::try_connect(url, protocol)
             .await
-            .unwrap_or_else(|e| panic!("WebSocket connect: {e}"));
-        client.init().await;
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`Self::connect`], saying what went wrong instead of panicking (the server may be down).
+    pub async fn try_connect(url: &str, protocol: Protocol) -> Result<Self, String> {
+        let mut client = tokio::time::timeout(PATIENCE, Self::open(url, protocol))
+            .await
+            .map_err(|_| "WebSocket connect timed out".to_owned())?
+            .map_err(|e| format!("WebSocket connect: {e}"))?;
         client
+            .try_send(json!({"type": "connection_init", "payload": {}}))
+            .await?;
+        let ack = client.try_receive().await?;
+        if ack["type"] != "connection_ack" {
+            return Err(format!("not a connection_ack: {ack}"));
+        }
+        Ok(client)
     }
 
     /// Completes the WebSocket handshake only; the server's refusal is the error.
@@ -81,33 +98,64 @@ impl WsClient {
         self.socket.send(frame).await.expect("send");
     }
 
+    async fn try_send(&mut self, message: Value) -> Result<(), String> {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
     /// The next protocol message that is not a keepalive.
     pub async fn receive(&mut self) -> Value {
+        self.try_receive()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`Self::receive`], saying why nothing came (a timeout, a closed socket) instead of
+    /// panicking.
+    pub async fn try_receive(&mut self) -> Result<Value, String> {
         loop {
             let frame = tokio::time::timeout(PATIENCE, self.socket.next())
                 .await
-                .expect("a message in time")
-                .expect("the socket stays open")
-                .expect("a frame");
-            let Message::Text(text) = frame else { continue };
-            let message: Value = serde_json::from_str(&text).expect("JSON");
+                .map_err(|_| format!("no message within {PATIENCE:?}"))?
+                .ok_or("the socket closed")?
+                .map_err(|e| format!("reading a frame: {e}"))?;
+            let text = match frame {
+                Message::Text(text) => text,
+                Message::Close(frame) => return Err(format!("closed by the server: {frame:?}")),
+                _ => continue,
+            };
+            let message: Value =
+                serde_json::from_str(&text).map_err(|e| format!("not JSON ({e}): {text}"))?;
             match message["type"].as_str() {
                 Some("ka") | Some("pong") => continue,
-                Some("ping") => self.send(json!({"type": "pong"})).await,
-                _ => return message,
+                Some("ping") => self.try_send(json!({"type": "pong"})).await?,
+                _ => return Ok(message),
             }
         }
     }
 
     pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        self.try_subscribe(id, query, variables)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    pub async fn try_subscribe(
+        &mut self,
+        id: &str,
+        query: &str,
+        variables: Value,
+    ) -> Result<(), String> {
         let kind = match self.protocol {
             Protocol::TransportWs => "subscribe",
             Protocol::LegacyWs => "start",
         };
-        self.send(
+        self.try_send(
             json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}),
         )
-        .await;
+        .await
     }
 
     /// The next result's `data` for subscription `id`; panics on an error message.
@@ -171,4 +219,93 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
     }
+}
+
+/// What a [`ResumingSubscriber`] has received so far.
+#[derive(Debug, Default, Clone)]
+pub struct Deliveries {
+    /// Every killmail id delivered, in arrival order, duplicates included.
+    pub killmail_ids: Vec<i64>,
+    /// Why each session ended before the subscriber resumed (one entry per resume).
+    pub resumed_after: Vec<String>,
+}
+
+/// A `killmailAdded` subscriber (graphql-transport-ws) that behaves as a client should across
+/// outages: whenever its socket drops or its subscription ends, it connects again and
+/// subscribes with `after` set to the last cursor it received, so that it should get every
+/// killmail exactly once. It runs until dropped.
+pub struct ResumingSubscriber {
+    received: Arc<Mutex<Deliveries>>,
+    task: JoinHandle<()>,
+}
+
+impl ResumingSubscriber {
+    pub fn start(url: String) -> Self {
+        let received = Arc::new(Mutex::new(Deliveries::default()));
+        let task = {
+            let received = Arc::clone(&received);
+            tokio::spawn(async move {
+                // The store starts empty, so the first subscription asks for everything after
+                // the beginning: it then cannot miss a killmail stored while it was being set up.
+                let mut after = "0".to_owned();
+                loop {
+                    let ended = Self::session(&url, &mut after, &received).await;
+                    lock(&received).resumed_after.push(ended);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        Self { received, task }
+    }
+
+    /// Subscribes once and records what arrives; returns why the session ended.
+    async fn session(url: &str, after: &mut String, received: &Mutex<Deliveries>) -> String {
+        const QUERY: &str = "subscription Resume($after: String) {
+            killmailAdded(after: $after) { killmailId cursor }
+        }";
+        let mut client = match WsClient::try_connect(url, Protocol::TransportWs).await {
+            Ok(client) => client,
+            Err(error) => return error,
+        };
+        if let Err(error) = client
+            .try_subscribe("resume", QUERY, json!({"after": after}))
+            .await
+        {
+            return error;
+        }
+        loop {
+            let message = match client.try_receive().await {
+                Ok(message) => message,
+                Err(error) => return error,
+            };
+            if message["type"] != "next" || !message["payload"]["errors"].is_null() {
+                return format!("the subscription ended: {message}");
+            }
+            let killmail = &message["payload"]["data"]["killmailAdded"];
+            let (Some(id), Some(cursor)) = (
+                killmail["killmailId"]
+                    .as_str()
+                    .and_then(|id| id.parse().ok()),
+                killmail["cursor"].as_str(),
+            ) else {
+                return format!("a killmail without id or cursor: {message}");
+            };
+            lock(received).killmail_ids.push(id);
+            *after = cursor.to_owned();
+        }
+    }
+
+    pub fn deliveries(&self) -> Deliveries {
+        lock(&self.received).clone()
+    }
+}
+
+impl Drop for ResumingSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(received: &Mutex<Deliveries>) -> std::sync::MutexGuard<'_, Deliveries> {
+    received.lock().expect("the subscriber's record")
 }

@@ -1,0 +1,416 @@
+//! The fault suite (issue 4): real fixture killmails stream through the whole pipeline — a fake
+//! R2Z2, worker-redisq, RabbitMQ, worker-killmails, PostgreSQL, Redis, the server, and a
+//! WebSocket subscriber that resumes with `after` whenever its connection drops — while, one
+//! phase after another, RabbitMQ, Redis and PostgreSQL restart, each worker is killed with
+//! SIGKILL and started again, and the server restarts. The processes under test are left alone
+//! through the service restarts: they must heal by themselves. Every killmail must end up
+//! stored once and delivered to the subscriber once; a table of what each phase sent, stored,
+//! delivered, lost and duplicated is printed (`--nocapture`) and is the failure message.
+//!
+//! The services are the suite's own (`support::private_services`), so restarting them disturbs
+//! no other test; the processes' logs are kept beside them when the suite fails.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::process::Child;
+use tokio::time::Instant;
+
+use crate::support::fakes::Served;
+use crate::support::fakes::esi::FakeEsi;
+use crate::support::fakes::r2z2::{self, FakeR2z2};
+use crate::support::private_services::PrivateServices;
+use crate::support::ws::ResumingSubscriber;
+use crate::support::{PATIENCE, TestEnv, terminate};
+
+/// The R2Z2 sequence of the first killmail.
+const START: i64 = 96_599_404;
+/// Killmails each phase streams.
+const PER_PHASE: usize = 37;
+/// One killmail appears on the feed every so often: about 6 s a phase.
+const PACE: Duration = Duration::from_millis(150);
+/// How many killmails of a phase have appeared when its fault strikes.
+const FAULT_AFTER: u32 = 12;
+/// How long a stopped service or a killed process stays down before it is started again, so
+/// that killmails arrive meanwhile and pile up, or are committed but cannot be announced.
+const DOWNTIME: Duration = Duration::from_secs(3);
+/// After the last phase, how long to watch for late duplicates: longer than worker-killmails'
+/// 5 s sweep of pending announcements, the one thing that announces late.
+const QUIET: Duration = Duration::from_secs(7);
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    RestartRabbitmq,
+    RestartRedis,
+    RestartPostgres,
+    KillWorkerKillmails,
+    KillWorkerRedisq,
+    RestartServer,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::RestartRabbitmq,
+    Fault::RestartRedis,
+    Fault::RestartPostgres,
+    Fault::KillWorkerKillmails,
+    Fault::KillWorkerRedisq,
+    Fault::RestartServer,
+];
+
+impl Fault {
+    fn describe(self) -> &'static str {
+        match self {
+            Fault::RestartRabbitmq => "restart RabbitMQ",
+            Fault::RestartRedis => "restart Redis",
+            Fault::RestartPostgres => "restart PostgreSQL",
+            Fault::KillWorkerKillmails => "kill -9 worker-killmails, start it",
+            Fault::KillWorkerRedisq => "kill -9 worker-redisq, start it",
+            Fault::RestartServer => "restart the server (client resumes)",
+        }
+    }
+}
+
+/// The processes under test.
+const PROCESSES: [&str; 3] = ["worker-killmails", "worker-redisq", "server"];
+
+/// The whole pipeline on the suite's own services.
+struct Pipeline {
+    env: TestEnv,
+    r2z2: FakeR2z2,
+    processes: HashMap<&'static str, Child>,
+    subscriber: ResumingSubscriber,
+    _fakes: [Served; 2],
+    // Last, so that the processes above are gone before their services stop.
+    services: PrivateServices,
+}
+
+impl Pipeline {
+    /// Starts the services, a fake R2Z2 holding `killmails` (none revealed
+    /// yet), a fake ESI that names everyone, the three processes and the subscriber.
+    async fn start(killmails: &[(serde_json::Value, String)]) -> Self {
+        let services = PrivateServices::start().await;
+        let mut env = TestEnv::on(services.services()).await;
+        env.log_dir = Some(services.dir().to_path_buf());
+        env.vars.insert("RUST_LOG".into(), "info".into());
+
+        let r2z2 = FakeR2z2::default();
+        let esi = FakeEsi::default();
+        for (sequence, (body, hash)) in (START..).zip(killmails) {
+            let object = r2z2::object(sequence, body, hash);
+            r2z2.add_file(sequence, serde_json::to_vec(&object).expect("JSON"));
+            let killmail: killreport::killmail::Killmail =
+                serde_json::from_value(body.clone()).expect("an ESI killmail");
+            for id in killmail.entity_ids() {
+                esi.add_name(id, "character", &format!("Pilot {id}"));
+            }
+        }
+        r2z2.set_pointer(START);
+        let r2z2_served = r2z2.serve().await;
+        let esi_served = esi.serve().await;
+        env.vars.insert("R2Z2_BASE_URL".into(), r2z2_served.url());
+        env.vars.insert("R2Z2_IDLE_WAIT_MS".into(), "200".into());
+        env.vars.insert("ESI_BASE_URL".into(), esi_served.url());
+
+        let (server, base) = env.start_server().await;
+        let subscriber =
+            ResumingSubscriber::start(format!("{}/graphql", base.replace("http://", "ws://")));
+        let mut processes = HashMap::from([("server", server)]);
+        for binary in ["worker-killmails", "worker-redisq"] {
+            processes.insert(binary, env.spawn(binary, &[]));
+        }
+        Self {
+            env,
+            r2z2,
+            processes,
+            subscriber,
+            _fakes: [r2z2_served, esi_served],
+            services,
+        }
+    }
+
+    async fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::RestartRabbitmq => self.services.restart_rabbitmq(DOWNTIME).await,
+            Fault::RestartRedis => self.services.restart_redis(DOWNTIME).await,
+            Fault::RestartPostgres => self.services.restart_postgres(DOWNTIME).await,
+            Fault::KillWorkerKillmails => self.kill_and_start("worker-killmails").await,
+            Fault::KillWorkerRedisq => self.kill_and_start("worker-redisq").await,
+            Fault::RestartServer => {
+                let server = self.process("server");
+                terminate(server, PATIENCE).await;
+                tokio::time::sleep(DOWNTIME).await;
+                self.launch("server").await;
+            }
+        }
+    }
+
+    fn process(&mut self, binary: &str) -> &mut Child {
+        self.processes
+            .get_mut(binary)
+            .expect("a process under test")
+    }
+
+    async fn kill_and_start(&mut self, binary: &'static str) {
+        self.process(binary).kill().await.expect("SIGKILL");
+        tokio::time::sleep(DOWNTIME).await;
+        self.launch(binary).await;
+    }
+
+    async fn launch(&mut self, binary: &'static str) {
+        let child = match binary {
+            "server" => self.env.start_server_again().await,
+            _ => self.env.spawn(binary, &[]),
+        };
+        self.processes.insert(binary, child);
+    }
+
+    /// Processes that exited by themselves, each started again so the suite can go on.
+    async fn restart_exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for binary in PROCESSES {
+            if let Some(status) = self.process(binary).try_wait().expect("a status") {
+                exited.push(format!("{binary} exited ({status})"));
+                self.launch(binary).await;
+            }
+        }
+        exited
+    }
+
+    /// How many rows the store holds for each of `ids`; `None` while PostgreSQL is away.
+    async fn stored(&self, ids: &[i64]) -> Option<HashMap<i64, i64>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT killmail_id, count(*) FROM killmails WHERE killmail_id = ANY($1)
+             GROUP BY killmail_id",
+        )
+        .bind(ids)
+        .fetch_all(&self.env.pool)
+        .await
+        .ok()?;
+        Some(rows.into_iter().collect())
+    }
+
+    /// Waits until every one of `ids` is stored and delivered; false after [`PATIENCE`].
+    async fn wait_until_through(&self, ids: &[i64]) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let stored = self.stored(ids).await.is_some_and(|s| s.len() == ids.len());
+            let delivered: HashSet<i64> = self
+                .subscriber
+                .deliveries()
+                .killmail_ids
+                .into_iter()
+                .collect();
+            if stored && ids.iter().all(|id| delivered.contains(id)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Reveals the killmails `ids` (from sequence `first` on) on the feed at [`PACE`], injects
+    /// `fault` after [`FAULT_AFTER`] of them, and waits until all are through.
+    async fn phase(&mut self, fault: Fault, first: i64, ids: Vec<i64>) -> Phase {
+        let started = Instant::now();
+        let resumes_before = self.subscriber.deliveries().resumed_after.len();
+        let streaming = {
+            let r2z2 = self.r2z2.clone();
+            let last = first + i64::try_from(ids.len()).expect("few") - 1;
+            tokio::spawn(async move {
+                for sequence in first..=last {
+                    r2z2.reveal(sequence);
+                    tokio::time::sleep(PACE).await;
+                }
+            })
+        };
+        tokio::time::sleep(PACE * FAULT_AFTER).await;
+        let fault_started = Instant::now();
+        self.inject(fault).await;
+        let fault_took = fault_started.elapsed();
+        streaming.await.expect("streaming the phase");
+        let through = self.wait_until_through(&ids).await;
+        let exited = self.restart_exited().await;
+        let resumed_after = self.subscriber.deliveries().resumed_after[resumes_before..].to_vec();
+        Phase {
+            fault,
+            ids,
+            through,
+            exited,
+            resumed_after,
+            fault_took,
+            took: started.elapsed(),
+        }
+    }
+}
+
+/// What happened in one phase.
+struct Phase {
+    fault: Fault,
+    ids: Vec<i64>,
+    /// Whether everything was stored and delivered within [`PATIENCE`].
+    through: bool,
+    /// Processes under test that exited by themselves.
+    exited: Vec<String>,
+    /// Why the subscriber's sessions ended during the phase.
+    resumed_after: Vec<String>,
+    fault_took: Duration,
+    took: Duration,
+}
+
+/// One row of the table, counted once the whole suite has run.
+struct Row {
+    sent: usize,
+    stored: usize,
+    delivered: usize,
+    /// Sent but not stored, or stored but never delivered.
+    lost: usize,
+    /// Rows stored beyond one per killmail, plus deliveries beyond one per killmail.
+    duplicated: usize,
+}
+
+impl Row {
+    fn count(ids: &[i64], stored: &HashMap<i64, i64>, deliveries: &HashMap<i64, usize>) -> Self {
+        let stored_once = ids.iter().filter(|id| stored.contains_key(id)).count();
+        let delivered = ids.iter().filter(|id| deliveries.contains_key(id)).count();
+        let lost = ids
+            .iter()
+            .filter(|id| !stored.contains_key(id) || !deliveries.contains_key(id))
+            .count();
+        let extra_rows: i64 = ids
+            .iter()
+            .filter_map(|id| stored.get(id))
+            .map(|n| n - 1)
+            .sum();
+        let extra_deliveries: usize = ids
+            .iter()
+            .filter_map(|id| deliveries.get(id))
+            .map(|n| n - 1)
+            .sum();
+        Self {
+            sent: ids.len(),
+            stored: stored_once,
+            delivered,
+            lost,
+            duplicated: usize::try_from(extra_rows).expect("no negative count") + extra_deliveries,
+        }
+    }
+}
+
+/// The table, with what went wrong below it.
+fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7} {:>6}",
+        "fault",
+        "sent",
+        "stored",
+        "delivered",
+        "lost",
+        "duplicated",
+        "resumes",
+        "fault s",
+        "phase s"
+    );
+    for (phase, row) in phases.iter().zip(rows) {
+        let _ = writeln!(
+            out,
+            "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7.1} {:>6.1}",
+            phase.fault.describe(),
+            row.sent,
+            row.stored,
+            row.delivered,
+            row.lost,
+            row.duplicated,
+            phase.resumed_after.len(),
+            phase.fault_took.as_secs_f64(),
+            phase.took.as_secs_f64(),
+        );
+    }
+    for phase in phases {
+        let fault = phase.fault.describe();
+        if !phase.through {
+            let _ = writeln!(out, "{fault}: not all through within {PATIENCE:?}");
+        }
+        for exited in &phase.exited {
+            let _ = writeln!(out, "{fault}: {exited}, started again");
+        }
+        // A client retrying while the server is down fails the same way many times over.
+        let mut reasons = phase.resumed_after.iter().peekable();
+        while let Some(reason) = reasons.next() {
+            let mut times = 1;
+            while reasons.next_if_eq(&reason).is_some() {
+                times += 1;
+            }
+            let times = if times > 1 {
+                format!(" (×{times})")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "{fault}: subscriber resumed after: {reason}{times}");
+        }
+    }
+    if !unexpected.is_empty() {
+        let _ = writeln!(out, "delivered killmails nobody sent: {unexpected:?}");
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_killmail_is_stored_and_delivered_once_whatever_restarts() {
+    if PrivateServices::skipped() {
+        eprintln!("SKIP_FAULT_SUITE is set: the fault suite did not run");
+        return;
+    }
+    let suite_started = Instant::now();
+    let killmails = r2z2::fixture_killmails(PER_PHASE * FAULTS.len());
+    let mut pipeline = Pipeline::start(&killmails).await;
+    let started_in = suite_started.elapsed();
+
+    let ids: Vec<i64> = killmails
+        .iter()
+        .map(|(body, _)| body["killmail_id"].as_i64().expect("killmail_id"))
+        .collect();
+    let mut phases = Vec::new();
+    for (n, (fault, ids)) in FAULTS.into_iter().zip(ids.chunks(PER_PHASE)).enumerate() {
+        let first = START + i64::try_from(n * PER_PHASE).expect("few");
+        phases.push(pipeline.phase(fault, first, ids.to_vec()).await);
+    }
+
+    tokio::time::sleep(QUIET).await;
+    let stored = pipeline.stored(&ids).await.expect("PostgreSQL is back");
+    let received = pipeline.subscriber.deliveries();
+    let mut deliveries: HashMap<i64, usize> = HashMap::new();
+    for id in &received.killmail_ids {
+        *deliveries.entry(*id).or_default() += 1;
+    }
+    let sent: HashSet<i64> = ids.iter().copied().collect();
+    let mut unexpected: Vec<i64> = deliveries
+        .keys()
+        .filter(|id| !sent.contains(id))
+        .copied()
+        .collect();
+    unexpected.sort_unstable();
+    let rows: Vec<Row> = phases
+        .iter()
+        .map(|phase| Row::count(&phase.ids, &stored, &deliveries))
+        .collect();
+    let table = table(&phases, &rows, &unexpected);
+    println!(
+        "{table}services up in {:.1} s; whole suite {:.1} s",
+        started_in.as_secs_f64(),
+        suite_started.elapsed().as_secs_f64()
+    );
+
+    let clean = rows.iter().all(|r| r.lost == 0 && r.duplicated == 0)
+        && phases.iter().all(|p| p.through && p.exited.is_empty())
+        && unexpected.is_empty();
+    assert!(
+        clean,
+        "killmails lost or duplicated, or a process gave up (logs in {}):\n{table}",
+        pipeline.services.dir().display()
+    );
+}
