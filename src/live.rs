@@ -161,6 +161,7 @@ impl Hub {
         tokio::spawn(async move {
             let mut pubsub = Some(pubsub);
             let mut backoff = Duration::from_millis(100);
+            let mut outage = false;
             loop {
                 let connection = match pubsub.take() {
                     Some(connection) => Ok(connection),
@@ -168,6 +169,9 @@ impl Hub {
                 };
                 match connection {
                     Ok(connection) => {
+                        if std::mem::take(&mut outage) {
+                            tracing::info!("Redis subscription back; catching up from the store");
+                        }
                         backoff = Duration::from_millis(100);
                         if let Err(error) = task_hub.catch_up(None).await {
                             tracing::error!(
@@ -186,9 +190,15 @@ impl Hub {
                             }
                         }
                         tracing::warn!("Redis subscription lost; reconnecting");
+                        outage = true;
+                    }
+                    // One line per outage; the retries are for debugging.
+                    Err(error) if outage => {
+                        tracing::debug!(%error, retry_in = ?backoff, "Redis subscription failed");
                     }
                     Err(error) => {
-                        tracing::warn!(%error, retry_in = ?backoff, "Redis subscription failed");
+                        tracing::warn!(%error, retry_in = ?backoff, "Redis subscription failed; retrying");
+                        outage = true;
                     }
                 }
                 tokio::select! {

@@ -55,8 +55,9 @@ async fn main() -> anyhow::Result<()> {
         pool,
         redis,
         schema,
-        ws,
+        ws: ws.clone(),
     };
     serve(listener, router(state), shutdown).await?;
+    ws.closed().await;
     Ok(())
 }

@@ -72,11 +72,6 @@ impl Feeds {
         }
     }
 
-    /// How many distinct shared executions are running.
-    pub fn shared_count(&self) -> usize {
-        lock(&self.shared).len()
-    }
-
     /// Starts subscription `id` for the client behind `outbox`: joins the feed already running
     /// `request`, or starts one. `request` must hold a subscription operation, parsed.
     pub fn join(&self, mut request: Request, id: Arc<str>, outbox: Outbox) -> Joined {

@@ -70,8 +70,12 @@ impl WsService {
         }
     }
 
-    pub fn feeds(&self) -> &Feeds {
-        &self.feeds
+    /// Waits until every connection has said goodbye (after shutdown: its 1001 close frame is
+    /// sent), or `CLOSE_GRACE` has passed; the HTTP server's graceful shutdown does not wait
+    /// for upgraded connections.
+    pub async fn closed(&self) {
+        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.connections.acquire_many(all)).await;
     }
 
     /// Accepts the upgrade, unless the server already holds as many connections as it may.
@@ -340,7 +344,9 @@ impl Session {
             }
             return;
         }
-        let response = self.service.schema.execute(request).await;
+        // Boxed: an execution's state is large, and kept inline it would be part of every idle
+        // connection's task.
+        let response = Box::pin(self.service.schema.execute(request)).await;
         match serde_json::to_string(&response) {
             Ok(payload) => {
                 self.outbox.push(Outgoing::Next {
