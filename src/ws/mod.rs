@@ -139,20 +139,12 @@ impl Outbox {
     }
 }
 
-/// One operation of a connection.
-enum Operation {
-    Subscription(
-        #[expect(dead_code, reason = "held for its Drop, which leaves the feed")] Membership,
-    ),
-    /// A query or mutation, answered already: only its id is taken until the client completes.
-    Answered,
-}
-
 struct Session {
     service: WsService,
     protocol: Protocol,
     outbox: Outbox,
-    operations: HashMap<String, Operation>,
+    /// Running subscriptions by id; dropping one leaves its feed.
+    operations: HashMap<String, Membership>,
     initialised: bool,
 }
 
@@ -334,8 +326,7 @@ impl Session {
                 .join(request, Arc::clone(&id_json), self.outbox.clone())
             {
                 Joined::Live(membership) => {
-                    self.operations
-                        .insert(id, Operation::Subscription(membership));
+                    self.operations.insert(id, membership);
                 }
                 Joined::Failed(errors) => self.outbox.push(Outgoing::Error {
                     id: id_json,
@@ -357,8 +348,6 @@ impl Session {
             }
             Err(error) => tracing::error!(%error, "a query result did not serialize"),
         }
-        // Its id stays taken until the client completes it, as graphql-ws's clients do.
-        self.operations.insert(id, Operation::Answered);
     }
 }
 
