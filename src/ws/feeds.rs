@@ -16,7 +16,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::Outbox;
-use super::protocol::Outgoing;
+use super::protocol::{self, Outgoing};
 use crate::graphql::KillreportSchema;
 
 /// Every shared feed of a server, by key; clone it freely.
@@ -97,7 +97,7 @@ impl Feeds {
             }
             std::task::Poll::Ready(Some(response)) => Some(response),
             std::task::Poll::Ready(None) => {
-                return Joined::Failed(super::protocol::error_list(
+                return Joined::Failed(protocol::error_list(
                     "the subscription ended before it started",
                     "INTERNAL",
                 ));
@@ -160,19 +160,25 @@ impl Feed {
         }
     }
 
+    /// Serializes `response` once and builds its message once per operation id and protocol
+    /// (clients that number their operations alike share one text), then queues it for every
+    /// member.
     fn deliver(&self, response: &Response) {
-        let payload: Arc<str> = match serde_json::to_string(response) {
-            Ok(payload) => payload.into(),
+        let payload = match serde_json::to_string(response) {
+            Ok(payload) => payload,
             Err(error) => {
                 tracing::error!(%error, "a subscription result did not serialize");
                 return;
             }
         };
-        for member in lock(&self.members).by_number.values() {
-            member.outbox.push(Outgoing::Next {
-                id: Arc::clone(&member.id),
-                payload: Arc::clone(&payload),
-            });
+        let members = lock(&self.members);
+        let mut messages = HashMap::new();
+        for member in members.by_number.values() {
+            let protocol = member.outbox.protocol;
+            let message = messages
+                .entry((&*member.id, protocol))
+                .or_insert_with(|| protocol::next(&member.id, &payload, protocol));
+            member.outbox.push(Outgoing::Text(message.clone()));
         }
     }
 }

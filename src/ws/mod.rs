@@ -58,6 +58,10 @@ pub struct WsService {
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at a time; a larger message still arrives whole.
 const READ_BUFFER: usize = 4 * 1024;
+/// Messages a connection sends in one write, at most, when several are waiting.
+const WRITE_BATCH: usize = 64;
+/// Bytes of small messages gathered before they are written without waiting for the batch.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 impl WsService {
     pub fn new(schema: KillreportSchema, limits: Limits, shutdown: CancellationToken) -> Self {
@@ -91,7 +95,7 @@ impl WsService {
         upgrade
             .protocols([protocol.sec_websocket_protocol()])
             .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
+            .write_buffer_size(WRITE_BUFFER)
             .max_message_size(self.limits.max_message_bytes)
             .max_frame_size(self.limits.max_message_bytes)
             .on_upgrade(move |socket| async move {
@@ -105,6 +109,7 @@ impl WsService {
         let (sender, queue) = mpsc::channel(self.limits.send_queue);
         let outbox = Outbox {
             sender,
+            protocol,
             overflowed: CancellationToken::new(),
         };
         let (closing, close) = oneshot::channel();
@@ -126,6 +131,7 @@ impl WsService {
 #[derive(Clone)]
 pub struct Outbox {
     sender: mpsc::Sender<Outgoing>,
+    protocol: Protocol,
     /// Cancelled when a message did not fit: the client is too slow and is closed.
     overflowed: CancellationToken,
 }
@@ -168,6 +174,8 @@ impl Session {
         let shutdown = self.service.shutdown.clone();
         let overflowed = self.outbox.overflowed.clone();
         let mut heard = Instant::now();
+        // Whether the client has ended its side: nothing more to read.
+        let mut ended = false;
         let close = loop {
             tokio::select! {
                 biased;
@@ -192,6 +200,7 @@ impl Session {
                 }
                 frame = stream.next() => {
                     heard = Instant::now();
+                    ended = matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_))));
                     let flow = match frame {
                         Some(Ok(message)) => self.receive(message).await,
                         Some(Err(error)) => Flow::Close(self.read_failed(&error)),
@@ -206,6 +215,13 @@ impl Session {
         // Leaving every feed before the writer finishes: nothing more is queued for it.
         self.operations.clear();
         let _ = closing.send(close);
+        if !ended && !shutdown.is_cancelled() {
+            // The closing handshake: the client's close frame (or its end) before the socket
+            // goes; dropped sooner, a client still reading may lose the close frame to a reset.
+            // A stopping server does not wait for answers.
+            let answered = async { while let Some(Ok(_)) = stream.next().await {} };
+            let _ = tokio::time::timeout(CLOSE_GRACE, answered).await;
+        }
     }
 
     /// A read error ends the connection; a message over the size limit is told so.
@@ -340,10 +356,8 @@ impl Session {
         let response = Box::pin(self.service.schema.execute(request)).await;
         match serde_json::to_string(&response) {
             Ok(payload) => {
-                self.outbox.push(Outgoing::Next {
-                    id: Arc::clone(&id_json),
-                    payload: payload.into(),
-                });
+                let next = protocol::next(&id_json, &payload, self.protocol);
+                self.outbox.push(Outgoing::Text(next));
                 self.outbox.push(Outgoing::Complete { id: id_json });
             }
             Err(error) => tracing::error!(%error, "a query result did not serialize"),
@@ -374,9 +388,18 @@ async fn write(
         let Some(message) = message else {
             break (&mut close).await.ok().flatten();
         };
+        // What else is queued already goes out with it, in one write to the socket.
         let sent = async {
-            for frame in message.frames(protocol) {
-                sink.feed(frame).await?;
+            let mut next = Some(message);
+            let mut batched = 0;
+            while let Some(message) = next.take() {
+                for frame in message.frames(protocol) {
+                    sink.feed(frame).await?;
+                }
+                batched += 1;
+                if batched < WRITE_BATCH {
+                    next = queue.try_recv().ok();
+                }
             }
             sink.flush().await
         };

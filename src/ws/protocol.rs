@@ -47,10 +47,8 @@ pub enum Outgoing {
     /// A WebSocket ping frame, and the legacy protocol's `ka`.
     KeepAlive,
     Pong(Option<Value>),
-    Next {
-        id: Arc<str>,
-        payload: Arc<str>,
-    },
+    /// A message built already (see [`next`]): one text, shared by every client it goes to.
+    Text(Utf8Bytes),
     /// The operation failed before it produced anything; `payload` is a list of errors.
     Error {
         id: Arc<str>,
@@ -79,15 +77,7 @@ impl Outgoing {
                 };
                 (text(pong), None)
             }
-            Outgoing::Next { id, payload } => {
-                let kind = if legacy { "data" } else { "next" };
-                (
-                    text(format!(
-                        r#"{{"id":{id},"type":"{kind}","payload":{payload}}}"#
-                    )),
-                    None,
-                )
-            }
+            Outgoing::Text(text) => (Message::Text(text), None),
             Outgoing::Error { id, payload } => (
                 text(format!(
                     r#"{{"id":{id},"type":"error","payload":{payload}}}"#
@@ -100,6 +90,16 @@ impl Outgoing {
         };
         std::iter::once(first).chain(second)
     }
+}
+
+/// The `next` message (`data` in the legacy protocol) carrying `payload` for operation `id`;
+/// both are JSON text already.
+pub fn next(id: &str, payload: &str, protocol: Protocol) -> Utf8Bytes {
+    let kind = match protocol {
+        Protocol::SubscriptionsTransportWS => "data",
+        Protocol::GraphQLWS => "next",
+    };
+    format!(r#"{{"id":{id},"type":"{kind}","payload":{payload}}}"#).into()
 }
 
 /// The first protocol of a `Sec-WebSocket-Protocol` list that the server speaks.
@@ -203,23 +203,15 @@ mod tests {
 
     #[test]
     fn next_is_data_in_the_legacy_protocol_and_ids_are_escaped() {
-        let next = Outgoing::Next {
-            id: id_json("a\"b"),
-            payload: r#"{"data":{}}"#.into(),
-        };
-        let frames: Vec<Message> = next.clone().frames(Protocol::GraphQLWS).collect();
+        let id = id_json("a\"b");
+        let payload = r#"{"data":{}}"#;
         assert_eq!(
-            frames,
-            [Message::Text(
-                r#"{"id":"a\"b","type":"next","payload":{"data":{}}}"#.into()
-            )]
+            next(&id, payload, Protocol::GraphQLWS).as_str(),
+            r#"{"id":"a\"b","type":"next","payload":{"data":{}}}"#
         );
-        let legacy: Vec<Message> = next.frames(Protocol::SubscriptionsTransportWS).collect();
         assert_eq!(
-            legacy,
-            [Message::Text(
-                r#"{"id":"a\"b","type":"data","payload":{"data":{}}}"#.into()
-            )]
+            next(&id, payload, Protocol::SubscriptionsTransportWS).as_str(),
+            r#"{"id":"a\"b","type":"data","payload":{"data":{}}}"#
         );
     }
 
