@@ -12,11 +12,12 @@ use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
 use async_graphql::{Request, Response};
+use axum::extract::ws::Utf8Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::Outbox;
-use super::protocol::{self, Outgoing};
+use super::protocol::{self, Outgoing, Protocol};
 use crate::graphql::KillreportSchema;
 
 /// Every shared feed of a server, by key; clone it freely.
@@ -173,12 +174,21 @@ impl Feed {
         };
         let members = lock(&self.members);
         let mut messages = HashMap::new();
+        // Most members number alike: the last message fits the next member without a lookup.
+        let mut last: Option<(&str, Protocol, Utf8Bytes)> = None;
         for member in members.by_number.values() {
             let protocol = member.outbox.protocol;
-            let message = messages
-                .entry((&*member.id, protocol))
-                .or_insert_with(|| protocol::next(&member.id, &payload, protocol));
+            let message = match &last {
+                Some((id, was, message)) if *id == &*member.id && *was == protocol => {
+                    message.clone()
+                }
+                _ => messages
+                    .entry((&*member.id, protocol))
+                    .or_insert_with(|| protocol::next(&member.id, &payload, protocol))
+                    .clone(),
+            };
             member.outbox.push(Outgoing::Text(message.clone()));
+            last = Some((&member.id, protocol, message));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! GraphQL over WebSocket for `server`: both protocols (see `protocol`), subscriptions shared
 //! between identical documents (see `feeds`), and the limits that keep one client from hurting
-//! the others. Each connection is one task: a session that reads the client's messages and a
+//! the others. Each connection is two tasks: a session that reads the client's messages and a
 //! writer that drains a bounded send queue into the socket, so writes to many sockets run in
 //! parallel and a client that does not read fills only its own queue, then is closed (1008)
 //! and may resume with `after`.
@@ -57,7 +57,7 @@ pub struct WsService {
 /// How long a closing connection may take to say goodbye to a client that does not read.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at a time; a larger message still arrives whole.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Messages a connection sends in one write, at most, when several are waiting.
 const WRITE_BATCH: usize = 64;
 /// Bytes of small messages gathered before they are written without waiting for the batch.
@@ -120,10 +120,11 @@ impl WsService {
             operations: HashMap::new(),
             initialised: false,
         };
-        futures::join!(
-            session.run(stream, closing),
-            write(sink, queue, close, protocol)
-        );
+        // Two tasks: a message queued wakes only the writer, not the session's reads and
+        // timers too.
+        let writer = tokio::spawn(write(sink, queue, close, protocol));
+        session.run(stream, closing).await;
+        let _ = writer.await;
     }
 }
 
