@@ -338,14 +338,8 @@ impl Hub {
                     match replay(&state.hub.pool, state.last, PAGE).await {
                         Ok(page) if !page.is_empty() => {
                             state.last = page[page.len() - 1].seq;
-                            let (hub, filter) = (&state.hub, &state.filter);
-                            state.buffer.extend(
-                                page.into_iter()
-                                    .filter(|e| {
-                                        filter.matches(&e.killmail, e.zkb.as_ref(), &hub.statics)
-                                    })
-                                    .map(Arc::new),
-                            );
+                            let matching = state.hub.matching(page, &state.filter, None);
+                            state.buffer.extend(matching);
                         }
                         Ok(_) => state.replaying = false,
                         Err(error) => {
@@ -370,6 +364,69 @@ impl Hub {
                 }
             }
         })
+    }
+
+    /// The stored events after `after` and up to `until` that pass `filter`, in ingest order;
+    /// then the stream ends. A store error is its last item. How a resuming subscriber catches
+    /// up before it joins a shared live feed (`ws::feeds`).
+    pub fn history(
+        &self,
+        filter: Arc<Filter>,
+        after: Seq,
+        until: Seq,
+    ) -> impl Stream<Item = anyhow::Result<Arc<KillmailAdded>>> + Send + 'static {
+        struct State {
+            hub: Hub,
+            filter: Arc<Filter>,
+            last: Seq,
+            until: Seq,
+            buffer: VecDeque<Arc<KillmailAdded>>,
+        }
+        let state = State {
+            hub: self.clone(),
+            filter,
+            last: after,
+            until,
+            buffer: VecDeque::new(),
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            loop {
+                if let Some(event) = state.buffer.pop_front() {
+                    return Some((Ok(event), state));
+                }
+                if state.last >= state.until {
+                    return None;
+                }
+                match replay(&state.hub.pool, state.last, PAGE).await {
+                    Ok(page) if !page.is_empty() => {
+                        state.last = page[page.len() - 1].seq;
+                        let matching = state.hub.matching(page, &state.filter, Some(state.until));
+                        state.buffer.extend(matching);
+                    }
+                    Ok(_) => return None,
+                    Err(error) => {
+                        // Ends the stream after this item.
+                        state.until = state.last;
+                        return Some((Err(error), state));
+                    }
+                }
+            }
+        })
+    }
+
+    /// The events of a stored page that pass `filter`, up to `until` when given.
+    fn matching(
+        &self,
+        page: Vec<KillmailAdded>,
+        filter: &Filter,
+        until: Option<Seq>,
+    ) -> impl Iterator<Item = Arc<KillmailAdded>> {
+        page.into_iter()
+            .filter(move |e| {
+                until.is_none_or(|until| e.seq <= until)
+                    && filter.matches(&e.killmail, e.zkb.as_ref(), &self.statics)
+            })
+            .map(Arc::new)
     }
 }
 

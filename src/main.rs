@@ -45,12 +45,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("subscribing to killmail events on Redis")?;
-    let schema = killreport::graphql::schema(pool.clone(), hub, statics);
+    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), statics);
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
-    let ws = WsService::new(schema.clone(), args.http.ws_limits(), shutdown.clone());
+    let ws = WsService::new(schema.clone(), hub, args.http.ws_limits(), shutdown.clone());
     let state = AppState {
         pool,
         redis,

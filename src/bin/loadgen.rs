@@ -78,6 +78,11 @@ struct FanoutArgs {
     /// DESIGN.md's example for everyone; more add filtered and heavier documents.
     #[arg(long, default_value_t = 1)]
     mix: usize,
+    /// Every client resumes from this cursor (`after: $after`), as clients do after a server
+    /// restart: what was stored after it first, then live killmails. killreport replays it for
+    /// each, then serves them from the same shared execution as live subscribers.
+    #[arg(long, value_name = "CURSOR")]
+    after: Option<String>,
     /// Killmails to inject.
     #[arg(long, default_value_t = 100)]
     events: usize,
@@ -258,7 +263,13 @@ async fn plan(args: &FanoutArgs) -> anyhow::Result<Plan> {
             "{made_up} of them had no zkb block and were given a made-up one (value, npc, solo)"
         );
     }
-    let documents = killreport::loadgen::mix(args.mix.max(1), &killmails);
+    let mut documents = killreport::loadgen::mix(args.mix.max(1), &killmails);
+    if let Some(cursor) = &args.after {
+        documents = documents
+            .into_iter()
+            .map(|document| document.resuming_after(cursor))
+            .collect();
+    }
     let mut plan = Plan::new(args.clients, documents, killmails, args.rate)?;
     plan.patience = Duration::from_secs(args.patience_secs);
     plan.settle = Duration::from_secs_f64(args.settle_secs);

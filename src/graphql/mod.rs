@@ -9,6 +9,7 @@ mod subscription;
 mod types;
 
 pub use filter::{Involvement, KillmailFilter};
+pub use subscription::{CatchUpTo, SeqTap};
 pub use types::KillmailNode;
 
 use std::sync::Arc;

@@ -4,8 +4,9 @@
 //! between all subscribers of the same document and variables (`ws::feeds`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
-use async_graphql::{Context, Result, Subscription};
+use async_graphql::{Context, Error, Result, Subscription};
 use futures::{Stream, StreamExt};
 
 use super::{KillmailFilter, KillmailNode, bad_input};
@@ -13,6 +14,21 @@ use crate::killmail::Seq;
 use crate::live::Hub;
 
 pub struct SubscriptionRoot;
+
+/// Request data: `after` replays only up to this sequence, then the subscription ends (a
+/// resuming subscriber catching up before it joins a shared feed).
+pub struct CatchUpTo(pub Seq);
+
+/// Request data: holds the sequence of the event behind the latest result, so whoever runs
+/// the subscription knows which event each result is.
+#[derive(Clone, Default)]
+pub struct SeqTap(Arc<AtomicI64>);
+
+impl SeqTap {
+    pub fn get(&self) -> Seq {
+        Seq(self.0.load(Ordering::SeqCst))
+    }
+}
 
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
@@ -22,7 +38,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         filter: Option<KillmailFilter>,
         after: Option<String>,
-    ) -> Result<impl Stream<Item = KillmailNode>> {
+    ) -> Result<impl Stream<Item = Result<KillmailNode>>> {
         let filter = filter.unwrap_or_default().parse()?;
         let after = after
             .map(|cursor| {
@@ -34,9 +50,26 @@ impl SubscriptionRoot {
                     .ok_or_else(|| bad_input(format!("{cursor:?} is not a killmail cursor")))
             })
             .transpose()?;
-        let events = ctx
-            .data_unchecked::<Hub>()
-            .subscribe(Arc::new(filter), after);
-        Ok(events.map(KillmailNode::from))
+        let hub = ctx.data_unchecked::<Hub>();
+        let filter = Arc::new(filter);
+        let events = match (after, ctx.data_opt::<CatchUpTo>()) {
+            (Some(after), Some(CatchUpTo(until))) => hub
+                .history(filter, after, *until)
+                .map(|event| {
+                    event.map_err(|error| {
+                        Error::new(format!("replay from the store failed: {error:#}"))
+                    })
+                })
+                .left_stream(),
+            _ => hub.subscribe(filter, after).map(Ok).right_stream(),
+        };
+        let tap = ctx.data_opt::<SeqTap>().cloned();
+        Ok(events.map(move |event| {
+            let event = event?;
+            if let Some(tap) = &tap {
+                tap.0.store(event.seq.0, Ordering::SeqCst);
+            }
+            Ok(KillmailNode::from(event))
+        }))
     }
 }

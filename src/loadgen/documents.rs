@@ -25,6 +25,29 @@ const OVERVIEW: &str = "killmailId killmailTime solarSystem { id name } \
      victim { shipType { id name } corporation { id name } damageTaken } zkb { totalValue npc solo }";
 const FINAL_BLOW: &str = "killmailId finalBlow { character { id } shipType { id } damageDone } \
      victim { allianceName corporationName }";
+/// A `killmailAdded` subscription selecting `selection`, with the variables `$filter` and
+/// `$after` when asked for.
+fn query_text(selection: &str, filter: bool, after: bool) -> String {
+    let (mut declared, mut passed) = (Vec::new(), Vec::new());
+    if filter {
+        declared.push("$filter: KillmailFilter");
+        passed.push("filter: $filter");
+    }
+    if after {
+        declared.push("$after: String");
+        passed.push("after: $after");
+    }
+    let list = |items: Vec<&str>| match items.is_empty() {
+        true => String::new(),
+        false => format!("({})", items.join(", ")),
+    };
+    format!(
+        "subscription Watch{} {{ killmailAdded{} {{ {selection} }} }}",
+        list(declared),
+        list(passed)
+    )
+}
+
 /// Fields added to a base selection, by the bits of a document's repetition number, so that the
 /// n-th document of a kind differs from the ones before it even when its filter cannot.
 const EXTRAS: [&str; 4] = ["hash", "time", "cursor", "solarSystem { id }"];
@@ -35,30 +58,45 @@ pub struct Document {
     /// A short description for the report, e.g. `allianceIds VICTIM [99003581]`.
     pub label: String,
     pub query: String,
+    selection: String,
     /// The `KillmailFilter` as JSON, sent as the variable `filter`; `None` for no filter.
     pub filter: Option<Value>,
+    /// The cursor sent as the variable `after`, for a subscriber that resumes.
+    pub after: Option<String>,
 }
 
 impl Document {
     fn new(label: String, selection: &str, filter: Option<Value>) -> Self {
-        let query = match filter {
-            Some(_) => format!(
-                "subscription Watch($filter: KillmailFilter) {{ killmailAdded(filter: $filter) {{ {selection} }} }}"
-            ),
-            None => format!("subscription Watch {{ killmailAdded {{ {selection} }} }}"),
-        };
         Self {
             label,
-            query,
+            query: query_text(selection, filter.is_some(), false),
+            selection: selection.to_owned(),
             filter,
+            after: None,
+        }
+    }
+
+    /// The same document for a subscriber resuming after `cursor` (`after: $after`).
+    pub fn resuming_after(self, cursor: &str) -> Self {
+        Self {
+            query: query_text(&self.selection, self.filter.is_some(), true),
+            after: Some(cursor.to_owned()),
+            ..self
         }
     }
 
     /// The graphql-transport-ws `subscribe` message that opens this document as `id`.
     pub fn subscribe_message(&self, id: &str) -> String {
-        let mut payload = json!({ "query": self.query });
+        let mut variables = serde_json::Map::new();
         if let Some(filter) = &self.filter {
-            payload["variables"] = json!({ "filter": filter });
+            variables.insert("filter".into(), filter.clone());
+        }
+        if let Some(after) = &self.after {
+            variables.insert("after".into(), after.clone().into());
+        }
+        let mut payload = json!({ "query": self.query });
+        if !variables.is_empty() {
+            payload["variables"] = variables.into();
         }
         json!({ "id": id, "type": "subscribe", "payload": payload }).to_string()
     }

@@ -1,8 +1,15 @@
 //! Shared execution of subscriptions. Subscribers whose document and variables are the same
 //! (after normalising whitespace, commas and comments) join one *feed*: one execution of the
 //! document, each result serialized once and handed to every member's send queue. The work per
-//! event therefore grows with the number of distinct documents, not of subscribers. A document
-//! that resumes (`after`) replays a history of its own, so it gets a feed of its own.
+//! event therefore grows with the number of distinct documents, not of subscribers.
+//!
+//! A subscriber that resumes from a cursor given as a variable (`after: $after`) joins the feed
+//! of the same document without a cursor at once, but catches up first: it replays, alone, what
+//! was stored after its cursor up to the last event the server had passed on when it joined,
+//! while the feed holds its results for it; then the held results newer than the replay go out,
+//! and it is a member like any other. So a server restart, after which every client resumes,
+//! does not leave one execution per client behind. A document with a literal cursor runs
+//! alone throughout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -11,20 +18,29 @@ use async_graphql::Positioned;
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
-use async_graphql::{Request, Response};
+use async_graphql::{Name, Request, Response, Variables};
 use axum::extract::ws::Utf8Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::Outbox;
 use super::protocol::{self, Outgoing, Protocol};
-use crate::graphql::KillreportSchema;
+use crate::graphql::{CatchUpTo, KillreportSchema, SeqTap};
+use crate::killmail::Seq;
+use crate::live::Hub;
+
+/// Results a feed holds for a member that is catching up; when more come, the member replays
+/// further instead.
+const HELD_RESULTS: usize = 1024;
+
+type SharedFeeds = Arc<Mutex<HashMap<String, Arc<Feed>>>>;
 
 /// Every shared feed of a server, by key; clone it freely.
 #[derive(Clone)]
 pub struct Feeds {
     schema: KillreportSchema,
-    shared: Arc<Mutex<HashMap<String, Arc<Feed>>>>,
+    hub: Hub,
+    shared: SharedFeeds,
 }
 
 struct Feed {
@@ -32,6 +48,8 @@ struct Feed {
     key: Option<String>,
     members: Mutex<Members>,
     task: OnceLock<tokio::task::AbortHandle>,
+    /// The sequence of the event behind the latest result.
+    seq: SeqTap,
 }
 
 #[derive(Default)]
@@ -43,13 +61,25 @@ struct Members {
 struct Member {
     id: Arc<str>,
     outbox: Outbox,
+    /// While the member catches up: the feed's results for it, held.
+    catching_up: Option<Held>,
+}
+
+/// Results held for a member that is catching up, with their events' sequences.
+#[derive(Default)]
+struct Held {
+    results: Vec<(Seq, Utf8Bytes)>,
+    /// More came than are held: the member must replay further.
+    overflowed: bool,
 }
 
 /// One subscriber's place in a feed; leaving is dropping it.
 pub struct Membership {
-    shared: Arc<Mutex<HashMap<String, Arc<Feed>>>>,
+    shared: SharedFeeds,
     feed: Arc<Feed>,
     number: u64,
+    /// A resuming member's replay, while it runs.
+    catch_up: Option<tokio::task::AbortHandle>,
 }
 
 /// How a subscription started.
@@ -59,6 +89,26 @@ pub enum Joined {
     Failed(Arc<str>),
 }
 
+/// How a request runs.
+enum Sharing {
+    /// On a feed of its own: not plain fields at the root, or a literal cursor.
+    Alone,
+    /// On the shared feed with this key.
+    Shared(String),
+    /// Catching up alone, then on the shared feed with this key.
+    Resuming(String, Resume),
+}
+
+/// A request that resumes from the cursor in one of its variables.
+struct Resume {
+    query: String,
+    operation_name: Option<String>,
+    variables: Variables,
+    /// The variable holding the cursor.
+    variable: Name,
+    after: Seq,
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every change under these locks is a single insert or remove: a panic elsewhere cannot
     // leave them half-done, so a poisoned lock is taken as it is.
@@ -66,9 +116,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Feeds {
-    pub fn new(schema: KillreportSchema) -> Self {
+    pub fn new(schema: KillreportSchema, hub: Hub) -> Self {
         Self {
             schema,
+            hub,
             shared: Arc::default(),
         }
     }
@@ -76,61 +127,143 @@ impl Feeds {
     /// Starts subscription `id` for the client behind `outbox`: joins the feed already running
     /// `request`, or starts one. `request` must hold a subscription operation, parsed.
     pub fn join(&self, mut request: Request, id: Arc<str>, outbox: Outbox) -> Joined {
-        let key = shared_key(&mut request);
-        let mut shared = lock(&self.shared);
-        if let Some(feed) = key.as_ref().and_then(|key| shared.get(key)) {
-            return Joined::Live(self.add_member(feed, id, outbox));
-        }
-        let mut results = Box::pin(self.schema.execute_stream(request));
-        // The resolver registers with the live hub and returns without waiting, so one poll
-        // shows whether the operation failed up front (validation, arguments): then it yields
-        // an error response without data at once. Otherwise nothing is ready yet, or a first
-        // live result is.
-        let first = match results
-            .as_mut()
-            .poll_next(&mut std::task::Context::from_waker(
-                futures::task::noop_waker_ref(),
-            )) {
-            std::task::Poll::Ready(Some(response))
-                if response.data == async_graphql::Value::Null && response.is_err() =>
-            {
-                return Joined::Failed(errors_json(&response));
-            }
-            std::task::Poll::Ready(Some(response)) => Some(response),
-            std::task::Poll::Ready(None) => {
-                return Joined::Failed(protocol::error_list(
-                    "the subscription ended before it started",
-                    "INTERNAL",
-                ));
-            }
-            std::task::Poll::Pending => None,
+        let joined = match sharing(&mut request) {
+            Sharing::Alone => self.start(None, request, id, outbox, false),
+            Sharing::Shared(key) => self.enter(key, request, id, outbox, false),
+            Sharing::Resuming(key, resume) => self.resume(key, resume, id, outbox),
         };
+        match joined {
+            Ok(membership) => Joined::Live(membership),
+            Err(errors) => Joined::Failed(errors),
+        }
+    }
+
+    /// Joins the shared feed `key`, or starts it with `request`.
+    fn enter(
+        &self,
+        key: String,
+        request: Request,
+        id: Arc<str>,
+        outbox: Outbox,
+        catching_up: bool,
+    ) -> Result<Membership, Arc<str>> {
+        let mut shared = lock(&self.shared);
+        if let Some(feed) = shared.get(&key) {
+            return Ok(self.add_member(feed, id, outbox, catching_up));
+        }
+        let membership = self.start(Some(key.clone()), request, id, outbox, catching_up)?;
+        shared.insert(key, Arc::clone(&membership.feed));
+        Ok(membership)
+    }
+
+    /// Starts a feed running `request`, with one member.
+    fn start(
+        &self,
+        key: Option<String>,
+        request: Request,
+        id: Arc<str>,
+        outbox: Outbox,
+        catching_up: bool,
+    ) -> Result<Membership, Arc<str>> {
+        let seq = SeqTap::default();
+        let mut results = Box::pin(self.schema.execute_stream(request.data(seq.clone())));
+        let first = poll_once(&mut results)?;
         let feed = Arc::new(Feed {
-            key: key.clone(),
+            key,
             members: Mutex::default(),
             task: OnceLock::new(),
+            seq,
         });
-        let membership = self.add_member(&feed, id, outbox);
+        let membership = self.add_member(&feed, id, outbox, catching_up);
         let task = tokio::spawn(Arc::clone(&feed).run(Arc::clone(&self.shared), first, results));
         // Set before anyone can leave: the membership is not handed out yet.
         let _ = feed.task.set(task.abort_handle());
-        if let Some(key) = key {
-            shared.insert(key, feed);
-        }
-        Joined::Live(membership)
+        Ok(membership)
     }
 
-    fn add_member(&self, feed: &Arc<Feed>, id: Arc<str>, outbox: Outbox) -> Membership {
+    /// Joins the shared feed `key` as a member that catches up first (see the module's notes).
+    fn resume(
+        &self,
+        key: String,
+        resume: Resume,
+        id: Arc<str>,
+        outbox: Outbox,
+    ) -> Result<Membership, Arc<str>> {
+        let mut membership = self.enter(
+            key,
+            resume.request(None),
+            Arc::clone(&id),
+            outbox.clone(),
+            true,
+        )?;
+        // Read after joining: every event after this one reaches the member through the feed.
+        let until = self.hub.last();
+        let catch_up = CatchUp {
+            feeds: self.clone(),
+            feed: Arc::clone(&membership.feed),
+            number: membership.number,
+            resume,
+            id,
+            outbox,
+        };
+        membership.catch_up = Some(tokio::spawn(catch_up.run(until)).abort_handle());
+        Ok(membership)
+    }
+
+    fn add_member(
+        &self,
+        feed: &Arc<Feed>,
+        id: Arc<str>,
+        outbox: Outbox,
+        catching_up: bool,
+    ) -> Membership {
         let mut members = lock(&feed.members);
         let number = members.next;
         members.next += 1;
-        members.by_number.insert(number, Member { id, outbox });
+        let member = Member {
+            id,
+            outbox,
+            catching_up: catching_up.then(Held::default),
+        };
+        members.by_number.insert(number, member);
         Membership {
             shared: Arc::clone(&self.shared),
             feed: Arc::clone(feed),
             number,
+            catch_up: None,
         }
     }
+}
+
+/// Polls a new execution once. The resolver registers with the live hub and returns without
+/// waiting, so one poll shows whether the operation failed up front (validation, arguments):
+/// then it yields an error response without data at once. Otherwise nothing is ready yet, or
+/// a first live result is.
+fn poll_once(
+    results: &mut (impl Stream<Item = Response> + Unpin),
+) -> Result<Option<Response>, Arc<str>> {
+    let mut context = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    match results.poll_next_unpin(&mut context) {
+        std::task::Poll::Ready(Some(response)) if failed(&response) => Err(errors_json(&response)),
+        std::task::Poll::Ready(Some(response)) => Ok(Some(response)),
+        std::task::Poll::Ready(None) => Err(protocol::error_list(
+            "the subscription ended before it started",
+            "INTERNAL",
+        )),
+        std::task::Poll::Pending => Ok(None),
+    }
+}
+
+/// Whether a response is a failure of the whole operation: errors and no data.
+fn failed(response: &Response) -> bool {
+    response.data == async_graphql::Value::Null && response.is_err()
+}
+
+/// A response as JSON text, or `None` (logged) in the unlikely case it does not serialize.
+fn serialize(response: &Response) -> Option<String> {
+    serde_json::to_string(response)
+        .inspect_err(|error| tracing::error!(%error, "a subscription result did not serialize"))
+        .ok()
 }
 
 impl Feed {
@@ -138,7 +271,7 @@ impl Feed {
     /// complete (the live hub ended: the server is stopping).
     async fn run(
         self: Arc<Self>,
-        shared: Arc<Mutex<HashMap<String, Arc<Feed>>>>,
+        shared: SharedFeeds,
         first: Option<Response>,
         mut results: impl Stream<Item = Response> + Unpin,
     ) {
@@ -163,55 +296,141 @@ impl Feed {
 
     /// Serializes `response` once and builds its message once per operation id and protocol
     /// (clients that number their operations alike share one text), then queues it for every
-    /// member.
+    /// member, or holds it for those catching up.
     fn deliver(&self, response: &Response) {
-        let payload = match serde_json::to_string(response) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::error!(%error, "a subscription result did not serialize");
-                return;
-            }
+        let Some(payload) = serialize(response) else {
+            return;
         };
-        let members = lock(&self.members);
+        let seq = self.seq.get();
+        let mut members = lock(&self.members);
         let mut messages = HashMap::new();
         // Most members number alike: the last message fits the next member without a lookup.
-        let mut last: Option<(&str, Protocol, Utf8Bytes)> = None;
-        for member in members.by_number.values() {
+        let mut last: Option<(Arc<str>, Protocol, Utf8Bytes)> = None;
+        for member in members.by_number.values_mut() {
             let protocol = member.outbox.protocol;
             let message = match &last {
-                Some((id, was, message)) if *id == &*member.id && *was == protocol => {
-                    message.clone()
-                }
+                Some((id, was, message)) if *id == member.id && *was == protocol => message.clone(),
                 _ => messages
-                    .entry((&*member.id, protocol))
+                    .entry((Arc::clone(&member.id), protocol))
                     .or_insert_with(|| protocol::next(&member.id, &payload, protocol))
                     .clone(),
             };
-            member.outbox.push(Outgoing::Text(message.clone()));
-            last = Some((&member.id, protocol, message));
+            last = Some((Arc::clone(&member.id), protocol, message.clone()));
+            match &mut member.catching_up {
+                None => member.outbox.push(Outgoing::Text(message)),
+                Some(held) if held.results.len() < HELD_RESULTS => {
+                    held.results.push((seq, message));
+                }
+                Some(held) => held.overflowed = true,
+            }
+        }
+    }
+
+    /// Removes member `number`; the last one out stops the feed.
+    fn leave(self: &Arc<Self>, shared: &SharedFeeds, number: u64) {
+        // The shared map is locked first, as in `join`, so a feed is never emptied and looked
+        // up at the same time.
+        let mut shared = lock(shared);
+        let mut members = lock(&self.members);
+        if members.by_number.remove(&number).is_none() || !members.by_number.is_empty() {
+            return;
+        }
+        if let Some(key) = &self.key
+            && shared.get(key).is_some_and(|feed| Arc::ptr_eq(feed, self))
+        {
+            shared.remove(key);
+        }
+        if let Some(task) = self.task.get() {
+            task.abort();
         }
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        // The shared map is locked first, as in `join`, so a feed is never emptied and looked
-        // up at the same time.
-        let mut shared = lock(&self.shared);
-        let mut members = lock(&self.feed.members);
-        members.by_number.remove(&self.number);
-        if !members.by_number.is_empty() {
+        if let Some(catch_up) = &self.catch_up {
+            catch_up.abort();
+        }
+        self.feed.leave(&self.shared, self.number);
+    }
+}
+
+/// A resuming member's replay, up to the point from which its feed serves it.
+struct CatchUp {
+    feeds: Feeds,
+    feed: Arc<Feed>,
+    number: u64,
+    resume: Resume,
+    id: Arc<str>,
+    outbox: Outbox,
+}
+
+impl CatchUp {
+    /// Replays up to `until`, then hands over to the feed: sends what it held for the member
+    /// after `until` and lets it send the rest. When it held too much, replays further first.
+    async fn run(self, mut until: Seq) {
+        let mut after = self.resume.after;
+        loop {
+            let request = self.resume.request(Some((after, until)));
+            let mut results = self.feeds.schema.execute_stream(request);
+            while let Some(response) = results.next().await {
+                if let Some(payload) = serialize(&response) {
+                    let next = protocol::next(&self.id, &payload, self.outbox.protocol);
+                    self.outbox.push(Outgoing::Text(next));
+                }
+                if failed(&response) {
+                    // The replay failed (the store is unreachable): the subscription ends, and
+                    // the client may resume again.
+                    self.outbox.push(Outgoing::Complete {
+                        id: Arc::clone(&self.id),
+                    });
+                    self.feed.leave(&self.feeds.shared, self.number);
+                    return;
+                }
+            }
+            let mut members = lock(&self.feed.members);
+            let Some(member) = members.by_number.get_mut(&self.number) else {
+                return;
+            };
+            let Some(held) = member.catching_up.take() else {
+                return;
+            };
+            if held.overflowed {
+                // Read under the members' lock: what the feed holds from now on is newer.
+                member.catching_up = Some(Held::default());
+                (after, until) = (until, self.feeds.hub.last());
+                continue;
+            }
+            tracing::debug!(
+                until = until.0,
+                held = held.results.len(),
+                "a resuming subscriber caught up and joins its shared feed"
+            );
+            for (seq, message) in held.results {
+                if seq > until {
+                    member.outbox.push(Outgoing::Text(message));
+                }
+            }
             return;
         }
-        if let Some(key) = &self.feed.key
-            && shared
-                .get(key)
-                .is_some_and(|feed| Arc::ptr_eq(feed, &self.feed))
-        {
-            shared.remove(key);
-        }
-        if let Some(task) = self.feed.task.get() {
-            task.abort();
+    }
+}
+
+impl Resume {
+    /// The request replaying from `after` up to `until`, or with `None` the same request
+    /// without a cursor (live only).
+    fn request(&self, replay: Option<(Seq, Seq)>) -> Request {
+        let mut variables = self.variables.clone();
+        let cursor = match replay {
+            Some((after, _)) => async_graphql::Value::String(after.0.to_string()),
+            None => async_graphql::Value::Null,
+        };
+        variables.insert(self.variable.clone(), cursor);
+        let mut request = Request::new(self.query.clone()).variables(variables);
+        request.operation_name = self.operation_name.clone();
+        match replay {
+            Some((_, until)) => request.data(CatchUpTo(until)),
+            None => request,
         }
     }
 }
@@ -237,43 +456,66 @@ pub fn operation<'a>(
     }
 }
 
-/// The key under which `request` is shared, or `None` when it must run on its own: when it
-/// resumes from a cursor (its history is its own) or its root selection is not plain fields.
-fn shared_key(request: &mut Request) -> Option<String> {
-    let variables = request.variables.clone();
+/// How `request` runs (see [`Sharing`]). Its key is the normalised document, the operation
+/// name and the variables in canonical JSON, the cursor variable left out when null or a
+/// cursor (it has no default), so a resuming subscriber and one without a cursor share.
+fn sharing(request: &mut Request) -> Sharing {
+    let mut variables = request.variables.clone();
     let operation_name = request.operation_name.clone();
-    let document = request.parsed_query().ok()?;
-    let operation = operation(document, operation_name.as_deref())?;
+    let Ok(document) = request.parsed_query() else {
+        return Sharing::Alone;
+    };
+    let Some(operation) = operation(document, operation_name.as_deref()) else {
+        return Sharing::Alone;
+    };
     if operation.node.ty != OperationType::Subscription {
-        return None;
+        return Sharing::Alone;
     }
-    for selection in &operation.node.selection_set.node.items {
+    let root = &operation.node.selection_set.node.items;
+    let mut resume = None;
+    for selection in root {
         let Selection::Field(field) = &selection.node else {
-            return None;
+            return Sharing::Alone;
         };
         let after = field
             .node
             .arguments
             .iter()
             .find(|(name, _)| name.node.as_str() == "after");
-        if let Some((_, value)) = after {
-            // The argument's value: a literal, or a variable given or defaulted.
-            let resolved = value.node.clone().into_const_with(|name| {
-                let default = || {
-                    let definitions = &operation.node.variable_definitions;
-                    definitions
-                        .iter()
-                        .find(|definition| definition.node.name.node == name)
-                        .and_then(|definition| definition.node.default_value.clone())
-                        .map(|value| value.node)
-                };
-                let value = variables.get(&name).cloned().or_else(default);
-                Ok::<_, std::convert::Infallible>(value.unwrap_or(async_graphql::Value::Null))
-            });
-            if resolved.is_ok_and(|value| value != async_graphql::Value::Null) {
-                return None;
+        let Some((_, value)) = after else {
+            continue;
+        };
+        // A literal, or the variable it names.
+        let mut named = None;
+        let literal = value.node.clone().into_const_with(|name| {
+            named = Some(name);
+            Ok::<_, std::convert::Infallible>(async_graphql::Value::Null)
+        });
+        let Some(variable) = named else {
+            if literal.is_ok_and(|value| value == async_graphql::Value::Null) {
+                continue;
             }
+            return Sharing::Alone;
+        };
+        let defaulted = operation
+            .node
+            .variable_definitions
+            .iter()
+            .any(|definition| {
+                definition.node.name.node == variable && definition.node.default_value.is_some()
+            });
+        match variables.get(&variable) {
+            None | Some(async_graphql::Value::Null) if !defaulted => {}
+            // A cursor that is not one is left to the resolver to refuse.
+            Some(async_graphql::Value::String(cursor)) if !defaulted && root.len() == 1 => {
+                match cursor.parse::<i64>() {
+                    Ok(after) if after >= 0 => resume = Some((variable.clone(), Seq(after))),
+                    _ => return Sharing::Alone,
+                }
+            }
+            _ => return Sharing::Alone,
         }
+        variables.remove(&variable);
     }
     let mut key = normalize(&request.query);
     key.push('\n');
@@ -283,7 +525,19 @@ fn shared_key(request: &mut Request) -> Option<String> {
         &serde_json::to_value(&variables).unwrap_or(Value::Null),
         &mut key,
     );
-    Some(key)
+    match resume {
+        None => Sharing::Shared(key),
+        Some((variable, after)) => Sharing::Resuming(
+            key,
+            Resume {
+                query: request.query.clone(),
+                operation_name,
+                variables: request.variables.clone(),
+                variable,
+                after,
+            },
+        ),
+    }
 }
 
 /// A document with its insignificant characters dropped: comments, commas and whitespace
@@ -425,39 +679,57 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    fn key(query: &str, variables: Value) -> Option<String> {
+    fn sharing_of(query: &str, variables: Value) -> Sharing {
         let mut request = Request::new(query).variables(Variables::from_json(variables));
-        shared_key(&mut request)
+        sharing(&mut request)
+    }
+
+    /// The shared feed's key, and the cursor when the subscriber catches up first.
+    fn key(query: &str, variables: Value) -> Option<(String, Option<Seq>)> {
+        match sharing_of(query, variables) {
+            Sharing::Alone => None,
+            Sharing::Shared(key) => Some((key, None)),
+            Sharing::Resuming(key, resume) => Some((key, Some(resume.after))),
+        }
     }
 
     #[test]
-    fn only_subscriptions_that_do_not_resume_are_shared() {
+    fn a_subscriber_resuming_through_a_variable_shares_the_feed_without_a_cursor() {
         let document = "subscription($after: String) { killmailAdded(after: $after) { id } }";
-        assert!(key(document, serde_json::json!({})).is_some());
-        assert!(key(document, serde_json::json!({"after": null})).is_some());
-        assert!(key(document, serde_json::json!({"after": "12"})).is_none());
+        let (live, cursor) = key(document, serde_json::json!({})).expect("shared");
+        assert_eq!(cursor, None);
+        assert_eq!(
+            key(document, serde_json::json!({"after": null})),
+            Some((live.clone(), None))
+        );
+        assert_eq!(
+            key(document, serde_json::json!({"after": "12"})),
+            Some((live, Some(Seq(12))))
+        );
+        // Not a cursor: the resolver refuses it, on a feed of its own.
+        assert!(key(document, serde_json::json!({"after": "twelve"})).is_none());
+        assert!(key(document, serde_json::json!({"after": "-1"})).is_none());
+    }
+
+    #[test]
+    fn literal_and_defaulted_cursors_and_queries_run_alone() {
+        let alone = |query: &str| key(query, Value::Null).is_none();
+        assert!(alone(
+            "subscription { killmailAdded(after: \"12\") { id } }"
+        ));
+        assert!(!alone("subscription { killmailAdded(after: null) { id } }"));
+        assert!(alone(
+            "subscription($a: String = \"3\") { killmailAdded(after: $a) { id } }"
+        ));
+        assert!(alone("query { killmail(id: 1) { id } }"));
+        assert!(!alone("subscription Named { killmailAdded { id } }"));
+        // Two root fields: which event a result is would be ambiguous.
         assert!(
             key(
-                "subscription { killmailAdded(after: \"12\") { id } }",
-                Value::Null
+                "subscription($a: String) { a: killmailAdded(after: $a) { id } b: killmailAdded { id } }",
+                serde_json::json!({"a": "5"})
             )
             .is_none()
         );
-        assert!(
-            key(
-                "subscription { killmailAdded(after: null) { id } }",
-                Value::Null
-            )
-            .is_some()
-        );
-        assert!(
-            key(
-                "subscription($a: String = \"3\") { killmailAdded(after: $a) { id } }",
-                Value::Null
-            )
-            .is_none()
-        );
-        assert!(key("query { killmail(id: 1) { id } }", Value::Null).is_none());
-        assert!(key("subscription Named { killmailAdded { id } }", Value::Null).is_some());
     }
 }

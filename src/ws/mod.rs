@@ -27,6 +27,7 @@ use self::feeds::{Feeds, Joined, Membership};
 use self::protocol::{ClientMessage, Close, Outgoing, Protocol, code};
 
 use crate::graphql::KillreportSchema;
+use crate::live::Hub;
 
 /// What one server allows its WebSocket clients.
 #[derive(Debug, Clone)]
@@ -64,9 +65,14 @@ const WRITE_BATCH: usize = 64;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 impl WsService {
-    pub fn new(schema: KillreportSchema, limits: Limits, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        schema: KillreportSchema,
+        hub: Hub,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
-            feeds: Feeds::new(schema.clone()),
+            feeds: Feeds::new(schema.clone(), hub),
             schema,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             limits: Arc::new(limits),

@@ -262,3 +262,61 @@ async fn a_client_resuming_with_after_gets_what_it_missed_then_live_ones_none_tw
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn clients_resuming_while_killmails_keep_coming_get_each_one_after_their_cursor_once() {
+    let mut env = TestEnv::new().await;
+    let jobs = jobs(120);
+    let (_server, base) = env.start_server().await;
+    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let _worker = env.spawn("worker-killmails", &[]);
+    let publisher = env.publisher().await;
+    let query =
+        "subscription($after: String) { killmailAdded(after: $after) { killmailId cursor } }";
+    // A live subscriber on the same document: resuming clients catch up alone, then join the
+    // execution it runs.
+    let mut watcher = WsClient::connect(&ws_url, Protocol::TransportWs).await;
+    watcher.subscribe("w", query, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let feeding = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            for (job, _) in &jobs {
+                publisher.publish(job).await.expect("publish");
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    // While killmails keep coming, clients resume from cursors a little behind.
+    let mut seen = Vec::new();
+    let mut resumers = Vec::new();
+    for round in 0..5 {
+        seen.extend(receive(&mut watcher, "w", 20).await);
+        let from = seen.len() - 1 - 9 * round;
+        let cursor = seen[from]["cursor"].as_str().expect("cursor").to_owned();
+        let mut client = WsClient::connect(&ws_url, Protocol::TransportWs).await;
+        client.subscribe("r", query, json!({"after": cursor})).await;
+        resumers.push((from, client));
+    }
+    seen.extend(receive(&mut watcher, "w", jobs.len() - seen.len()).await);
+    feeding.await.expect("publishing");
+
+    let ids = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|k| k["killmailId"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    for (from, mut client) in resumers {
+        let got = receive(&mut client, "r", jobs.len() - from - 1).await;
+        assert_eq!(
+            ids(&got),
+            ids(&seen[from + 1..]),
+            "resumed after killmail {from}"
+        );
+        client.assert_quiet(Duration::from_millis(300)).await;
+    }
+    watcher.assert_quiet(Duration::from_millis(300)).await;
+    env.cleanup().await;
+}
