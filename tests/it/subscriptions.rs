@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::process::Child;
+
 use killreport::killmail::{Killmail, Source, Zkb};
 use killreport::queue::{IngestJob, Publisher};
 use serde_json::{Value, json};
@@ -195,19 +197,27 @@ async fn both_protocols_get_every_killmail_once_and_filters_get_exactly_their_ma
     env.cleanup().await;
 }
 
+/// The document of the resuming tests: a cursor as a variable, as clients send it.
+const RESUMABLE: &str =
+    "subscription($after: String) { killmailAdded(after: $after) { killmailId cursor } }";
+
+/// A server and a worker-killmails on `env`: the server, its WebSocket URL, the worker and a
+/// publisher of jobs for it.
+async fn pipeline(env: &mut TestEnv) -> (Child, String, Child, Publisher) {
+    let (server, base) = env.start_server().await;
+    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let worker = env.spawn("worker-killmails", &[]);
+    (server, ws_url, worker, env.publisher().await)
+}
+
 #[tokio::test]
 async fn a_client_resuming_with_after_gets_what_it_missed_then_live_ones_none_twice() {
     let mut env = TestEnv::new().await;
     let jobs = jobs(30);
-    let (_server, base) = env.start_server().await;
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
-    let _worker = env.spawn("worker-killmails", &[]);
-    let publisher = env.publisher().await;
-    let query =
-        "subscription($after: String) { killmailAdded(after: $after) { killmailId cursor } }";
+    let (_server, ws_url, _worker, publisher) = pipeline(&mut env).await;
 
     let mut client = WsClient::connect(&ws_url, Protocol::TransportWs).await;
-    client.subscribe("1", query, json!({})).await;
+    client.subscribe("1", RESUMABLE, json!({})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     publish(&publisher, &jobs[..10]).await;
     let first = receive(&mut client, "1", 10).await;
@@ -226,7 +236,7 @@ async fn a_client_resuming_with_after_gets_what_it_missed_then_live_ones_none_tw
     }
     let mut resumed = WsClient::connect(&ws_url, Protocol::TransportWs).await;
     resumed
-        .subscribe("2", query, json!({"after": last_cursor}))
+        .subscribe("2", RESUMABLE, json!({"after": last_cursor}))
         .await;
     let missed = receive(&mut resumed, "2", 10).await;
     publish(&publisher, &jobs[20..]).await;
@@ -267,16 +277,11 @@ async fn a_client_resuming_with_after_gets_what_it_missed_then_live_ones_none_tw
 async fn clients_resuming_while_killmails_keep_coming_get_each_one_after_their_cursor_once() {
     let mut env = TestEnv::new().await;
     let jobs = jobs(120);
-    let (_server, base) = env.start_server().await;
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
-    let _worker = env.spawn("worker-killmails", &[]);
-    let publisher = env.publisher().await;
-    let query =
-        "subscription($after: String) { killmailAdded(after: $after) { killmailId cursor } }";
+    let (_server, ws_url, _worker, publisher) = pipeline(&mut env).await;
     // A live subscriber on the same document: resuming clients catch up alone, then join the
     // execution it runs.
     let mut watcher = WsClient::connect(&ws_url, Protocol::TransportWs).await;
-    watcher.subscribe("w", query, json!({})).await;
+    watcher.subscribe("w", RESUMABLE, json!({})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let feeding = {
@@ -296,7 +301,9 @@ async fn clients_resuming_while_killmails_keep_coming_get_each_one_after_their_c
         let from = seen.len() - 1 - 9 * round;
         let cursor = seen[from]["cursor"].as_str().expect("cursor").to_owned();
         let mut client = WsClient::connect(&ws_url, Protocol::TransportWs).await;
-        client.subscribe("r", query, json!({"after": cursor})).await;
+        client
+            .subscribe("r", RESUMABLE, json!({"after": cursor}))
+            .await;
         resumers.push((from, client));
     }
     seen.extend(receive(&mut watcher, "w", jobs.len() - seen.len()).await);
