@@ -170,6 +170,10 @@ pub struct HttpArgs {
     /// not sent `connection_init` after one is closed with 4408.
     #[arg(long, env = "WS_KEEPALIVE_SECS", default_value_t = 15)]
     pub ws_keepalive_secs: u64,
+    /// Results a shared subscription holds for a subscriber resuming with `after` while it
+    /// replays what it missed; when more come, the replay goes further instead.
+    #[arg(long, env = "WS_CATCH_UP_HOLD", default_value_t = 1024)]
+    pub ws_catch_up_hold: usize,
 }
 
 impl HttpArgs {
@@ -179,6 +183,7 @@ impl HttpArgs {
             max_subscriptions: self.ws_max_subscriptions,
             send_queue: self.ws_send_queue.max(1),
             keepalive: Duration::from_secs(self.ws_keepalive_secs.max(1)),
+            catch_up_hold: self.ws_catch_up_hold,
             max_message_bytes: crate::http::MAX_BODY_BYTES,
         }
     }

@@ -29,10 +29,6 @@ use crate::graphql::{CatchUpTo, KillreportSchema, SeqTap};
 use crate::killmail::Seq;
 use crate::live::Hub;
 
-/// Results a feed holds for a member that is catching up; when more come, the member replays
-/// further instead.
-const HELD_RESULTS: usize = 1024;
-
 type SharedFeeds = Arc<Mutex<HashMap<String, Arc<Feed>>>>;
 
 /// Every shared feed of a server, by key; clone it freely.
@@ -41,6 +37,9 @@ pub struct Feeds {
     schema: KillreportSchema,
     hub: Hub,
     shared: SharedFeeds,
+    /// Results a feed holds for a member that is catching up; when more come, the member
+    /// replays further instead.
+    hold: usize,
 }
 
 struct Feed {
@@ -50,6 +49,7 @@ struct Feed {
     task: OnceLock<tokio::task::AbortHandle>,
     /// The sequence of the event behind the latest result.
     seq: SeqTap,
+    hold: usize,
 }
 
 #[derive(Default)]
@@ -116,11 +116,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Feeds {
-    pub fn new(schema: KillreportSchema, hub: Hub) -> Self {
+    pub fn new(schema: KillreportSchema, hub: Hub, hold: usize) -> Self {
         Self {
             schema,
             hub,
             shared: Arc::default(),
+            hold,
         }
     }
 
@@ -173,6 +174,7 @@ impl Feeds {
             members: Mutex::default(),
             task: OnceLock::new(),
             seq,
+            hold: self.hold,
         });
         let membership = self.add_member(&feed, id, outbox, catching_up);
         let task = tokio::spawn(Arc::clone(&feed).run(Arc::clone(&self.shared), first, results));
@@ -318,7 +320,7 @@ impl Feed {
             last = Some((Arc::clone(&member.id), protocol, message.clone()));
             match &mut member.catching_up {
                 None => member.outbox.push(Outgoing::Text(message)),
-                Some(held) if held.results.len() < HELD_RESULTS => {
+                Some(held) if held.results.len() < self.hold => {
                     held.results.push((seq, message));
                 }
                 Some(held) => held.overflowed = true,
@@ -399,6 +401,10 @@ impl CatchUp {
                 // Read under the members' lock: what the feed holds from now on is newer.
                 member.catching_up = Some(Held::default());
                 (after, until) = (until, self.feeds.hub.last());
+                tracing::debug!(
+                    until = until.0,
+                    "a resuming subscriber fell behind while catching up; replaying further"
+                );
                 continue;
             }
             tracing::debug!(

@@ -43,6 +43,8 @@ pub struct Limits {
     pub keepalive: Duration,
     /// The largest message a client may send.
     pub max_message_bytes: usize,
+    /// Results held for a resuming subscriber while it catches up (see `feeds`).
+    pub catch_up_hold: usize,
 }
 
 /// The WebSocket side of a server; clone it freely.
@@ -72,7 +74,7 @@ impl WsService {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            feeds: Feeds::new(schema.clone(), hub),
+            feeds: Feeds::new(schema.clone(), hub, limits.catch_up_hold),
             schema,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             limits: Arc::new(limits),

@@ -277,6 +277,9 @@ async fn a_client_resuming_with_after_gets_what_it_missed_then_live_ones_none_tw
 async fn clients_resuming_while_killmails_keep_coming_get_each_one_after_their_cursor_once() {
     let mut env = TestEnv::new().await;
     let jobs = jobs(120);
+    // The feed holds at most one result for a client catching up: when more come while it
+    // replays, it replays further (both ways of handing over are taken).
+    env.vars.insert("WS_CATCH_UP_HOLD".into(), "1".into());
     let (_server, ws_url, _worker, publisher) = pipeline(&mut env).await;
     // A live subscriber on the same document: resuming clients catch up alone, then join the
     // execution it runs.
