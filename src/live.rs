@@ -286,12 +286,13 @@ impl Hub {
 
     /// Every event after `after` that passes `filter` (stored ones first, then live), or only
     /// live ones from now when `after` is `None`; in ingest order, none twice. The subscription
-    /// is registered at once, so nothing announced after this call is missed.
+    /// is registered at once, so nothing announced after this call is missed. When a replay
+    /// from the store fails, its error is the last item: the subscriber may resume later.
     pub fn subscribe(
         &self,
         filter: Arc<Filter>,
         after: Option<Seq>,
-    ) -> impl Stream<Item = Arc<KillmailAdded>> + Send + 'static {
+    ) -> impl Stream<Item = anyhow::Result<Arc<KillmailAdded>>> + Send + 'static {
         struct State {
             hub: Hub,
             filter: Arc<Filter>,
@@ -301,6 +302,7 @@ impl Hub {
             last: Seq,
             replaying: bool,
             buffer: VecDeque<Arc<KillmailAdded>>,
+            failed: bool,
         }
         let (sender, inbox) = mpsc::channel(BUFFER);
         let lagged = Arc::new(AtomicBool::new(false));
@@ -328,11 +330,15 @@ impl Hub {
             last: after.unwrap_or(last),
             replaying: after.is_some(),
             buffer: VecDeque::new(),
+            failed: false,
         };
         futures::stream::unfold(state, |mut state| async move {
             loop {
                 if let Some(event) = state.buffer.pop_front() {
-                    return Some((event, state));
+                    return Some((Ok(event), state));
+                }
+                if state.failed {
+                    return None;
                 }
                 if state.replaying {
                     match replay(&state.hub.pool, state.last, PAGE).await {
@@ -347,7 +353,8 @@ impl Hub {
                                 error = format!("{error:#}"),
                                 "replay from the store failed"
                             );
-                            return None;
+                            state.failed = true;
+                            return Some((Err(error), state));
                         }
                     }
                     continue;
@@ -360,7 +367,7 @@ impl Hub {
                 }
                 if event.seq > state.last {
                     state.last = event.seq;
-                    return Some((event, state));
+                    return Some((Ok(event), state));
                 }
             }
         })

@@ -53,19 +53,16 @@ impl SubscriptionRoot {
         let hub = ctx.data_unchecked::<Hub>();
         let filter = Arc::new(filter);
         let events = match (after, ctx.data_opt::<CatchUpTo>()) {
-            (Some(after), Some(CatchUpTo(until))) => hub
-                .history(filter, after, *until)
-                .map(|event| {
-                    event.map_err(|error| {
-                        Error::new(format!("replay from the store failed: {error:#}"))
-                    })
-                })
-                .left_stream(),
-            _ => hub.subscribe(filter, after).map(Ok).right_stream(),
+            (Some(after), Some(CatchUpTo(until))) => {
+                hub.history(filter, after, *until).left_stream()
+            }
+            _ => hub.subscribe(filter, after).right_stream(),
         };
         let tap = ctx.data_opt::<SeqTap>().cloned();
+        // A replay that failed ends the subscription with its error; the client may resume.
         Ok(events.map(move |event| {
-            let event = event?;
+            let event = event
+                .map_err(|error| Error::new(format!("replay from the store failed: {error:#}")))?;
             if let Some(tap) = &tap {
                 tap.0.store(event.seq.0, Ordering::SeqCst);
             }

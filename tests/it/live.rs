@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{PATIENCE, TestEnv, fixtures, redis_url};
 
+/// What a hub subscription yields.
+type Event = anyhow::Result<Arc<KillmailAdded>>;
+
 fn received(range: std::ops::Range<usize>) -> Vec<Received> {
     fixtures::killmails()[range]
         .iter()
@@ -43,11 +46,11 @@ async fn store(env: &TestEnv, batch: &[Received]) -> Vec<KillmailAdded> {
         .collect()
 }
 
-async fn take(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin), n: usize) -> Vec<i64> {
+async fn take(stream: &mut (impl Stream<Item = Event> + Unpin), n: usize) -> Vec<i64> {
     let mut seqs = Vec::new();
     while seqs.len() < n {
         match tokio::time::timeout(PATIENCE, stream.next()).await {
-            Ok(Some(event)) => seqs.push(event.seq.0),
+            Ok(Some(Ok(event))) => seqs.push(event.seq.0),
             _ => panic!("got {} of {n} events: {seqs:?}", seqs.len()),
         }
     }
@@ -72,9 +75,9 @@ async fn hub_and_publisher(env: &TestEnv) -> (Hub, EventPublisher, CancellationT
     (hub, publisher, shutdown)
 }
 
-async fn quiet(stream: &mut (impl Stream<Item = Arc<KillmailAdded>> + Unpin)) {
+async fn quiet(stream: &mut (impl Stream<Item = Event> + Unpin)) {
     if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
-        panic!("unexpected event {}", event.seq.0);
+        panic!("unexpected {event:?}");
     }
 }
 
@@ -123,13 +126,45 @@ async fn after_replays_what_was_missed_then_continues_live_without_duplicates() 
     let event = tokio::time::timeout(PATIENCE, again.next())
         .await
         .expect("in time")
-        .expect("an event");
+        .expect("an event")
+        .expect("replayed from the store");
     assert_eq!(event.killmail, early[1].killmail);
     let system = early[1].killmail.solar_system_id.to_string();
     assert!(
         event.names.contains_key(&system),
         "the solar system is named"
     );
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replay_the_store_cannot_serve_ends_the_subscription_with_its_error() {
+    let env = TestEnv::new().await;
+    let pool = sqlx::PgPool::connect(&env.database_url)
+        .await
+        .expect("pool");
+    let shutdown = CancellationToken::new();
+    let hub = Hub::start(
+        pool.clone(),
+        Arc::default(),
+        &redis_url(),
+        &env.channel,
+        shutdown.clone(),
+    )
+    .await
+    .expect("hub");
+    pool.close().await;
+
+    let mut resumed = Box::pin(hub.subscribe(Arc::default(), Some(Seq(0))));
+    let error = tokio::time::timeout(PATIENCE, resumed.next())
+        .await
+        .expect("in time")
+        .expect("an item")
+        .expect_err("the store is closed");
+    assert!(format!("{error:#}").contains("closed pool"), "{error:#}");
+    let end = tokio::time::timeout(PATIENCE, resumed.next()).await;
+    assert!(end.expect("in time").is_none(), "the subscription ends");
     shutdown.cancel();
     env.cleanup().await;
 }
