@@ -113,6 +113,13 @@ impl Routes {
             }
         }
     }
+
+    /// Makes every subscription catch up from the store before its next event.
+    fn all_lagged(&self) {
+        for route in self.entries.values() {
+            route.lagged.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Removes its route when the subscription's stream is dropped.
@@ -240,10 +247,14 @@ impl Hub {
         if event.seq.0 > last.0 + 1
             && let Err(error) = self.catch_up(Some(event.seq)).await
         {
+            // The gap is not lost: each subscription replays it from the store, in order,
+            // when its next event comes (or ends with the store's error, and its client
+            // resumes).
             tracing::error!(
                 error = format!("{error:#}"),
-                "filling a gap from the store failed"
+                "filling a gap from the store failed; subscriptions will replay it"
             );
+            lock(&self.routes).all_lagged();
         }
         if event.seq > self.last() {
             self.send(Arc::new(event));

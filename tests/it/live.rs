@@ -138,9 +138,9 @@ async fn after_replays_what_was_missed_then_continues_live_without_duplicates() 
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_replay_the_store_cannot_serve_ends_the_subscription_with_its_error() {
-    let env = TestEnv::new().await;
+/// A hub on this test's channel whose store has gone away (its own pool, closed), and the
+/// token that stops it.
+async fn hub_without_store(env: &TestEnv) -> (Hub, CancellationToken) {
     let pool = sqlx::PgPool::connect(&env.database_url)
         .await
         .expect("pool");
@@ -155,16 +155,52 @@ async fn a_replay_the_store_cannot_serve_ends_the_subscription_with_its_error() 
     .await
     .expect("hub");
     pool.close().await;
+    (hub, shutdown)
+}
 
-    let mut resumed = Box::pin(hub.subscribe(Arc::default(), Some(Seq(0))));
-    let error = tokio::time::timeout(PATIENCE, resumed.next())
+/// Asserts that `stream`'s next item is the store's error, and its last.
+async fn ends_with_store_error(stream: &mut (impl Stream<Item = Event> + Unpin)) {
+    let error = tokio::time::timeout(PATIENCE, stream.next())
         .await
         .expect("in time")
         .expect("an item")
         .expect_err("the store is closed");
     assert!(format!("{error:#}").contains("closed pool"), "{error:#}");
-    let end = tokio::time::timeout(PATIENCE, resumed.next()).await;
+    let end = tokio::time::timeout(PATIENCE, stream.next()).await;
     assert!(end.expect("in time").is_none(), "the subscription ends");
+}
+
+#[tokio::test]
+async fn a_replay_the_store_cannot_serve_ends_the_subscription_with_its_error() {
+    let env = TestEnv::new().await;
+    let (hub, shutdown) = hub_without_store(&env).await;
+    let mut resumed = Box::pin(hub.subscribe(Arc::default(), Some(Seq(0))));
+    ends_with_store_error(&mut resumed).await;
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_gap_the_store_cannot_fill_is_not_skipped() {
+    let env = TestEnv::new().await;
+    let (hub, shutdown) = hub_without_store(&env).await;
+    let mut live = Box::pin(hub.subscribe(Arc::default(), None));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Sequence 5 after nothing: 1 to 4 are missing, and the store cannot say what they were.
+    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
+        .await
+        .expect("publisher");
+    let (killmail, hash) = fixtures::killmails().swap_remove(0);
+    let event = KillmailAdded {
+        seq: Seq(5),
+        killmail,
+        zkb: None,
+        hash: Some(hash),
+        names: Default::default(),
+    };
+    publisher.publish(&[event]).await.expect("publish");
+    // Not sequence 5 as if nothing were missing: the subscription tries to replay the gap.
+    ends_with_store_error(&mut live).await;
     shutdown.cancel();
     env.cleanup().await;
 }
