@@ -348,6 +348,17 @@ impl Feed {
     }
 }
 
+impl Membership {
+    /// Whether the server has completed this subscription: its feed ended (the server is
+    /// stopping), or its replay failed.
+    pub fn ended(&self) -> bool {
+        self.feed.task.get().is_some_and(|task| task.is_finished())
+            || !lock(&self.feed.members)
+                .by_number
+                .contains_key(&self.number)
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         if let Some(catch_up) = &self.catch_up {

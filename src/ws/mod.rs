@@ -289,6 +289,8 @@ impl Session {
                 if !self.initialised {
                     return Flow::Close(Some(Close::new(code::UNAUTHORIZED, "Unauthorized")));
                 }
+                // Subscriptions the server has completed no longer hold their ids or places.
+                self.operations.retain(|_, membership| !membership.ended());
                 if self.operations.contains_key(&id) {
                     if self.protocol == Protocol::GraphQLWS {
                         return Flow::Close(Some(Close::new(
