@@ -65,6 +65,14 @@ struct Member {
     catching_up: Option<Held>,
 }
 
+/// A subscriber about to become a member: its operation id, its client's send queue, and
+/// whether it catches up first.
+struct Joining {
+    id: Arc<str>,
+    outbox: Outbox,
+    catching_up: bool,
+}
+
 /// Results held for a member that is catching up, with their events' sequences.
 #[derive(Default)]
 struct Held {
@@ -128,9 +136,14 @@ impl Feeds {
     /// Starts subscription `id` for the client behind `outbox`: joins the feed already running
     /// `request`, or starts one. `request` must hold a subscription operation, parsed.
     pub fn join(&self, mut request: Request, id: Arc<str>, outbox: Outbox) -> Joined {
+        let live = |id, outbox| Joining {
+            id,
+            outbox,
+            catching_up: false,
+        };
         let joined = match sharing(&mut request) {
-            Sharing::Alone => self.start(None, request, id, outbox, false),
-            Sharing::Shared(key) => self.enter(key, request, id, outbox, false),
+            Sharing::Alone => self.start(None, request, live(id, outbox)),
+            Sharing::Shared(key) => self.enter(key, request, live(id, outbox)),
             Sharing::Resuming(key, resume) => self.resume(key, resume, id, outbox),
         };
         match joined {
@@ -144,15 +157,13 @@ impl Feeds {
         &self,
         key: String,
         request: Request,
-        id: Arc<str>,
-        outbox: Outbox,
-        catching_up: bool,
+        joining: Joining,
     ) -> Result<Membership, Arc<str>> {
         let mut shared = lock(&self.shared);
         if let Some(feed) = shared.get(&key) {
-            return Ok(self.add_member(feed, id, outbox, catching_up));
+            return Ok(self.add_member(feed, joining));
         }
-        let membership = self.start(Some(key.clone()), request, id, outbox, catching_up)?;
+        let membership = self.start(Some(key.clone()), request, joining)?;
         shared.insert(key, Arc::clone(&membership.feed));
         Ok(membership)
     }
@@ -162,9 +173,7 @@ impl Feeds {
         &self,
         key: Option<String>,
         request: Request,
-        id: Arc<str>,
-        outbox: Outbox,
-        catching_up: bool,
+        joining: Joining,
     ) -> Result<Membership, Arc<str>> {
         let seq = SeqTap::default();
         let mut results = Box::pin(self.schema.execute_stream(request.data(seq.clone())));
@@ -176,7 +185,7 @@ impl Feeds {
             seq,
             hold: self.hold,
         });
-        let membership = self.add_member(&feed, id, outbox, catching_up);
+        let membership = self.add_member(&feed, joining);
         let task = tokio::spawn(Arc::clone(&feed).run(Arc::clone(&self.shared), first, results));
         // Set before anyone can leave: the membership is not handed out yet.
         let _ = feed.task.set(task.abort_handle());
@@ -191,13 +200,12 @@ impl Feeds {
         id: Arc<str>,
         outbox: Outbox,
     ) -> Result<Membership, Arc<str>> {
-        let mut membership = self.enter(
-            key,
-            resume.request(None),
-            Arc::clone(&id),
-            outbox.clone(),
-            true,
-        )?;
+        let joining = Joining {
+            id: Arc::clone(&id),
+            outbox: outbox.clone(),
+            catching_up: true,
+        };
+        let mut membership = self.enter(key, resume.request(None), joining)?;
         // Read after joining: every event after this one reaches the member through the feed.
         let until = self.hub.last();
         let catch_up = CatchUp {
@@ -212,20 +220,14 @@ impl Feeds {
         Ok(membership)
     }
 
-    fn add_member(
-        &self,
-        feed: &Arc<Feed>,
-        id: Arc<str>,
-        outbox: Outbox,
-        catching_up: bool,
-    ) -> Membership {
+    fn add_member(&self, feed: &Arc<Feed>, joining: Joining) -> Membership {
         let mut members = lock(&feed.members);
         let number = members.next;
         members.next += 1;
         let member = Member {
-            id,
-            outbox,
-            catching_up: catching_up.then(Held::default),
+            id: joining.id,
+            outbox: joining.outbox,
+            catching_up: joining.catching_up.then(Held::default),
         };
         members.by_number.insert(number, member);
         Membership {

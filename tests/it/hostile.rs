@@ -72,6 +72,13 @@ async fn receives_all(client: &mut WsClient, killmails: &[Killmail]) {
     }
 }
 
+/// Announces `n` killmails and asserts that `client`, well-behaved, receives every one.
+async fn still_receives_everything(env: &TestEnv, client: &mut WsClient, n: usize) {
+    let killmails = some_killmails(n);
+    announce(env, &killmails).await;
+    receives_all(client, &killmails).await;
+}
+
 fn some_killmails(n: usize) -> Vec<Killmail> {
     fixtures::killmails()
         .into_iter()
@@ -133,10 +140,8 @@ async fn connections_over_the_limit_are_refused_with_503_and_held_ones_carry_on(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _third = WsClient::connect(&url, Protocol::TransportWs).await;
 
-    let killmails = some_killmails(5);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    announce(&env, &killmails).await;
-    receives_all(&mut good, &killmails).await;
+    still_receives_everything(&env, &mut good, 5).await;
     env.cleanup().await;
 }
 
@@ -266,9 +271,7 @@ async fn protocol_violations_get_graphql_ws_close_codes_and_others_are_untouched
         (4409, "Subscriber for d already exists")
     );
 
-    let killmails = some_killmails(3);
-    announce(&env, &killmails).await;
-    receives_all(&mut good, &killmails).await;
+    still_receives_everything(&env, &mut good, 3).await;
     env.cleanup().await;
 }
 
@@ -298,9 +301,7 @@ async fn keepalive_pings_drop_silent_peers_and_uninitialised_connections() {
         (4408, "Connection initialisation timeout")
     );
 
-    let killmails = some_killmails(3);
-    announce(&env, &killmails).await;
-    receives_all(&mut good, &killmails).await;
+    still_receives_everything(&env, &mut good, 3).await;
     env.cleanup().await;
 }
 
@@ -361,8 +362,6 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
         server.try_wait().expect("status").is_none(),
         "the server died"
     );
-    let killmails = some_killmails(3);
-    announce(&env, &killmails).await;
-    receives_all(&mut good, &killmails).await;
+    still_receives_everything(&env, &mut good, 3).await;
     env.cleanup().await;
 }

@@ -57,11 +57,11 @@ async fn take(stream: &mut (impl Stream<Item = Event> + Unpin), n: usize) -> Vec
     seqs
 }
 
-/// A hub on this test's channel, a publisher to feed it, and the token that stops it.
-async fn hub_and_publisher(env: &TestEnv) -> (Hub, EventPublisher, CancellationToken) {
+/// A hub on this test's channel reading the store through `pool`, and the token that stops it.
+async fn hub_on(env: &TestEnv, pool: sqlx::PgPool) -> (Hub, CancellationToken) {
     let shutdown = CancellationToken::new();
     let hub = Hub::start(
-        env.pool.clone(),
+        pool,
         Arc::default(),
         &redis_url(),
         &env.channel,
@@ -69,10 +69,20 @@ async fn hub_and_publisher(env: &TestEnv) -> (Hub, EventPublisher, CancellationT
     )
     .await
     .expect("hub");
-    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
+    (hub, shutdown)
+}
+
+/// A publisher of events on this test's channel.
+async fn publisher(env: &TestEnv) -> EventPublisher {
+    EventPublisher::connect(&redis_url(), &env.channel)
         .await
-        .expect("publisher");
-    (hub, publisher, shutdown)
+        .expect("publisher")
+}
+
+/// A hub on this test's channel, a publisher to feed it, and the token that stops it.
+async fn hub_and_publisher(env: &TestEnv) -> (Hub, EventPublisher, CancellationToken) {
+    let (hub, shutdown) = hub_on(env, env.pool.clone()).await;
+    (hub, publisher(env).await, shutdown)
 }
 
 async fn quiet(stream: &mut (impl Stream<Item = Event> + Unpin)) {
@@ -144,16 +154,7 @@ async fn hub_without_store(env: &TestEnv) -> (Hub, CancellationToken) {
     let pool = sqlx::PgPool::connect(&env.database_url)
         .await
         .expect("pool");
-    let shutdown = CancellationToken::new();
-    let hub = Hub::start(
-        pool.clone(),
-        Arc::default(),
-        &redis_url(),
-        &env.channel,
-        shutdown.clone(),
-    )
-    .await
-    .expect("hub");
+    let (hub, shutdown) = hub_on(env, pool.clone()).await;
     pool.close().await;
     (hub, shutdown)
 }
@@ -187,9 +188,6 @@ async fn a_gap_the_store_cannot_fill_is_not_skipped() {
     let mut live = Box::pin(hub.subscribe(Arc::default(), None));
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Sequence 5 after nothing: 1 to 4 are missing, and the store cannot say what they were.
-    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
-        .await
-        .expect("publisher");
     let (killmail, hash) = fixtures::killmails().swap_remove(0);
     let event = KillmailAdded {
         seq: Seq(5),
@@ -198,7 +196,11 @@ async fn a_gap_the_store_cannot_fill_is_not_skipped() {
         hash: Some(hash),
         names: Default::default(),
     };
-    publisher.publish(&[event]).await.expect("publish");
+    publisher(&env)
+        .await
+        .publish(&[event])
+        .await
+        .expect("publish");
     // Not sequence 5 as if nothing were missing: the subscription tries to replay the gap.
     ends_with_store_error(&mut live).await;
     shutdown.cancel();

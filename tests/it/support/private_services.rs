@@ -160,21 +160,12 @@ impl Postgres {
                 .expect("chown");
             assert!(status.success(), "chown postgres {}", home.display());
         }
-        let output = self
-            .command("initdb")
+        let mut initdb = self.command("initdb");
+        initdb
             .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
             .args(["--locale=C", "--no-sync", "-D"])
-            .arg(&self.data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .expect("running initdb");
-        assert!(
-            output.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .arg(&self.data);
+        succeeds(initdb, "initdb").await;
         self.start().await;
     }
 
@@ -197,23 +188,13 @@ impl Postgres {
 
     async fn pg_ctl(&self, args: &[&str]) {
         let timeout = SERVICE_PATIENCE.as_secs().to_string();
-        let output = self
-            .command("pg_ctl")
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl
             .args(["-D"])
             .arg(&self.data)
             .args(["-w", "-t", &timeout])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .expect("running pg_ctl");
-        assert!(
-            output.status.success(),
-            "pg_ctl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .args(args);
+        succeeds(pg_ctl, &format!("pg_ctl {args:?}")).await;
     }
 
     async fn start(&self) {
@@ -488,4 +469,20 @@ impl Drop for PrivateServices {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Runs `command` to its end and asserts it succeeded, with its output when it did not.
+async fn succeeds(mut command: Command, what: &str) {
+    let output = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("running {what}: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
