@@ -77,6 +77,27 @@ impl EsiArgs {
     }
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Address this worker serves /healthz and /readyz on (e.g. 127.0.0.1:9101); unset, none.
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub health_addr: Option<String>,
+}
+
+impl HealthArgs {
+    /// Serves the worker's health endpoints in the background, if an address is set.
+    pub async fn serve(
+        &self,
+        readiness: crate::health::Readiness,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        match &self.health_addr {
+            Some(addr) => crate::health::serve(addr, readiness, shutdown.clone()).await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// The live feeds' settings (worker-redisq), with the defaults zKillboard asks for.
 #[derive(Debug, Clone, Args)]
 pub struct FeedArgs {

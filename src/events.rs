@@ -2,8 +2,9 @@
 //! killmail is committed, on a channel whose name is passed in.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::killmail::{Killmail, Seq, Zkb};
@@ -33,9 +34,15 @@ pub struct EventPublisher {
 }
 
 impl EventPublisher {
+    /// Connects; while Redis is away a command fails within a few seconds (two reconnection
+    /// attempts of a second each) rather than waiting on it, and the next one tries again.
     pub async fn connect(redis_url: &str, channel: &str) -> redis::RedisResult<Self> {
         let client = redis::Client::open(redis_url)?;
-        let redis = ConnectionManager::new(client).await?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(3)));
+        let redis = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             redis,
             channel: channel.to_owned(),

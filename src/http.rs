@@ -1,8 +1,6 @@
 //! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
-//! assets, `/healthz` and `/readyz`.
-
-use std::time::Duration;
+//! assets, and `/healthz` and `/readyz` (see `health`).
 
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
@@ -12,12 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::EventPublisher;
 use crate::graphql::KillreportSchema;
+use crate::health::Readiness;
 use crate::ws::WsService;
 
 /// Largest POST body accepted on `/graphql`.
@@ -25,14 +22,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
-    pub redis: EventPublisher,
     pub schema: KillreportSchema,
     /// Subscriptions over WebSocket; closes every socket with 1001 (going away) at shutdown.
     pub ws: WsService,
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, readiness: Readiness) -> Router {
     Router::new()
         .route(
             "/graphql",
@@ -40,9 +35,8 @@ pub fn router(state: AppState) -> Router {
                 .post(graphql_post)
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(readiness.routes())
         .merge(crate::graphiql::assets())
 }
 
@@ -81,27 +75,6 @@ async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
         }
     };
     Json(state.schema.execute(request).await).into_response()
-}
-
-/// 200 when PostgreSQL and Redis both answer within a second; 503 naming the one that does not.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let limit = Duration::from_secs(1);
-    let postgres = tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&state.pool))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    let redis = tokio::time::timeout(limit, state.redis.ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
-    let status = if postgres && redis {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let word = |up: bool| if up { "up" } else { "down" };
-    (
-        status,
-        Json(json!({ "postgres": word(postgres), "redis": word(redis) })),
-    )
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.

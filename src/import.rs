@@ -343,18 +343,17 @@ impl Importer {
             let announcer = announcer.clone();
             *announcing = Some(tokio::spawn(async move {
                 let announcing = Instant::now();
-                let result = announcer.announce(&killmails, &stored).await;
-                tracing::debug!(
-                    announced = stored.len(),
-                    announce_ms = announcing.elapsed().as_millis(),
-                    "batch announced"
-                );
-                if let Err(error) = result {
-                    tracing::warn!(
+                match announcer.announce(&killmails, &stored).await {
+                    Ok(announced) => tracing::debug!(
+                        announced,
+                        announce_ms = announcing.elapsed().as_millis(),
+                        "batch announced"
+                    ),
+                    Err(error) => tracing::warn!(
                         error = format!("{error:#}"),
                         killmails = stored.len(),
                         "stored killmails not announced yet; worker-killmails' sweep will"
-                    );
+                    ),
                 }
             }));
         }

@@ -9,6 +9,8 @@ use std::any::Any;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,24 +25,74 @@ use crate::db;
 use crate::db::killmails::{Stored, StoredKillmail};
 use crate::esi::{Esi, EsiError};
 use crate::events::{EventPublisher, KillmailAdded};
+use crate::health::Broker;
 use crate::killmail::{Killmail, KillmailId, Received, Seq};
 use crate::queue::{IngestJob, Publisher, RetryOutcome};
 
+/// How long one publish to Redis may take before Redis counts as down.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+/// While Redis is down, how often the sweep tries to announce what waits for it.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
+/// Announcements one sweep transaction claims.
+const SWEEP_BATCH: i64 = 500;
+
 /// Announces newly stored killmails on Redis, with every name the store has or can get in time.
+///
+/// When a publish fails, Redis counts as down (logged once): new killmails are still stored
+/// and acked, their announcements wait in the outbox, and [`Self::sweep`] announces all that
+/// waited, oldest first, as soon as Redis answers again.
 #[derive(Clone)]
 pub struct Announcer {
-    pub pool: PgPool,
-    pub events: EventPublisher,
+    pool: PgPool,
+    events: EventPublisher,
     /// Where unknown character, corporation and alliance names are resolved, and how long an
     /// announcement may wait for them. Without it, only names already stored are sent.
-    pub resolve_names: Option<(Esi, Duration)>,
+    resolve_names: Option<(Esi, Duration)>,
+    /// Whether the last publish went through; shared by clones.
+    redis_up: Arc<AtomicBool>,
 }
 
 impl Announcer {
-    /// Publishes one event per stored killmail, in ingest order.
-    pub async fn announce(&self, received: &[Received], stored: &[Stored]) -> anyhow::Result<()> {
-        if stored.is_empty() {
-            return Ok(());
+    pub fn new(
+        pool: PgPool,
+        events: EventPublisher,
+        resolve_names: Option<(Esi, Duration)>,
+    ) -> Self {
+        Self {
+            pool,
+            events,
+            resolve_names,
+            redis_up: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Publishes events within [`PUBLISH_TIMEOUT`]; a failure marks Redis down, logged when
+    /// it goes down rather than on every attempt.
+    async fn publish(&self, events: &[KillmailAdded]) -> anyhow::Result<()> {
+        let error = match tokio::time::timeout(PUBLISH_TIMEOUT, self.events.publish(events)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => anyhow::Error::new(error),
+            Err(_) => anyhow::anyhow!("no answer within {PUBLISH_TIMEOUT:?}"),
+        };
+        if self.redis_up.swap(false, Ordering::Relaxed) {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "Redis is down: killmails are still stored, their announcements wait until it is back"
+            );
+        }
+        Err(error.context("publishing on Redis"))
+    }
+
+    /// Publishes one event per stored killmail, in ingest order; returns how many. While
+    /// Redis is down the announcements are left waiting for the sweep, at once: a failed
+    /// publish is not an error of the batch's, and the worker stores on at full speed.
+    pub async fn announce(
+        &self,
+        received: &[Received],
+        stored: &[Stored],
+    ) -> anyhow::Result<usize> {
+        if stored.is_empty() || !self.redis_up.load(Ordering::Relaxed) {
+            return Ok(0);
         }
         let by_id: HashMap<KillmailId, &Received> = received
             .iter()
@@ -85,42 +137,68 @@ impl Announcer {
                 names,
             })
             .collect();
-        self.events.publish(&events).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Announces killmails whose announcement has been pending longer than `older_than`
-    /// (Redis was down, or a worker died between commit and publish), oldest first; returns
-    /// how many. Consumers see them out of order; the server puts them back in order by `seq`.
-    pub async fn announce_overdue(&self, older_than: Duration) -> anyhow::Result<usize> {
-        let mut tx = self.pool.begin().await?;
-        let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-        let ids = db::announcements::claim_overdue(&mut tx, older_than_ms, 500).await?;
-        if ids.is_empty() {
+        if self.publish(&events).await.is_err() {
+            // Logged by `publish`; the rolled-back claim leaves them for the sweep.
             return Ok(0);
         }
-        let mut stored = db::killmails::load(&mut tx, &ids).await?;
-        stored.sort_by_key(|s| s.seq);
-        let events = events_for_stored(&mut tx, stored).await?;
-        self.events.publish(&events).await?;
         tx.commit().await?;
         Ok(events.len())
     }
 
-    /// Runs [`Self::announce_overdue`] every `every` until `shutdown`. A round that panics is
-    /// rolled back and logged like a failed one, so that the announcements it held stay
-    /// pending and the sweep, beside the worker, carries on.
+    /// Announces every killmail whose announcement has been pending longer than `older_than`
+    /// (Redis was down, or a worker died between commit and publish), oldest first, in
+    /// transactions of [`SWEEP_BATCH`]; returns how many. Consumers see them out of order;
+    /// the server puts them back in order by `seq`.
+    pub async fn announce_overdue(&self, older_than: Duration) -> anyhow::Result<usize> {
+        let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let mut announced = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let ids = db::announcements::claim_overdue(&mut tx, older_than_ms, SWEEP_BATCH).await?;
+            if ids.is_empty() {
+                return Ok(announced);
+            }
+            let claimed = ids.len();
+            let mut stored = db::killmails::load(&mut tx, &ids).await?;
+            stored.sort_by_key(|s| s.seq);
+            let events = events_for_stored(&mut tx, stored).await?;
+            self.publish(&events).await?;
+            tx.commit().await?;
+            announced += events.len();
+            if i64::try_from(claimed).unwrap_or(i64::MAX) < SWEEP_BATCH {
+                return Ok(announced);
+            }
+        }
+    }
+
+    /// Runs [`Self::announce_overdue`] every `every` until `shutdown`; while Redis is down,
+    /// every [`REDIS_RETRY`] and for every waiting announcement, quietly until one goes
+    /// through. A round that panics is rolled back and logged like a failed one, so that the
+    /// announcements it held stay pending and the sweep, beside the worker, carries on.
     pub async fn sweep(&self, every: Duration, shutdown: CancellationToken) {
+        let mut last_round = Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(REDIS_RETRY) => {}
             }
-            let round = AssertUnwindSafe(self.announce_overdue(every)).catch_unwind();
+            let down = !self.redis_up.load(Ordering::Relaxed);
+            if !down && last_round.elapsed() < every {
+                continue;
+            }
+            last_round = Instant::now();
+            let older_than = if down { Duration::ZERO } else { every };
+            let round = AssertUnwindSafe(self.announce_overdue(older_than)).catch_unwind();
             match round.await {
+                Ok(Ok(n)) if down => {
+                    self.redis_up.store(true, Ordering::Relaxed);
+                    tracing::info!(announced = n, "Redis is back; announced what waited for it");
+                }
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::info!(announced = n, "announced overdue killmails"),
+                Ok(Err(error)) if down => {
+                    tracing::debug!(error = format!("{error:#}"), "Redis still down")
+                }
                 Ok(Err(error)) => tracing::warn!(
                     error = format!("{error:#}"),
                     "overdue announcements failed; will retry"
@@ -524,6 +602,8 @@ pub struct Consuming {
     pub prefetch: u16,
     /// How long the batch in hand may take to finish once shutdown is asked for.
     pub grace: Duration,
+    /// The connection consumed on, for `/readyz`.
+    pub broker: Broker,
 }
 
 /// Consumes until `shutdown`, reconnecting with backoff and jitter whenever the connection to
@@ -567,6 +647,7 @@ pub async fn consume(
                 )
                 .await
                 .with_context(|| format!("consuming {}", consuming.topology.queue))?;
+            consuming.broker.hold(&connection);
             if failures > 0 {
                 tracing::info!("RabbitMQ is back; consuming again");
             }
@@ -596,6 +677,7 @@ pub async fn consume(
             anyhow::Ok((worked.unwrap_or(Ok(())), fatal))
         };
         let (outcome, fatal) = session.await.unwrap_or_else(|error| (Err(error), false));
+        consuming.broker.release();
         if fatal || shutdown.is_cancelled() {
             return outcome;
         }

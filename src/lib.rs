@@ -17,7 +17,8 @@
 //!     events  Redis pub/sub: the killmail-added event
 //!     esi     ESI over HTTP, its error limit shared by a process
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
-//! config: clap argument groups with DESIGN.md's defaults; shutdown: the signal token.
+//! config: clap argument groups with DESIGN.md's defaults; shutdown: the signal token;
+//! health: /healthz and /readyz for every process.
 //! ```
 
 pub mod config;
@@ -28,6 +29,7 @@ pub mod feed;
 pub mod filter;
 pub mod graphiql;
 pub mod graphql;
+pub mod health;
 pub mod http;
 pub mod import;
 pub mod ingest;

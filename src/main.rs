@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
 use killreport::events::EventPublisher;
+use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;
@@ -51,13 +52,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
     let ws = WsService::new(schema.clone(), hub, args.http.ws_limits(), shutdown.clone());
+    let readiness = Readiness::default().postgres(pool).redis(redis);
     let state = AppState {
-        pool,
-        redis,
         schema,
         ws: ws.clone(),
     };
-    serve(listener, router(state), shutdown).await?;
+    serve(listener, router(state, readiness), shutdown).await?;
     ws.closed().await;
     Ok(())
 }

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use killreport::config::{DatabaseArgs, EsiArgs, RabbitArgs, RedisArgs};
+use killreport::config::{DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
+use killreport::health::{Broker, Readiness};
 use killreport::ingest::{Announcer, BatchSettings, Consuming};
 use killreport::shutdown::finish_within;
 
@@ -26,6 +27,8 @@ struct Args {
     rabbit: RabbitArgs,
     #[command(flatten)]
     esi: EsiArgs,
+    #[command(flatten)]
+    health: HealthArgs,
     /// Jobs RabbitMQ hands this worker before it has acked them.
     #[arg(long, env = "PREFETCH", default_value_t = 200)]
     prefetch: u16,
@@ -52,17 +55,20 @@ async fn main() -> anyhow::Result<()> {
     let events = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
         .await
         .context("connecting to Redis")?;
-    let announcer = Announcer {
-        pool: pool.clone(),
-        events,
-        resolve_names: Some((esi.clone(), Duration::from_millis(args.names_budget_ms))),
-    };
+    let names = (esi.clone(), Duration::from_millis(args.names_budget_ms));
+    let announcer = Announcer::new(pool.clone(), events.clone(), Some(names));
     let consuming = Consuming {
         rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
         topology: args.rabbit.topology(),
         prefetch: args.prefetch,
         grace: SHUTDOWN_GRACE,
+        broker: Broker::default(),
     };
+    let readiness = Readiness::default()
+        .postgres(pool.clone())
+        .redis(events)
+        .rabbitmq(consuming.broker.clone());
+    args.health.serve(readiness, &shutdown).await?;
     let batch = BatchSettings {
         max_jobs: args.batch_size,
         max_wait: Duration::from_millis(args.batch_wait_ms),

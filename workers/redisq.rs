@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use killreport::config::{DatabaseArgs, FeedArgs, RabbitArgs};
+use killreport::config::{DatabaseArgs, FeedArgs, HealthArgs, RabbitArgs};
 use killreport::feed::{Backoff, R2z2Poller, RedisqPoller};
+use killreport::health::{Broker, Readiness};
 use killreport::queue::Publisher;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,8 @@ struct Args {
     rabbit: RabbitArgs,
     #[command(flatten)]
     feed: FeedArgs,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 #[tokio::main]
@@ -50,6 +53,13 @@ async fn main() -> anyhow::Result<()> {
                 .context("connecting to PostgreSQL")?,
         ),
     };
+    let rabbitmq = Broker::default();
+    let readiness = Readiness::default().rabbitmq(rabbitmq.clone());
+    let readiness = match &pool {
+        Some(pool) => readiness.postgres(pool.clone()),
+        None => readiness,
+    };
+    args.health.serve(readiness, &shutdown).await?;
     let backoff = Backoff {
         first: Duration::from_millis(500),
         max: Duration::from_secs(30),
@@ -59,7 +69,8 @@ async fn main() -> anyhow::Result<()> {
     // on a new connection, until shutdown.
     loop {
         let started = Instant::now();
-        let outcome = run(&args, http.clone(), pool.clone(), &shutdown).await;
+        let outcome = run(&args, http.clone(), pool.clone(), &rabbitmq, &shutdown).await;
+        rabbitmq.release();
         if shutdown.is_cancelled() {
             tracing::info!("worker-redisq stopped");
             return outcome;
@@ -86,11 +97,13 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Connects to RabbitMQ and polls the configured feed until shutdown or a failure.
+/// Connects to RabbitMQ (held in `rabbitmq`, for readiness) and polls the configured feed until
+/// shutdown or a failure.
 async fn run(
     args: &Args,
     http: reqwest::Client,
     pool: Option<sqlx::PgPool>,
+    rabbitmq: &Broker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let connection = killreport::queue::connect(
@@ -102,6 +115,7 @@ async fn run(
     let publisher = Publisher::new(&connection, args.rabbit.topology())
         .await
         .context("declaring the RabbitMQ topology")?;
+    rabbitmq.hold(&connection);
     let outcome = match (args.feed.redisq_url.clone(), pool) {
         (Some(url), _) => {
             let settings = args.feed.redisq_settings();

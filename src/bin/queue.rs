@@ -180,11 +180,7 @@ async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result
     };
     let importer = Importer {
         pool: pool.clone(),
-        announcer: Some(Announcer {
-            pool: pool.clone(),
-            events,
-            resolve_names: None,
-        }),
+        announcer: Some(Announcer::new(pool.clone(), events, None)),
         publisher: rabbit.as_ref().map(|(_, publisher)| publisher.clone()),
         batch_size: args.batch_size,
         max_reasons: args.show_rejections,

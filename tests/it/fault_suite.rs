@@ -3,26 +3,29 @@
 //! WebSocket subscriber that resumes with `after` whenever its connection drops — while, one
 //! phase after another, RabbitMQ, Redis and PostgreSQL restart, each worker is killed with
 //! SIGKILL and started again, and the server restarts. The processes under test are left alone
-//! through the service restarts: they must heal by themselves. Every killmail must end up
-//! stored once and delivered to the subscriber once; a table of what each phase sent, stored,
-//! delivered, lost and duplicated is printed (`--nocapture`) and is the failure message.
+//! through the service restarts: they must heal by themselves, and meanwhile each one's
+//! `/readyz` must name the service that is down, and be 200 again afterwards. Every killmail
+//! must end up stored once and delivered to the subscriber once; a table of what each phase
+//! sent, stored, delivered, lost and duplicated, and what `/readyz` said was down, is printed
+//! (`--nocapture`) and is the failure message.
 //!
 //! The services are the suite's own (`support::private_services`), so restarting them disturbs
 //! no other test; the processes' logs are kept beside them when the suite fails.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use tokio::process::Child;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::fakes::Served;
 use crate::support::fakes::esi::FakeEsi;
 use crate::support::fakes::r2z2::{self, FakeR2z2};
 use crate::support::private_services::PrivateServices;
 use crate::support::ws::ResumingSubscriber;
-use crate::support::{PATIENCE, TestEnv, terminate};
+use crate::support::{PATIENCE, TestEnv, free_port, terminate};
 
 /// The R2Z2 sequence of the first killmail.
 const START: i64 = 96_599_404;
@@ -69,6 +72,59 @@ impl Fault {
             Fault::RestartServer => "restart the server (client resumes)",
         }
     }
+
+    /// What `/readyz` must report down while this fault lasts: which process, which service.
+    fn makes_unready(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Fault::RestartRabbitmq => &[
+                ("worker-killmails", "rabbitmq"),
+                ("worker-redisq", "rabbitmq"),
+            ],
+            Fault::RestartRedis => &[("server", "redis"), ("worker-killmails", "redis")],
+            Fault::RestartPostgres => &[
+                ("server", "postgres"),
+                ("worker-killmails", "postgres"),
+                ("worker-redisq", "postgres"),
+            ],
+            Fault::KillWorkerKillmails | Fault::KillWorkerRedisq | Fault::RestartServer => &[],
+        }
+    }
+}
+
+/// A process's name and a dependency its `/readyz` reported down.
+type Down = (&'static str, String);
+
+/// Polls each process's `/readyz` until `stop`; returns every dependency reported down. A
+/// process that does not answer (it is being restarted) reports nothing.
+async fn watch_readiness(
+    readyz: Vec<(&'static str, String)>,
+    stop: CancellationToken,
+) -> BTreeSet<Down> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
+    let mut down = BTreeSet::new();
+    while !stop.is_cancelled() {
+        let answers = futures::future::join_all(readyz.iter().map(|(process, url)| {
+            let http = &http;
+            async move {
+                let states: serde_json::Map<String, serde_json::Value> =
+                    http.get(url).send().await.ok()?.json().await.ok()?;
+                Some((*process, states))
+            }
+        }))
+        .await;
+        for (process, states) in answers.into_iter().flatten() {
+            for (dependency, state) in states {
+                if state != "up" {
+                    down.insert((process, dependency));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    down
 }
 
 /// The processes under test.
@@ -79,6 +135,10 @@ struct Pipeline {
     env: TestEnv,
     r2z2: FakeR2z2,
     processes: HashMap<&'static str, Child>,
+    /// Where each worker serves `/healthz` and `/readyz`.
+    health: HashMap<&'static str, String>,
+    /// Each process's `/readyz`.
+    readyz: Vec<(&'static str, String)>,
     subscriber: ResumingSubscriber,
     _fakes: [Served; 2],
     // Last, so that the processes above are gone before their services stop.
@@ -115,18 +175,29 @@ impl Pipeline {
         let (server, base) = env.start_server().await;
         let subscriber =
             ResumingSubscriber::start(format!("{}/graphql", base.replace("http://", "ws://")));
-        let mut processes = HashMap::from([("server", server)]);
-        for binary in ["worker-killmails", "worker-redisq"] {
-            processes.insert(binary, env.spawn(binary, &[]));
-        }
-        Self {
+        let health: HashMap<&'static str, String> = ["worker-killmails", "worker-redisq"]
+            .into_iter()
+            .map(|binary| (binary, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let readyz = health
+            .iter()
+            .map(|(binary, addr)| (*binary, format!("http://{addr}/readyz")))
+            .chain([("server", format!("{base}/readyz"))])
+            .collect();
+        let mut pipeline = Self {
             env,
             r2z2,
-            processes,
+            processes: HashMap::from([("server", server)]),
+            health,
+            readyz,
             subscriber,
             _fakes: [r2z2_served, esi_served],
             services,
+        };
+        for binary in ["worker-killmails", "worker-redisq"] {
+            pipeline.launch(binary).await;
         }
+        pipeline
     }
 
     async fn inject(&mut self, fault: Fault) {
@@ -160,7 +231,9 @@ impl Pipeline {
     async fn launch(&mut self, binary: &'static str) {
         let child = match binary {
             "server" => self.env.start_server_again().await,
-            _ => self.env.spawn(binary, &[]),
+            worker => self
+                .env
+                .spawn(worker, &["--health-addr", &self.health[worker]]),
         };
         self.processes.insert(binary, child);
     }
@@ -175,6 +248,29 @@ impl Pipeline {
             }
         }
         exited
+    }
+
+    /// Whether every process's `/readyz` is 200 (waiting [`PATIENCE`] at most).
+    async fn all_ready(&self) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let answers = futures::future::join_all(
+                self.readyz
+                    .iter()
+                    .map(|(_, url)| reqwest::get(url.as_str())),
+            )
+            .await;
+            if answers
+                .iter()
+                .all(|a| a.as_ref().is_ok_and(|r| r.status() == 200))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// How many rows the store holds for each of `ids`; `None` while PostgreSQL is away.
@@ -227,17 +323,24 @@ impl Pipeline {
             })
         };
         tokio::time::sleep(PACE * FAULT_AFTER).await;
+        let stop_watching = CancellationToken::new();
+        let watching = tokio::spawn(watch_readiness(self.readyz.clone(), stop_watching.clone()));
         let fault_started = Instant::now();
         self.inject(fault).await;
         let fault_took = fault_started.elapsed();
+        stop_watching.cancel();
+        let reported_down = watching.await.expect("watching /readyz");
         streaming.await.expect("streaming the phase");
         let through = self.wait_until_through(&ids).await;
+        let ready_again = self.all_ready().await;
         let exited = self.restart_exited().await;
         let resumed_after = self.subscriber.deliveries().resumed_after[resumes_before..].to_vec();
         Phase {
             fault,
             ids,
             through,
+            reported_down,
+            ready_again,
             exited,
             resumed_after,
             fault_took,
@@ -252,12 +355,42 @@ struct Phase {
     ids: Vec<i64>,
     /// Whether everything was stored and delivered within [`PATIENCE`].
     through: bool,
+    /// What the processes' `/readyz` reported down while the fault lasted.
+    reported_down: BTreeSet<Down>,
+    /// Whether every `/readyz` was 200 once the phase was through.
+    ready_again: bool,
     /// Processes under test that exited by themselves.
     exited: Vec<String>,
     /// Why the subscriber's sessions ended during the phase.
     resumed_after: Vec<String>,
     fault_took: Duration,
     took: Duration,
+}
+
+impl Phase {
+    /// What the fault should have made `/readyz` report, and it did not.
+    fn unreported(&self) -> Vec<String> {
+        self.fault
+            .makes_unready()
+            .iter()
+            .filter(|(p, d)| !self.reported_down.contains(&(*p, (*d).to_owned())))
+            .map(|(p, d)| format!("{p}: {d}"))
+            .collect()
+    }
+
+    /// `/readyz`'s reports, as `process: dependency` with the `worker-` prefix dropped.
+    fn reported(&self) -> String {
+        let reports: Vec<String> = self
+            .reported_down
+            .iter()
+            .map(|(p, d)| format!("{}:{d}", p.trim_start_matches("worker-")))
+            .collect();
+        if reports.is_empty() {
+            "-".to_owned()
+        } else {
+            reports.join(" ")
+        }
+    }
 }
 
 /// One row of the table, counted once the whole suite has run.
@@ -304,7 +437,7 @@ fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7} {:>6}",
+        "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7} {:>6}  readyz said down",
         "fault",
         "sent",
         "stored",
@@ -318,7 +451,7 @@ fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
     for (phase, row) in phases.iter().zip(rows) {
         let _ = writeln!(
             out,
-            "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7.1} {:>6.1}",
+            "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7.1} {:>6.1}  {}",
             phase.fault.describe(),
             row.sent,
             row.stored,
@@ -328,12 +461,19 @@ fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
             phase.resumed_after.len(),
             phase.fault_took.as_secs_f64(),
             phase.took.as_secs_f64(),
+            phase.reported(),
         );
     }
     for phase in phases {
         let fault = phase.fault.describe();
         if !phase.through {
             let _ = writeln!(out, "{fault}: not all through within {PATIENCE:?}");
+        }
+        for unreported in phase.unreported() {
+            let _ = writeln!(out, "{fault}: /readyz never said down: {unreported}");
+        }
+        if !phase.ready_again {
+            let _ = writeln!(out, "{fault}: a /readyz was not 200 again afterwards");
         }
         for exited in &phase.exited {
             let _ = writeln!(out, "{fault}: {exited}, started again");
@@ -406,11 +546,13 @@ async fn every_killmail_is_stored_and_delivered_once_whatever_restarts() {
     );
 
     let clean = rows.iter().all(|r| r.lost == 0 && r.duplicated == 0)
-        && phases.iter().all(|p| p.through && p.exited.is_empty())
+        && phases.iter().all(|p| {
+            p.through && p.exited.is_empty() && p.ready_again && p.unreported().is_empty()
+        })
         && unexpected.is_empty();
     assert!(
         clean,
-        "killmails lost or duplicated, or a process gave up (logs in {}):\n{table}",
+        "killmails lost or duplicated, a process gave up, or /readyz was wrong (logs in {}):\n{table}",
         pipeline.services.dir().display()
     );
 }

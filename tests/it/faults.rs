@@ -1,13 +1,32 @@
 //! Faults injected into one test's own connections (so parallel tests are untouched): the
 //! broker drops worker-killmails' connection mid-stream; the worker reconnects by itself and
-//! nothing is lost or announced twice.
+//! nothing is lost or announced twice. A worker whose broker cannot be reached says so on
+//! `/readyz` and keeps trying.
 
 use std::time::Duration;
 
 use killreport::killmail::Source;
 use killreport::queue::IngestJob;
 
-use crate::support::{TestEnv, assert_no_more_events, fixtures, receive_events};
+use crate::support::{
+    PATIENCE, TestEnv, assert_no_more_events, fixtures, free_port, receive_events,
+};
+
+/// What a worker's `/readyz` at `addr` answers, once its health endpoint is up.
+async fn readyz(addr: &str) -> (u16, serde_json::Value) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://{addr}/readyz")).await {
+            let status = response.status().as_u16();
+            return (status, response.json().await.expect("JSON"));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// RabbitMQ's CLI: `rabbitmqctl`, or what `RABBITMQCTL` says (e.g. `docker compose exec -T
 /// rabbitmq rabbitmqctl` when the broker runs in Docker).
@@ -51,7 +70,9 @@ async fn worker_killmails_reconnects_when_rabbitmq_drops_it_and_loses_nothing() 
     let env = TestEnv::new().await;
     let publisher = env.publisher().await;
     let mut events = env.subscribe().await;
-    let mut worker = env.spawn("worker-killmails", &[]);
+    let health = format!("127.0.0.1:{}", free_port());
+    let mut worker = env.spawn("worker-killmails", &["--health-addr", &health]);
+    let all_up = serde_json::json!({"postgres": "up", "redis": "up", "rabbitmq": "up"});
     let jobs: Vec<IngestJob> = fixtures::killmails()
         .into_iter()
         .take(120)
@@ -75,6 +96,7 @@ async fn worker_killmails_reconnects_when_rabbitmq_drops_it_and_loses_nothing() 
         })
     };
     env.wait_for_killmails(30).await;
+    assert_eq!(readyz(&health).await, (200, all_up.clone()));
     let closed =
         close_rabbitmq_connections(&format!("worker-killmails {}", env.topology().queue)).await;
     assert_eq!(closed, 1, "the worker's connection was found and closed");
@@ -92,5 +114,36 @@ async fn worker_killmails_reconnects_when_rabbitmq_drops_it_and_loses_nothing() 
         worker.try_wait().expect("status").is_none(),
         "the worker is still running"
     );
+    assert_eq!(readyz(&health).await, (200, all_up));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_rabbitmq_says_so_on_readyz_and_keeps_trying() {
+    let env = TestEnv::new().await;
+    let health = format!("127.0.0.1:{}", free_port());
+    let nobody = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    let mut worker = env
+        .command("worker-redisq", &["--health-addr", &health])
+        .env("RABBITMQ_URL", &nobody)
+        .spawn()
+        .expect("spawning worker-redisq");
+    let (status, states) = readyz(&health).await;
+    assert_eq!(
+        (status, states),
+        (
+            503,
+            serde_json::json!({"rabbitmq": "down", "postgres": "up"})
+        )
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        worker.try_wait().expect("status").is_none(),
+        "worker-redisq gave up instead of retrying"
+    );
+    let healthz = reqwest::get(format!("http://{health}/healthz"))
+        .await
+        .expect("healthz");
+    assert_eq!(healthz.status(), 200);
     env.cleanup().await;
 }

@@ -24,6 +24,14 @@ use tokio::sync::mpsc;
 /// Every wait in a test ends after this long at the most.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A port of 127.0.0.1 nobody listens on just now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -150,10 +158,7 @@ impl TestEnv {
     /// Starts the server on a free port and waits until it answers; returns it and its
     /// `http://127.0.0.1:port`.
     pub async fn start_server(&mut self) -> (Child, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         self.vars
             .insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
         let server = self.start_server_again().await;

@@ -7,7 +7,6 @@
 //! dropped, also when the test fails (the logs are then kept, and their place printed, as
 //! they are when `KEEP_FAULT_SUITE_LOGS` is set).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::{Services, terminate};
+use super::{Services, free_port, terminate};
 
 /// How long a service may take to start or stop; RabbitMQ boots in 5–25 s on a busy machine.
 const SERVICE_PATIENCE: Duration = Duration::from_secs(120);
@@ -83,13 +82,6 @@ fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn log_file(path: &Path) -> std::fs::File {
