@@ -2,7 +2,9 @@
 //! runs; `GET /readyz` is 200 when every dependency the process needs is reachable, else 503,
 //! with each one's state either way: `{"postgres":"up","redis":"down","rabbitmq":"up"}`.
 //! `server` serves both beside `/graphql`; a worker serves them on `HEALTH_ADDR` when it is set.
+//! And [`until_up`]: a long-running process started before its dependencies waits for them.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -153,4 +155,47 @@ pub async fn serve(
         }
     });
     Ok(())
+}
+
+/// Connects with `connect` until it succeeds, with backoff and jitter (up to 30 s between
+/// attempts), so that a process started before `what` (PostgreSQL still booting, say) waits
+/// for it instead of exiting. Logged when waiting starts and whenever the error changes (a
+/// wrong password is not retried in silence); gives up only at shutdown.
+pub async fn until_up<T, E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut connect: F,
+) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let backoff = crate::feed::Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+    let mut failures = 0;
+    let mut last_error = String::new();
+    loop {
+        let error = match connect().await {
+            Ok(connected) => {
+                if failures > 0 {
+                    tracing::info!("{what} is up");
+                }
+                return Ok(connected);
+            }
+            Err(error) => format!("{:#}", error.into()),
+        };
+        failures += 1;
+        let delay = backoff.delay(failures);
+        if error != last_error {
+            tracing::warn!(%error, retry_in = ?delay, "waiting for {what}");
+        }
+        last_error = error;
+        tokio::select! {
+            () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for {what}: {last_error}"),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::health::Readiness;
+use killreport::health::{Readiness, until_up};
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;
@@ -32,18 +32,17 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = killreport::shutdown::on_signal();
 
-    let pool = args.database.connect().await?;
-    let redis = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
-        .await
-        .context("connecting to Redis")?;
+    let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
+    let (redis_url, channel) = (&args.redis.redis_url, &args.redis.events_channel);
+    let redis = until_up("Redis", &shutdown, || {
+        EventPublisher::connect(redis_url, channel)
+    })
+    .await?;
     let statics = Arc::new(Statics::load(&pool).await.context("loading static data")?);
-    let hub = Hub::start(
-        pool.clone(),
-        Arc::clone(&statics),
-        &args.redis.redis_url,
-        &args.redis.events_channel,
-        shutdown.clone(),
-    )
+    let hub = until_up("Redis", &shutdown, || {
+        let (pool, statics) = (pool.clone(), Arc::clone(&statics));
+        Hub::start(pool, statics, redis_url, channel, shutdown.clone())
+    })
     .await
     .context("subscribing to killmail events on Redis")?;
     let schema = killreport::graphql::schema(pool.clone(), hub.clone(), statics);

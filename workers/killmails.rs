@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::health::{Broker, Readiness};
+use killreport::health::{Broker, Readiness, until_up};
 use killreport::ingest::{Announcer, BatchSettings, Consuming};
 use killreport::shutdown::finish_within;
 
@@ -50,11 +49,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = killreport::shutdown::on_signal();
 
-    let pool = args.database.connect().await?;
+    let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let esi = args.esi.client()?;
-    let events = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
-        .await
-        .context("connecting to Redis")?;
+    let (redis_url, channel) = (&args.redis.redis_url, &args.redis.events_channel);
+    let events = until_up("Redis", &shutdown, || {
+        EventPublisher::connect(redis_url, channel)
+    })
+    .await?;
     let names = (esi.clone(), Duration::from_millis(args.names_budget_ms));
     let announcer = Announcer::new(pool.clone(), events.clone(), Some(names));
     let consuming = Consuming {

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::config::{DatabaseArgs, FeedArgs, HealthArgs, RabbitArgs};
 use killreport::feed::{Backoff, R2z2Poller, RedisqPoller};
-use killreport::health::{Broker, Readiness};
+use killreport::health::{Broker, Readiness, until_up};
 use killreport::queue::Publisher;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,12 +46,7 @@ async fn main() -> anyhow::Result<()> {
     // Only R2Z2 keeps a cursor, so only R2Z2 needs the database.
     let pool = match args.feed.redisq_url {
         Some(_) => None,
-        None => Some(
-            args.database
-                .connect()
-                .await
-                .context("connecting to PostgreSQL")?,
-        ),
+        None => Some(until_up("PostgreSQL", &shutdown, || args.database.connect()).await?),
     };
     let rabbitmq = Broker::default();
     let readiness = Readiness::default().rabbitmq(rabbitmq.clone());

@@ -1,7 +1,7 @@
 //! Faults injected into one test's own connections (so parallel tests are untouched): the
 //! broker drops worker-killmails' connection mid-stream; the worker reconnects by itself and
 //! nothing is lost or announced twice. A worker whose broker cannot be reached says so on
-//! `/readyz` and keeps trying.
+//! `/readyz` and keeps trying; one started before PostgreSQL and Redis waits for them.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use killreport::killmail::Source;
 use killreport::queue::IngestJob;
 
 use crate::support::{
-    PATIENCE, TestEnv, assert_no_more_events, fixtures, free_port, receive_events,
+    PATIENCE, TestEnv, assert_no_more_events, fixtures, free_port, receive_events, started_late,
 };
 
 /// What a worker's `/readyz` at `addr` answers, once its health endpoint is up.
@@ -145,5 +145,40 @@ async fn a_worker_that_cannot_reach_rabbitmq_says_so_on_readyz_and_keeps_trying(
         .await
         .expect("healthz");
     assert_eq!(healthz.status(), 200);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_worker_started_before_postgresql_and_redis_waits_for_them_then_works() {
+    let env = TestEnv::new().await;
+    let publisher = env.publisher().await;
+    let mut events = env.subscribe().await;
+    let late = Duration::from_secs(3);
+    let mut worker = env
+        .command("worker-killmails", &[])
+        .env("DATABASE_URL", started_late(&env.database_url, late))
+        .env("REDIS_URL", started_late(&env.redis_url, late))
+        .spawn()
+        .expect("spawning worker-killmails");
+    let (killmail, hash) = fixtures::killmails().remove(0);
+    let id = killmail.killmail_id;
+    publisher
+        .publish(&IngestJob {
+            killmail_id: id,
+            hash,
+            killmail: Some(killmail),
+            zkb: None,
+            source: Source::Redisq,
+        })
+        .await
+        .expect("publish");
+    tokio::time::sleep(late / 2).await;
+    assert!(
+        worker.try_wait().expect("status").is_none(),
+        "worker-killmails exited instead of waiting"
+    );
+    let announced = receive_events(&mut events, 1).await;
+    assert_eq!(announced[0].killmail.killmail_id, id);
+    env.wait_for_killmails(1).await;
     env.cleanup().await;
 }

@@ -305,15 +305,68 @@ async fn keepalive_pings_drop_silent_peers_and_uninitialised_connections() {
     env.cleanup().await;
 }
 
-/// Frames drawn from valid client messages, mutated byte by byte and field by field (the
-/// decoders' fuzzing inputs), each sent on a connection of its own after `connection_init`.
-const FUZZED_FRAMES: usize = 200;
+/// Frames drawn from valid client messages of both protocols, mutated byte by byte and field
+/// by field (the decoders' fuzzing inputs), and well-formed messages of any type with odd ids,
+/// documents and variables; `FUZZ_FRAMES` sets how many, for longer runs.
+const FUZZED_FRAMES: usize = 400;
+
+/// Well-formed messages that reach past the decoder: any type, reused and odd ids, valid and
+/// broken documents, any variables.
+fn well_formed() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    let kinds = select(vec![
+        "connection_init",
+        "subscribe",
+        "start",
+        "complete",
+        "stop",
+        "ping",
+        "pong",
+        "connection_terminate",
+        "ka",
+        "next",
+    ]);
+    let ids = select(vec!["1", "2", "3", "", "a\"b", "ü", "1 "]);
+    let documents = select(vec![
+        IDS,
+        "subscription($f: KillmailFilter) { killmailAdded(filter: $f) { killmailId } }",
+        "subscription($a: String) { killmailAdded(after: $a) { killmailId cursor } }",
+        "subscription { killmailAdded(after: \"x\") { killmailId } }",
+        "subscription A { killmailAdded { killmailId } } subscription B { killmailAdded { id } }",
+        "{ killmails(first: 2) { edges { cursor } } }",
+        "{ killmails(first: 1000) { edges { cursor } } }",
+        "subscription { nope }",
+        "query {",
+        "",
+    ]);
+    let names = prop::option::of(select(vec!["A", "B", "C"]));
+    (
+        kinds,
+        ids,
+        documents,
+        crate::robustness::decoders::any_json(),
+        names,
+    )
+        .prop_map(|(kind, id, query, variables, name)| {
+            json!({"type": kind, "id": id,
+                   "payload": {"query": query, "variables": variables, "operationName": name}})
+            .to_string()
+            .into_bytes()
+        })
+}
 
 #[tokio::test]
 async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_server_carries_on() {
+    use std::collections::BTreeMap;
+
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::TestRunner;
 
+    let frames = crate::support::env_or("FUZZ_FRAMES", &FUZZED_FRAMES.to_string())
+        .parse::<usize>()
+        .expect("FUZZ_FRAMES is a number");
     let mut env = TestEnv::new().await;
     let (mut server, url) = server(&mut env, &[]).await;
     let mut good = watcher(&url).await;
@@ -321,7 +374,9 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
         json!({"type": "connection_init", "payload": {}}),
         json!({"type": "subscribe", "id": "1", "payload": {"query": IDS, "variables": {"f": {"npc": true}}}}),
         json!({"type": "start", "id": "2", "payload": {"query": "subscription($f: KillmailFilter) { killmailAdded(filter: $f) { id } }", "operationName": null}}),
+        json!({"type": "subscribe", "id": "3", "payload": {"query": "{ killmails(first: 2) { edges { cursor } } }"}}),
         json!({"type": "complete", "id": "1"}),
+        json!({"type": "stop", "id": "2"}),
         json!({"type": "ping", "payload": {"at": 1}}),
         json!({"type": "pong"}),
         json!({"type": "connection_terminate"}),
@@ -329,34 +384,52 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
     .iter()
     .map(|m| m.to_string().into_bytes())
     .collect();
-    let strategy = crate::robustness::decoders::input(corpus);
+    let strategy = proptest::prop_oneof![crate::robustness::decoders::input(corpus), well_formed()];
     let mut runner = TestRunner::deterministic();
     let allowed = [1000, 1009, 4400, 4401, 4409, 4429];
-    let mut closed = 0;
-    for _ in 0..FUZZED_FRAMES {
+    // Close codes seen, by code; the rest were answered and the connection went on.
+    let mut closes: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut client: Option<WsClient> = None;
+    for n in 0..frames {
         let bytes = strategy.new_tree(&mut runner).expect("an input").current();
         let frame = match String::from_utf8(bytes) {
             Ok(text) => Message::Text(text.clone().into()),
             Err(bytes) => Message::Binary(bytes.into_bytes().into()),
         };
-        let mut client = WsClient::open(&url, Protocol::TransportWs)
-            .await
-            .expect("connect");
-        client.init().await;
-        client.send_frame(frame.clone()).await;
+        // A connection goes on from frame to frame until one closes it; then the next frame
+        // gets a new one, speaking the other protocol.
+        let mut open = match client.take() {
+            Some(open) => open,
+            None => {
+                let protocol = if n % 2 == 0 {
+                    Protocol::TransportWs
+                } else {
+                    Protocol::LegacyWs
+                };
+                let mut open = WsClient::open(&url, protocol).await.expect("connect");
+                open.init().await;
+                open
+            }
+        };
+        open.send_frame(frame.clone()).await;
         // Either the connection is closed with a protocol code and a reason, or it carries on
         // and answers a ping.
-        client.send(json!({"type": "ping"})).await;
-        match tokio::time::timeout(Duration::from_secs(5), client.close_or_pong()).await {
+        open.send(json!({"type": "ping"})).await;
+        match tokio::time::timeout(Duration::from_secs(5), open.close_or_pong()).await {
             Ok(Some((code, reason))) => {
                 assert!(allowed.contains(&code), "{frame:?} → {code} {reason}");
                 assert!(code == 1000 || !reason.is_empty(), "{frame:?} → {code}");
-                closed += 1;
+                *closes.entry(code).or_default() += 1;
             }
-            Ok(None) => {}
+            Ok(None) => client = Some(open),
             Err(_) => panic!("{frame:?}: neither closed nor answered"),
         }
     }
+    let closed: usize = closes.values().sum();
+    println!(
+        "{frames} fuzzed frames: {} answered, {closed} closed the connection {closes:?} (code: times)",
+        frames - closed
+    );
     assert!(closed > 0, "no fuzzed frame was refused");
     assert!(
         server.try_wait().expect("status").is_none(),

@@ -264,7 +264,7 @@ fn edit_json(body: &[u8], edits: &[JsonEdit]) -> Vec<u8> {
 }
 
 /// Any JSON document, a few levels deep.
-fn any_json() -> impl Strategy<Value = Value> {
+pub fn any_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),

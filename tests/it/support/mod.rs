@@ -32,6 +32,35 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `url` (a service's) with its port replaced by a port of 127.0.0.1 that refuses connections
+/// for `delay` and then forwards each one to the service: the service as if it started late.
+pub fn started_late(url: &str, delay: Duration) -> String {
+    let mut late = reqwest::Url::parse(url).expect("a service URL");
+    let target = format!(
+        "{}:{}",
+        late.host_str().expect("a host"),
+        late.port().expect("a port")
+    );
+    let port = free_port();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the late port is still free");
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    late.set_host(Some("127.0.0.1")).expect("a host");
+    late.set_port(Some(port)).expect("a port");
+    late.to_string()
+}
+
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
