@@ -187,8 +187,29 @@ impl Killmail {
         if self.attackers.is_empty() {
             return Err("killmail has no attackers".into());
         }
+        // Outside these a time is no loss's (and, past year 9999 or before year 0, not even
+        // one RFC 3339 can write back); one in the future would head every list for good.
+        let time = self.killmail_time;
+        if time < eve_launch() {
+            return Err(format!(
+                "killmail_time {time} is before EVE Online began (2003-05-06)"
+            ));
+        }
+        if time > Utc::now() + chrono::Duration::days(1) {
+            return Err(format!("killmail_time {time} is in the future"));
+        }
         Ok(())
     }
+}
+
+/// The day EVE Online opened: no killmail is older.
+fn eve_launch() -> DateTime<Utc> {
+    DateTime::from_naive_utc_and_offset(
+        chrono::NaiveDate::from_ymd_opt(2003, 5, 6)
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .expect("a valid date"),
+        Utc,
+    )
 }
 
 /// Checks that `hash` looks like a killmail hash: 40 hex digits.
@@ -245,4 +266,32 @@ pub struct Received {
     pub hash: String,
     pub zkb: Option<Zkb>,
     pub source: Source,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn killmail_at(time: &str) -> Result<Killmail, String> {
+        let json = serde_json::json!({
+            "killmail_id": 1, "killmail_time": time, "solar_system_id": 30000142,
+            "victim": {"ship_type_id": 670, "damage_taken": 1},
+            "attackers": [{"damage_done": 1, "final_blow": true, "security_status": 0.0}]
+        });
+        let killmail: Killmail = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        killmail.validate().map(|()| killmail)
+    }
+
+    #[test]
+    fn a_killmail_time_is_one_eve_could_have_seen() {
+        let kept = killmail_at("2021-12-03T00:00:08Z").expect("a real time");
+        let text = serde_json::to_value(&kept).expect("JSON")["killmail_time"].clone();
+        assert_eq!(text, "2021-12-03T00:00:08Z");
+        // Found by fuzzing: year 0 with an offset is year -1 in UTC, which no RFC 3339 text
+        // can carry, so the job could not be read back once queued.
+        let error = killmail_at("0000-01-01T00:00:00+23:59").expect_err("year -1");
+        assert!(error.contains("before EVE Online began"), "{error}");
+        let error = killmail_at("9999-12-31T23:59:59-23:59").expect_err("year 10000");
+        assert!(error.contains("in the future"), "{error}");
+    }
 }
