@@ -9,8 +9,8 @@ use std::any::Any;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -45,11 +45,24 @@ const SWEEP_BATCH: i64 = 500;
 pub struct Announcer {
     pool: PgPool,
     events: EventPublisher,
-    /// Where unknown character, corporation and alliance names are resolved, and how long an
-    /// announcement may wait for them. Without it, only names already stored are sent.
-    resolve_names: Option<(Esi, Duration)>,
+    /// Where unknown character, corporation and alliance names are resolved. Without it, only
+    /// names already stored are sent.
+    names: Option<Names>,
     /// Whether the last publish went through; shared by clones.
     redis_up: Arc<AtomicBool>,
+}
+
+/// While ESI fails to name people, how often an announcement asks it again; the others go out
+/// at once with the names the store has.
+const NAMES_PROBE: Duration = Duration::from_secs(10);
+
+/// ESI's names for the announcer: how long an announcement may wait for them, and when ESI
+/// last failed to give them, while it fails (shared by clones).
+#[derive(Clone)]
+struct Names {
+    esi: Esi,
+    budget: Duration,
+    failing: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Announcer {
@@ -61,7 +74,11 @@ impl Announcer {
         Self {
             pool,
             events,
-            resolve_names,
+            names: resolve_names.map(|(esi, budget)| Names {
+                esi,
+                budget,
+                failing: Arc::default(),
+            }),
             redis_up: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -108,8 +125,8 @@ impl Announcer {
             .flat_map(|(_, r)| r.killmail.entity_ids())
             .collect();
         let entities: Vec<i64> = entities.into_iter().collect();
-        if let Some((esi, budget)) = &self.resolve_names {
-            self.resolve(esi, *budget, &entities).await;
+        if let Some(names) = &self.names {
+            self.resolve(names, &entities).await;
         }
 
         // Claimed in a transaction that commits only once Redis has the events: if publishing
@@ -211,22 +228,40 @@ impl Announcer {
         }
     }
 
-    /// Asks ESI for the names the store lacks, giving up quietly when the budget runs out:
-    /// an event without a name is better than a late event.
-    async fn resolve(&self, esi: &Esi, budget: Duration, entities: &[i64]) {
+    /// Asks ESI for the names the store lacks, giving up when the budget runs out: an event
+    /// without a name is better than a late event. While ESI fails, only one announcement in
+    /// [`NAMES_PROBE`] asks (and waits); the outage is logged when it starts and ends.
+    async fn resolve(&self, names: &Names, entities: &[i64]) {
+        let lock = || names.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if lock().is_some_and(|failed| failed.elapsed() < NAMES_PROBE) {
+            return;
+        }
+        // Whether ESI was asked: with every name stored already, nothing is learnt of it.
         let work = async {
             let unnamed = db::names::unnamed(&self.pool, entities).await?;
             if unnamed.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
-            let names = esi.names(&unnamed).await?;
-            db::names::save(&self.pool, &names).await?;
-            anyhow::Ok(())
+            let found = names.esi.names(&unnamed).await?;
+            db::names::save(&self.pool, &found).await?;
+            anyhow::Ok(true)
         };
-        match tokio::time::timeout(budget, work).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "names not resolved"),
-            Err(_) => tracing::warn!(?budget, "names not resolved in time"),
+        let error = match tokio::time::timeout(names.budget, work).await {
+            Ok(Ok(false)) => return,
+            Ok(Ok(true)) => {
+                if lock().take().is_some() {
+                    tracing::info!("ESI names characters and corporations again");
+                }
+                return;
+            }
+            Ok(Err(error)) => format!("{error:#}"),
+            Err(_) => format!("no answer within {:?}", names.budget),
+        };
+        if lock().replace(Instant::now()).is_none() {
+            tracing::warn!(
+                %error,
+                "names not resolved: events go out with the names the store has, and ESI is asked again every {NAMES_PROBE:?} until it answers"
+            );
         }
     }
 }

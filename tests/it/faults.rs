@@ -12,6 +12,21 @@ use crate::support::{
     PATIENCE, TestEnv, assert_no_more_events, fixtures, free_port, receive_events, started_late,
 };
 
+/// Jobs for the first `n` fixture killmails, with their bodies.
+fn fixture_jobs(n: usize) -> Vec<IngestJob> {
+    fixtures::killmails()
+        .into_iter()
+        .take(n)
+        .map(|(killmail, hash)| IngestJob {
+            killmail_id: killmail.killmail_id,
+            hash,
+            killmail: Some(killmail),
+            zkb: None,
+            source: Source::Redisq,
+        })
+        .collect()
+}
+
 /// What a worker's `/readyz` at `addr` answers, once its health endpoint is up.
 async fn readyz(addr: &str) -> (u16, serde_json::Value) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -73,17 +88,7 @@ async fn worker_killmails_reconnects_when_rabbitmq_drops_it_and_loses_nothing() 
     let health = format!("127.0.0.1:{}", free_port());
     let mut worker = env.spawn("worker-killmails", &["--health-addr", &health]);
     let all_up = serde_json::json!({"postgres": "up", "redis": "up", "rabbitmq": "up"});
-    let jobs: Vec<IngestJob> = fixtures::killmails()
-        .into_iter()
-        .take(120)
-        .map(|(killmail, hash)| IngestJob {
-            killmail_id: killmail.killmail_id,
-            hash,
-            killmail: Some(killmail),
-            zkb: None,
-            source: Source::Redisq,
-        })
-        .collect();
+    let jobs = fixture_jobs(120);
 
     let feeding = {
         let publisher = publisher.clone();
@@ -160,25 +165,15 @@ async fn a_worker_started_before_postgresql_and_redis_waits_for_them_then_works(
         .env("REDIS_URL", started_late(&env.redis_url, late))
         .spawn()
         .expect("spawning worker-killmails");
-    let (killmail, hash) = fixtures::killmails().remove(0);
-    let id = killmail.killmail_id;
-    publisher
-        .publish(&IngestJob {
-            killmail_id: id,
-            hash,
-            killmail: Some(killmail),
-            zkb: None,
-            source: Source::Redisq,
-        })
-        .await
-        .expect("publish");
+    let job = fixture_jobs(1).remove(0);
+    publisher.publish(&job).await.expect("publish");
     tokio::time::sleep(late / 2).await;
     assert!(
         worker.try_wait().expect("status").is_none(),
         "worker-killmails exited instead of waiting"
     );
     let announced = receive_events(&mut events, 1).await;
-    assert_eq!(announced[0].killmail.killmail_id, id);
+    assert_eq!(announced[0].killmail.killmail_id, job.killmail_id);
     env.wait_for_killmails(1).await;
     env.cleanup().await;
 }

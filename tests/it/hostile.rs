@@ -368,7 +368,8 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
         .parse::<usize>()
         .expect("FUZZ_FRAMES is a number");
     let mut env = TestEnv::new().await;
-    let (mut server, url) = server(&mut env, &[]).await;
+    // The neighbour reads only at the end: long runs must not drop it for unanswered pings.
+    let (mut server, url) = server(&mut env, &[("WS_KEEPALIVE_SECS", "3600")]).await;
     let mut good = watcher(&url).await;
     let corpus: Vec<Vec<u8>> = [
         json!({"type": "connection_init", "payload": {}}),

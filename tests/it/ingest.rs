@@ -135,6 +135,70 @@ async fn a_job_without_its_body_is_fetched_from_esi_retried_through_an_outage_an
 }
 
 #[tokio::test]
+async fn while_esi_cannot_name_people_killmails_go_out_at_once_and_esi_is_asked_again_later() {
+    let mut env = TestEnv::new().await;
+    let esi = FakeEsi::default();
+    let killmails: Vec<_> = fixtures::killmails()
+        .into_iter()
+        .filter(|(k, _)| k.victim.character_id.is_some())
+        .take(6)
+        .collect();
+    for (killmail, _) in &killmails {
+        for id in killmail.entity_ids() {
+            esi.add_name(id, "character", &format!("Pilot {id}"));
+        }
+    }
+    esi.fail_next_names_requests(&[503]);
+    let served = esi.serve().await;
+    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let publisher = env.publisher().await;
+    let mut events = env.subscribe().await;
+    let _worker = env.spawn("worker-killmails", &[]);
+    let jobs: Vec<IngestJob> = killmails
+        .into_iter()
+        .map(|(killmail, hash)| IngestJob {
+            killmail_id: killmail.killmail_id,
+            hash,
+            killmail: Some(killmail),
+            zkb: None,
+            source: Source::Redisq,
+        })
+        .collect();
+    let victim_named = |event: &killreport::events::KillmailAdded| {
+        event
+            .killmail
+            .victim
+            .character_id
+            .is_some_and(|id| event.names.contains_key(&id.to_string()))
+    };
+    let names_asked = || {
+        esi.requests()
+            .iter()
+            .filter(|r| r.starts_with("/universe/names/"))
+            .count()
+    };
+
+    // The first announcement asks ESI, which fails; the next ones do not wait on it.
+    let started = tokio::time::Instant::now();
+    for job in &jobs[..5] {
+        publisher.publish(job).await.expect("publish");
+        let event = receive_events(&mut events, 1).await.remove(0);
+        assert_eq!(event.killmail.killmail_id, job.killmail_id);
+        assert!(!victim_named(&event), "named while ESI was failing");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(names_asked(), 1, "ESI asked once while it was failing");
+
+    // Once the pause is over, ESI is asked again and names the next one.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    publisher.publish(&jobs[5]).await.expect("publish");
+    let event = receive_events(&mut events, 1).await.remove(0);
+    assert!(victim_named(&event), "named once ESI answers again");
+    assert_eq!(names_asked(), 2);
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_killmail_esi_does_not_know_is_dead_lettered() {
     let mut env = TestEnv::new().await;
     let esi = FakeEsi::default();

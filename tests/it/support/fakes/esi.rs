@@ -21,6 +21,8 @@ pub struct EsiState {
     pub names: HashMap<i64, (String, String)>,
     /// Statuses to answer killmail requests with before answering normally, one per request.
     pub killmail_failures: VecDeque<u16>,
+    /// The same for name requests.
+    pub names_failures: VecDeque<u16>,
     /// Answers to killmail requests before the failures above, one per request: a status (200
     /// serves the killmail) with extra headers, like ESI's error-limit headers.
     pub killmail_answers: VecDeque<(u16, Vec<(String, String)>)>,
@@ -47,6 +49,10 @@ impl FakeEsi {
 
     pub fn fail_next_killmail_requests(&self, statuses: &[u16]) {
         self.state().killmail_failures.extend(statuses);
+    }
+
+    pub fn fail_next_names_requests(&self, statuses: &[u16]) {
+        self.state().names_failures.extend(statuses);
     }
 
     /// Answers the next killmail request with `status` (200: the killmail) and `headers`.
@@ -128,6 +134,10 @@ async fn names(State(esi): State<FakeEsi>, Json(ids): Json<Vec<i64>>) -> Respons
     state.request_times.push(Instant::now());
     if ids.len() > 1000 {
         return (StatusCode::BAD_REQUEST, "too many ids").into_response();
+    }
+    if let Some(status) = state.names_failures.pop_front() {
+        let status = StatusCode::from_u16(status).expect("status");
+        return (status, Json(serde_json::json!({"error": "fake failure"}))).into_response();
     }
     let mut out = Vec::new();
     for id in ids {
