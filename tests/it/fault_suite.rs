@@ -331,7 +331,10 @@ impl Pipeline {
         stop_watching.cancel();
         let reported_down = watching.await.expect("watching /readyz");
         streaming.await.expect("streaming the phase");
+        // The streaming task sleeps one pace after revealing the last killmail.
+        let last_revealed = Instant::now() - PACE;
         let through = self.wait_until_through(&ids).await;
+        let caught_up = last_revealed.elapsed();
         let ready_again = self.all_ready().await;
         let exited = self.restart_exited().await;
         let resumed_after = self.subscriber.deliveries().resumed_after[resumes_before..].to_vec();
@@ -344,6 +347,7 @@ impl Pipeline {
             exited,
             resumed_after,
             fault_took,
+            caught_up,
             took: started.elapsed(),
         }
     }
@@ -364,6 +368,8 @@ struct Phase {
     /// Why the subscriber's sessions ended during the phase.
     resumed_after: Vec<String>,
     fault_took: Duration,
+    /// From the last killmail's appearance on the feed until all were stored and delivered.
+    caught_up: Duration,
     took: Duration,
 }
 
@@ -437,7 +443,7 @@ fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7} {:>6}  readyz said down",
+        "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7} {:>10} {:>7}  readyz said down",
         "fault",
         "sent",
         "stored",
@@ -446,12 +452,13 @@ fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
         "duplicated",
         "resumes",
         "fault s",
+        "catch-up s",
         "phase s"
     );
     for (phase, row) in phases.iter().zip(rows) {
         let _ = writeln!(
             out,
-            "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7.1} {:>6.1}  {}",
+            "{:<37} {:>5} {:>6} {:>9} {:>4} {:>10} {:>7} {:>7.1} {:>10.1} {:>7.1}  {}",
             phase.fault.describe(),
             row.sent,
             row.stored,
@@ -460,6 +467,7 @@ fn table(phases: &[Phase], rows: &[Row], unexpected: &[i64]) -> String {
             row.duplicated,
             phase.resumed_after.len(),
             phase.fault_took.as_secs_f64(),
+            phase.caught_up.as_secs_f64(),
             phase.took.as_secs_f64(),
             phase.reported(),
         );
