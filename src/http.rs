@@ -3,8 +3,7 @@
 //! assets, and `/healthz` and `/readyz` (see `health`).
 
 use axum::body::Bytes;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,15 +41,10 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
 
 /// A WebSocket upgrade becomes a GraphQL subscription connection; anything else gets GraphiQL.
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
-    let (mut parts, _) = request.into_parts();
-    if !parts.headers.contains_key(header::UPGRADE) {
+    if !request.headers().contains_key(header::UPGRADE) {
         return crate::graphiql::page().into_response();
     }
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let requested = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL);
+    let requested = request.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
     let Some(protocol) = requested
         .and_then(|value| value.to_str().ok())
         .and_then(crate::ws::protocol::negotiate)
@@ -61,7 +55,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         )
             .into_response();
     };
-    state.ws.upgrade(upgrade, protocol)
+    state.ws.upgrade(request, protocol)
 }
 
 /// Runs one query; the body is a GraphQL-over-HTTP JSON request.

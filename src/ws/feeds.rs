@@ -19,9 +19,9 @@ use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
 use async_graphql::{Name, Request, Response, Variables};
-use axum::extract::ws::Utf8Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
+use tungstenite::Utf8Bytes;
 
 use super::Outbox;
 use super::protocol::{self, Outgoing, Protocol};

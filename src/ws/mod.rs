@@ -12,14 +12,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
 use async_graphql::parser::types::ExecutableDocument;
 
@@ -57,6 +63,10 @@ pub struct WsService {
     shutdown: CancellationToken,
 }
 
+/// A client's connection once upgraded: tungstenite's own socket, not axum's wrapper of it, so
+/// that long messages can go out in fragments (see `protocol::FRAGMENT`).
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 /// How long a closing connection may take to say goodbye to a client that does not read.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at a time; a larger message still arrives whole.
@@ -90,8 +100,13 @@ impl WsService {
         let _ = tokio::time::timeout(CLOSE_GRACE, self.connections.acquire_many(all)).await;
     }
 
-    /// Accepts the upgrade, unless the server already holds as many connections as it may.
-    pub fn upgrade(&self, upgrade: WebSocketUpgrade, protocol: Protocol) -> Response {
+    /// Accepts a WebSocket handshake (HTTP/1.1) speaking `protocol`, unless it is not a valid
+    /// one (400) or the server already holds as many connections as it may (503).
+    pub fn upgrade(&self, mut request: Request, protocol: Protocol) -> Response {
+        let key = match handshake_key(&request) {
+            Ok(key) => key,
+            Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
+        };
         let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
             let message = format!(
                 "too many connections: this server holds at most {}",
@@ -99,20 +114,41 @@ impl WsService {
             );
             return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
         };
-        let service = self.clone();
-        upgrade
-            .protocols([protocol.sec_websocket_protocol()])
+        let upgrading = hyper::upgrade::on(&mut request);
+        let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(WRITE_BUFFER)
-            .max_message_size(self.limits.max_message_bytes)
-            .max_frame_size(self.limits.max_message_bytes)
-            .on_upgrade(move |socket| async move {
-                service.serve(socket, protocol).await;
-                drop(permit);
-            })
+            .max_message_size(Some(self.limits.max_message_bytes))
+            .max_frame_size(Some(self.limits.max_message_bytes));
+        let service = self.clone();
+        tokio::spawn(async move {
+            match upgrading.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config));
+                    service.serve(socket.await, protocol).await;
+                }
+                Err(error) => tracing::debug!(%error, "a WebSocket upgrade did not complete"),
+            }
+            drop(permit);
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                derive_accept_key(key.as_bytes()),
+            )
+            .header(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                protocol.sec_websocket_protocol(),
+            )
+            .body(Body::empty())
+            .expect("a valid 101 response")
     }
 
-    async fn serve(self, socket: WebSocket, protocol: Protocol) {
+    async fn serve(self, socket: Socket, protocol: Protocol) {
         let (sink, stream) = socket.split();
         let (sender, queue) = mpsc::channel(self.limits.send_queue);
         let outbox = Outbox {
@@ -173,7 +209,7 @@ impl Session {
     /// Reads the client's messages until the connection ends; tells the writer how to close.
     async fn run(
         mut self,
-        mut stream: SplitStream<WebSocket>,
+        mut stream: SplitStream<Socket>,
         closing: oneshot::Sender<Option<Close>>,
     ) {
         let keepalive = self.service.limits.keepalive;
@@ -234,11 +270,8 @@ impl Session {
     }
 
     /// A read error ends the connection; a message over the size limit is told so.
-    fn read_failed(&self, error: &axum::Error) -> Option<Close> {
-        let too_big = std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<tungstenite::Error>())
-            .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
-        too_big.then(|| {
+    fn read_failed(&self, error: &tungstenite::Error) -> Option<Close> {
+        matches!(error, tungstenite::Error::Capacity(_)).then(|| {
             Close::new(
                 code::TOO_BIG,
                 format!(
@@ -259,7 +292,8 @@ impl Session {
                 )));
             }
             // Pings are answered by the WebSocket layer itself; any frame shows the peer lives.
-            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            // (Raw frames are never read: fragments arrive as the message they make up.)
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Flow::Continue,
             Message::Close(_) => return Flow::Close(None),
         };
         let message = match serde_json::from_str::<ClientMessage>(&text) {
@@ -376,6 +410,32 @@ impl Session {
     }
 }
 
+/// The client's `Sec-WebSocket-Key`, once `request` is checked to be a WebSocket handshake.
+fn handshake_key(request: &Request) -> Result<HeaderValue, &'static str> {
+    let headers = request.headers();
+    let lists = |name: header::HeaderName, value: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|item| item.trim().eq_ignore_ascii_case(value))
+            })
+        })
+    };
+    if request.method() != Method::GET {
+        return Err("a WebSocket handshake is a GET");
+    }
+    if !lists(header::CONNECTION, "upgrade") || !lists(header::UPGRADE, "websocket") {
+        return Err("ask for a WebSocket with Connection: upgrade and Upgrade: websocket");
+    }
+    if !lists(header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err("this server speaks WebSocket version 13");
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or("Sec-WebSocket-Key is missing")
+}
+
 /// Whether the operation a request names (or its only one) is a subscription.
 fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
     feeds::operation(document, operation_name)
@@ -385,7 +445,7 @@ fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) 
 /// Drains the send queue into the socket until the session says how to close, then says
 /// goodbye within `CLOSE_GRACE`.
 async fn write(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     mut queue: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<Option<Close>>,
     protocol: Protocol,

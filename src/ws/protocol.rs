@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+pub use async_graphql::http::WebSocketProtocols as Protocol;
 use serde::Deserialize;
 use serde_json::Value;
-
-pub use async_graphql::http::WebSocketProtocols as Protocol;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
 /// A client's message, in either protocol (the legacy names are aliases).
 #[derive(Debug, Deserialize)]
@@ -39,6 +41,11 @@ pub enum ClientMessage {
     ConnectionTerminate,
 }
 
+/// Messages longer than this go out in fragments of this size: the socket's write buffer keeps
+/// the capacity of the largest frame it has held, so one whole 300 KB message would cost its
+/// connection 300 KB for as long as it stays open.
+pub const FRAGMENT: usize = 16 * 1024;
+
 /// A message for the client. Ids and payloads are JSON text already, shared between every
 /// subscriber of one execution.
 #[derive(Debug, Clone)]
@@ -60,8 +67,9 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    /// The frames that carry this message in `protocol`, in order.
-    pub fn frames(self, protocol: Protocol) -> impl Iterator<Item = Message> {
+    /// The frames that carry this message in `protocol`, in order; a long text in fragments
+    /// of [`FRAGMENT`] bytes, each a slice of the one shared text.
+    pub fn frames(self, protocol: Protocol) -> Frames {
         let legacy = protocol == Protocol::SubscriptionsTransportWS;
         let text = |text: String| Message::Text(Utf8Bytes::from(text));
         let (first, second) = match self {
@@ -77,6 +85,12 @@ impl Outgoing {
                 };
                 (text(pong), None)
             }
+            Outgoing::Text(text) if text.len() > FRAGMENT => {
+                return Frames {
+                    whole: [None, None],
+                    long: Some((Bytes::from(text), 0)),
+                };
+            }
             Outgoing::Text(text) => (Message::Text(text), None),
             Outgoing::Error { id, payload } => (
                 text(format!(
@@ -88,7 +102,45 @@ impl Outgoing {
                 (text(format!(r#"{{"id":{id},"type":"complete"}}"#)), None)
             }
         };
-        std::iter::once(first).chain(second)
+        Frames {
+            whole: [Some(first), second],
+            long: None,
+        }
+    }
+}
+
+/// The frames of one [`Outgoing`] message, in order.
+pub struct Frames {
+    /// Whole frames still to go.
+    whole: [Option<Message>; 2],
+    /// A long text still to go in fragments, and how many of its bytes have gone: a text
+    /// frame, then continuation frames, the last one final.
+    long: Option<(Bytes, usize)>,
+}
+
+impl Iterator for Frames {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        if let Some((text, sent)) = &mut self.long {
+            if *sent == text.len() {
+                return None;
+            }
+            let end = text.len().min(*sent + FRAGMENT);
+            let opcode = if *sent == 0 {
+                Data::Text
+            } else {
+                Data::Continue
+            };
+            let part = text.slice(*sent..end);
+            *sent = end;
+            return Some(Message::Frame(Frame::message(
+                part,
+                OpCode::Data(opcode),
+                end == text.len(),
+            )));
+        }
+        self.whole.iter_mut().find_map(Option::take)
     }
 }
 
@@ -146,7 +198,7 @@ impl Close {
 
     pub fn frame(self) -> Message {
         Message::Close(Some(CloseFrame {
-            code: self.code,
+            code: self.code.into(),
             reason: Utf8Bytes::from(self.reason),
         }))
     }
@@ -213,6 +265,30 @@ mod tests {
             next(&id, payload, Protocol::SubscriptionsTransportWS).as_str(),
             r#"{"id":"a\"b","type":"data","payload":{"data":{}}}"#
         );
+    }
+
+    #[test]
+    fn a_long_message_goes_out_in_fragments_that_make_it_whole() {
+        let text = "é".repeat(FRAGMENT); // 2 × FRAGMENT bytes, cut inside characters
+        let frames: Vec<Message> = Outgoing::Text(text.clone().into())
+            .frames(Protocol::GraphQLWS)
+            .collect();
+        assert_eq!(frames.len(), 2);
+        let mut whole = Vec::new();
+        for (i, frame) in frames.into_iter().enumerate() {
+            let Message::Frame(frame) = frame else {
+                panic!("a raw frame")
+            };
+            let header = frame.header();
+            let opcode = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(header.opcode, OpCode::Data(opcode));
+            assert_eq!(header.is_final, i == 1);
+            assert!(frame.payload().len() <= FRAGMENT);
+            whole.extend_from_slice(frame.payload());
+        }
+        assert_eq!(String::from_utf8(whole).expect("UTF-8 again"), text);
+        let short = Outgoing::Text("{}".into()).frames(Protocol::GraphQLWS);
+        assert!(matches!(short.collect::<Vec<_>>()[..], [Message::Text(_)]));
     }
 
     #[test]

@@ -33,9 +33,12 @@ const EXAMPLE: &str = "subscription OnNewKillmail {
 
 /// Jobs for `n` real killmails, each with a made-up but plausible zkb value.
 fn jobs(n: usize) -> Vec<(IngestJob, Killmail)> {
-    fixtures::killmails()
-        .into_iter()
-        .take(n)
+    jobs_for(fixtures::killmails().into_iter().take(n))
+}
+
+/// Jobs for `killmails`, the i-th with a zkb total value of i × 10⁸.
+fn jobs_for(killmails: impl Iterator<Item = (Killmail, String)>) -> Vec<(IngestJob, Killmail)> {
+    killmails
         .enumerate()
         .map(|(i, (killmail, hash))| {
             let zkb = Zkb(json!({"hash": hash, "totalValue": (i as f64) * 1.0e8, "npc": false, "solo": false, "awox": false, "points": 1, "labels": []}));
@@ -193,6 +196,36 @@ async fn both_protocols_get_every_killmail_once_and_filters_get_exactly_their_ma
             .collect();
         assert_eq!(&got, expected, "filter {filter}");
         client.assert_quiet(Duration::from_millis(500)).await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_largest_fights_arrive_whole_in_both_protocols() {
+    let mut env = TestEnv::new().await;
+    // The killmails with the most attackers: hundreds each, so every message is sent in
+    // several fragments.
+    let mut largest = fixtures::killmails();
+    largest.sort_by_key(|(k, _)| std::cmp::Reverse(k.attackers.len()));
+    let jobs = jobs_for(largest.into_iter().take(3));
+    let (_server, ws_url, _worker, publisher) = pipeline(&mut env).await;
+    let document = format!("subscription {{ killmailAdded {{ {FIELDS} }} }}");
+    let mut clients = Vec::new();
+    for protocol in [Protocol::TransportWs, Protocol::LegacyWs] {
+        let mut client = WsClient::connect(&ws_url, protocol).await;
+        client.subscribe("big", &document, json!({})).await;
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&publisher, &jobs).await;
+    for client in &mut clients {
+        let got = receive(client, "big", jobs.len()).await;
+        for (i, (got, (_, source))) in got.iter().zip(&jobs).enumerate() {
+            assert_same(got, source, i as f64 * 1.0e8);
+        }
+        let size = got[0].to_string().len();
+        let fragment = killreport::ws::protocol::FRAGMENT;
+        assert!(size > 2 * fragment, "{size} bytes is not several fragments");
     }
     env.cleanup().await;
 }
