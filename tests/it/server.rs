@@ -1,4 +1,4 @@
-//! The server process: health and readiness.
+//! The server process: health and readiness, the WebSocket handshake, shutdown.
 
 use crate::support::TestEnv;
 use crate::support::ws::{Protocol, WsClient};
@@ -57,5 +57,40 @@ async fn sigterm_closes_websockets_with_going_away_and_stops_the_server_promptly
         .expect("the server exits within 10 s of SIGTERM")
         .expect("exit status");
     assert!(exited.success(), "{exited}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_that_is_not_one_gets_400_with_its_reason() {
+    let mut env = TestEnv::new().await;
+    let (_server, base) = env.start_server().await;
+    let http = reqwest::Client::new();
+    let handshake = |version: &'static str, key: Option<&'static str>| {
+        let request = http
+            .get(format!("{base}/graphql"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", version)
+            .header("sec-websocket-protocol", "graphql-transport-ws");
+        match key {
+            Some(key) => request.header("sec-websocket-key", key),
+            None => request,
+        }
+    };
+    for (request, reason) in [
+        (handshake("13", None), "Sec-WebSocket-Key is missing"),
+        (
+            handshake("8", Some("dGhlIHNhbXBsZSBub25jZQ==")),
+            "version 13",
+        ),
+    ] {
+        let response = request.send().await.expect("an answer");
+        assert_eq!(response.status(), 400);
+        let body = response.text().await.expect("a body");
+        assert!(body.contains(reason), "{body}");
+    }
+    // The same server still upgrades a real client.
+    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    WsClient::connect(&ws_url, Protocol::LegacyWs).await;
     env.cleanup().await;
 }
