@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use killreport::killmail::Source;
 use killreport::queue::IngestJob;
 
 use crate::support::{
@@ -17,13 +16,7 @@ fn fixture_jobs(n: usize) -> Vec<IngestJob> {
     fixtures::killmails()
         .into_iter()
         .take(n)
-        .map(|(killmail, hash)| IngestJob {
-            killmail_id: killmail.killmail_id,
-            hash,
-            killmail: Some(killmail),
-            zkb: None,
-            source: Source::Redisq,
-        })
+        .map(fixtures::job)
         .collect()
 }
 

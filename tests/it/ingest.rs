@@ -154,16 +154,7 @@ async fn while_esi_cannot_name_people_killmails_go_out_at_once_and_esi_is_asked_
     let publisher = env.publisher().await;
     let mut events = env.subscribe().await;
     let _worker = env.spawn("worker-killmails", &[]);
-    let jobs: Vec<IngestJob> = killmails
-        .into_iter()
-        .map(|(killmail, hash)| IngestJob {
-            killmail_id: killmail.killmail_id,
-            hash,
-            killmail: Some(killmail),
-            zkb: None,
-            source: Source::Redisq,
-        })
-        .collect();
+    let jobs: Vec<IngestJob> = killmails.into_iter().map(fixtures::job).collect();
     let victim_named = |event: &killreport::events::KillmailAdded| {
         event
             .killmail

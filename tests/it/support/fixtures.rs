@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use killreport::killmail::Killmail;
+use killreport::killmail::{Killmail, Source};
+use killreport::queue::IngestJob;
 
 pub fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures")
@@ -41,4 +42,15 @@ pub fn killmails() -> Vec<(Killmail, String)> {
 /// An EVE Ref daily archive, `day` like "2021-12-03".
 pub fn archive(day: &str) -> PathBuf {
     dir().join(format!("everef/killmails-{day}.tar.bz2"))
+}
+
+/// A job for a fixture killmail as worker-redisq queues it: body included, no zkb.
+pub fn job((killmail, hash): (Killmail, String)) -> IngestJob {
+    IngestJob {
+        killmail_id: killmail.killmail_id,
+        hash,
+        killmail: Some(killmail),
+        zkb: None,
+        source: Source::Redisq,
+    }
 }
