@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{Context, ID, Object, Result};
-use chrono::{DateTime, Utc};
+use async_graphql::{
+    Context, ID, InputValueError, InputValueResult, Object, Result, Scalar, ScalarType, Value,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::loaders::NameLoader;
 use super::query::{Page, killmails_page};
@@ -16,6 +18,30 @@ use super::{Involvement, KillmailFilter, Statics, internal};
 use crate::db::killmails::StoredKillmail;
 use crate::events::KillmailAdded;
 use crate::killmail::{Attacker as EsiAttacker, Item, Zkb as EsiZkb};
+
+/// The schema's `DateTime`: written with a fraction of a second only when there is one.
+pub struct EsiTime(pub DateTime<Utc>);
+
+/// A time in UTC as ESI writes it: RFC 3339 with `Z`, like `2021-12-03T00:00:08Z`. Any RFC 3339
+/// time is read.
+#[Scalar(
+    name = "DateTime",
+    specified_by_url = "https://datatracker.ietf.org/doc/html/rfc3339"
+)]
+impl ScalarType for EsiTime {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::String(text) => DateTime::parse_from_rfc3339(text)
+                .map(|time| Self(time.with_timezone(&Utc)))
+                .map_err(|e| InputValueError::custom(format!("not an RFC 3339 time: {e}"))),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
 
 /// A killmail, as stored or as announced.
 #[derive(Clone)]
@@ -80,8 +106,8 @@ impl KillmailNode {
             })
             .unwrap_or_default()
     }
-    async fn time(&self) -> DateTime<Utc> {
-        self.0.killmail.killmail_time
+    async fn time(&self) -> EsiTime {
+        EsiTime(self.0.killmail.killmail_time)
     }
     /// The ingest cursor: pass it as `after` to `killmailAdded` to resume after this killmail.
     async fn cursor(&self) -> String {
@@ -90,8 +116,8 @@ impl KillmailNode {
     async fn killmail_id(&self) -> ID {
         self.killmail_id_text()
     }
-    async fn killmail_time(&self) -> DateTime<Utc> {
-        self.0.killmail.killmail_time
+    async fn killmail_time(&self) -> EsiTime {
+        EsiTime(self.0.killmail.killmail_time)
     }
     async fn solar_system(&self) -> SolarSystem {
         SolarSystem {

@@ -131,6 +131,10 @@ async fn a_killmail_comes_back_whole_with_names() {
     assert_eq!(got["killmailId"], "97089263");
     assert_eq!(got["hash"], hash);
     assert_eq!(got["time"], got["killmailTime"]);
+    // The same text as ESI's.
+    let esi_time = serde_json::to_value(&killmail).expect("JSON")["killmail_time"].clone();
+    assert_eq!(got["killmailTime"], esi_time);
+    assert!(esi_time.as_str().is_some_and(|t| t.ends_with('Z')));
     assert_eq!(got["attackerCount"], killmail.attackers.len());
     assert_eq!(got["victim"]["characterName"], "Victim Pilot");
     assert_eq!(got["victim"]["character"]["name"], "Victim Pilot");
