@@ -29,8 +29,6 @@ use crate::health::Broker;
 use crate::killmail::{Killmail, KillmailId, Received, Seq};
 use crate::queue::{IngestJob, Publisher, RetryOutcome};
 
-/// How long one publish to Redis may take before Redis counts as down.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
 /// While Redis is down, how often the sweep tries to announce what waits for it.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 /// Announcements one sweep transaction claims.
@@ -83,14 +81,14 @@ impl Announcer {
         }
     }
 
-    /// Publishes events within [`PUBLISH_TIMEOUT`]; a failure marks Redis down, logged when
-    /// it goes down rather than on every attempt.
+    /// Publishes events (the Redis client gives up within seconds: see
+    /// [`EventPublisher::connect`]); a failure marks Redis down, logged when it goes down rather
+    /// than on every attempt.
     async fn publish(&self, events: &[KillmailAdded]) -> anyhow::Result<()> {
-        let error = match tokio::time::timeout(PUBLISH_TIMEOUT, self.events.publish(events)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(error)) => anyhow::Error::new(error),
-            Err(_) => anyhow::anyhow!("no answer within {PUBLISH_TIMEOUT:?}"),
+        let Err(error) = self.events.publish(events).await else {
+            return Ok(());
         };
+        let error = anyhow::Error::new(error);
         if self.redis_up.swap(false, Ordering::Relaxed) {
             tracing::error!(
                 error = format!("{error:#}"),

@@ -352,13 +352,10 @@ impl Hub {
                     return None;
                 }
                 if state.replaying {
-                    match replay(&state.hub.pool, state.last, PAGE).await {
-                        Ok(page) if !page.is_empty() => {
-                            state.last = page[page.len() - 1].seq;
-                            let matching = state.hub.matching(page, &state.filter, None);
-                            state.buffer.extend(matching);
-                        }
-                        Ok(_) => state.replaying = false,
+                    let page = state.hub.page_after(&mut state.last, &state.filter, None);
+                    match page.await {
+                        Ok(Some(page)) => state.buffer.extend(page),
+                        Ok(None) => state.replaying = false,
                         Err(error) => {
                             tracing::error!(
                                 error = format!("{error:#}"),
@@ -415,13 +412,14 @@ impl Hub {
                 if state.last >= state.until {
                     return None;
                 }
-                match replay(&state.hub.pool, state.last, PAGE).await {
-                    Ok(page) if !page.is_empty() => {
-                        state.last = page[page.len() - 1].seq;
-                        let matching = state.hub.matching(page, &state.filter, Some(state.until));
-                        state.buffer.extend(matching);
-                    }
-                    Ok(_) => return None,
+                let until = Some(state.until);
+                match state
+                    .hub
+                    .page_after(&mut state.last, &state.filter, until)
+                    .await
+                {
+                    Ok(Some(page)) => state.buffer.extend(page),
+                    Ok(None) => return None,
                     Err(error) => {
                         // Ends the stream after this item.
                         state.until = state.last;
@@ -432,19 +430,28 @@ impl Hub {
         })
     }
 
-    /// The events of a stored page that pass `filter`, up to `until` when given.
-    fn matching(
+    /// The next page of stored events after `*last`, moving `*last` past it, with those that
+    /// pass `filter` (up to `until` when given); `None` when the store has nothing after it.
+    async fn page_after(
         &self,
-        page: Vec<KillmailAdded>,
+        last: &mut Seq,
         filter: &Filter,
         until: Option<Seq>,
-    ) -> impl Iterator<Item = Arc<KillmailAdded>> {
-        page.into_iter()
-            .filter(move |e| {
+    ) -> anyhow::Result<Option<Vec<Arc<KillmailAdded>>>> {
+        let page = replay(&self.pool, *last, PAGE).await?;
+        let Some(newest) = page.last() else {
+            return Ok(None);
+        };
+        *last = newest.seq;
+        let passing = page
+            .into_iter()
+            .filter(|e| {
                 until.is_none_or(|until| e.seq <= until)
                     && filter.matches(&e.killmail, e.zkb.as_ref(), &self.statics)
             })
             .map(Arc::new)
+            .collect();
+        Ok(Some(passing))
     }
 }
 

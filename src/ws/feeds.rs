@@ -314,12 +314,15 @@ impl Feed {
             let protocol = member.outbox.protocol;
             let message = match &last {
                 Some((id, was, message)) if *id == member.id && *was == protocol => message.clone(),
-                _ => messages
-                    .entry((Arc::clone(&member.id), protocol))
-                    .or_insert_with(|| protocol::next(&member.id, &payload, protocol))
-                    .clone(),
+                _ => {
+                    let message = messages
+                        .entry((Arc::clone(&member.id), protocol))
+                        .or_insert_with(|| protocol::next(&member.id, &payload, protocol))
+                        .clone();
+                    last = Some((Arc::clone(&member.id), protocol, message.clone()));
+                    message
+                }
             };
-            last = Some((Arc::clone(&member.id), protocol, message.clone()));
             match &mut member.catching_up {
                 None => member.outbox.push(Outgoing::Text(message)),
                 Some(held) if held.results.len() < self.hold => {
