@@ -25,7 +25,7 @@ use crate::support::fakes::esi::FakeEsi;
 use crate::support::fakes::r2z2::{self, FakeR2z2};
 use crate::support::private_services::PrivateServices;
 use crate::support::ws::ResumingSubscriber;
-use crate::support::{PATIENCE, TestEnv, free_port, terminate};
+use crate::support::{self, PATIENCE, TestEnv, free_port, terminate};
 
 /// The R2Z2 sequence of the first killmail.
 const START: i64 = 96_599_404;
@@ -100,21 +100,13 @@ async fn watch_readiness(
     readyz: Vec<(&'static str, String)>,
     stop: CancellationToken,
 ) -> BTreeSet<Down> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("an HTTP client");
     let mut down = BTreeSet::new();
     while !stop.is_cancelled() {
-        let answers = futures::future::join_all(readyz.iter().map(|(process, url)| {
-            let http = &http;
-            async move {
-                let states: serde_json::Map<String, serde_json::Value> =
-                    http.get(url).send().await.ok()?.json().await.ok()?;
-                Some((*process, states))
-            }
-        }))
-        .await;
+        let answers =
+            futures::future::join_all(readyz.iter().map(|(process, url)| async move {
+                Some((*process, support::readyz(url).await?.1))
+            }))
+            .await;
         for (process, states) in answers.into_iter().flatten() {
             for (dependency, state) in states {
                 if state != "up" {
@@ -254,15 +246,12 @@ impl Pipeline {
     async fn all_ready(&self) -> bool {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let answers = futures::future::join_all(
-                self.readyz
-                    .iter()
-                    .map(|(_, url)| reqwest::get(url.as_str())),
-            )
-            .await;
+            let answers =
+                futures::future::join_all(self.readyz.iter().map(|(_, url)| support::readyz(url)))
+                    .await;
             if answers
                 .iter()
-                .all(|a| a.as_ref().is_ok_and(|r| r.status() == 200))
+                .all(|a| a.as_ref().is_some_and(|(status, _)| *status == 200))
             {
                 return true;
             }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use killreport::queue::IngestJob;
 
 use crate::support::{
-    PATIENCE, TestEnv, assert_no_more_events, fixtures, free_port, receive_events, started_late,
+    self, PATIENCE, TestEnv, assert_no_more_events, fixtures, free_port, receive_events,
+    started_late,
 };
 
 /// Jobs for the first `n` fixture killmails, with their bodies.
@@ -22,11 +23,11 @@ fn fixture_jobs(n: usize) -> Vec<IngestJob> {
 
 /// What a worker's `/readyz` at `addr` answers, once its health endpoint is up.
 async fn readyz(addr: &str) -> (u16, serde_json::Value) {
+    let url = format!("http://{addr}/readyz");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(response) = reqwest::get(format!("http://{addr}/readyz")).await {
-            let status = response.status().as_u16();
-            return (status, response.json().await.expect("JSON"));
+        if let Some((status, states)) = support::readyz(&url).await {
+            return (status, states.into());
         }
         assert!(
             tokio::time::Instant::now() < deadline,

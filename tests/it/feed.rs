@@ -3,19 +3,17 @@
 //! resumes at the cursor; 404s wait, refusals back off, malformed objects are dead-lettered.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::time::Duration;
 
 use killreport::events::KillmailAdded;
 use killreport::killmail::{Killmail, KillmailId, Zkb};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::time::Instant;
 
 use crate::support::fakes::Served;
 use crate::support::fakes::esi::FakeEsi;
 use crate::support::fakes::r2z2::{self, FakeR2z2, R2z2Request};
 use crate::support::fakes::redisq::FakeRedisq;
-use crate::support::{PATIENCE, TestEnv, assert_no_more_events};
+use crate::support::{PATIENCE, TestEnv, assert_no_more_events, wait_until};
 
 /// A realistic R2Z2 sequence number to start from.
 const START: i64 = 96_599_404;
@@ -56,19 +54,6 @@ fn r2z2_with_killmails(n: usize) -> (FakeR2z2, HashMap<KillmailId, Expected>) {
 fn point_at_r2z2(env: &mut TestEnv, served: &Served) {
     env.vars.insert("R2Z2_BASE_URL".into(), served.url());
     env.vars.insert("R2Z2_IDLE_WAIT_MS".into(), "200".into());
-}
-
-/// Waits until `condition` holds, failing after [`PATIENCE`].
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn cursor(env: &TestEnv) -> Option<i64> {
@@ -154,7 +139,7 @@ async fn r2z2_killmails_are_stored_once_and_announced_after_their_commit() {
     assert_once_each_in_order(&received);
     assert_no_more_events(&mut events, Duration::from_secs(1)).await;
     assert_eq!(env.killmail_count().await, 60);
-    wait_until("the cursor at the last sequence", || async {
+    wait_until("the cursor at the last sequence", PATIENCE, || async {
         cursor(&env).await == Some(last)
     })
     .await;
@@ -350,9 +335,11 @@ async fn r2z2_malformed_objects_are_dead_lettered_and_the_feed_carries_on() {
     let received = receive_checked(&env, &mut events, &expected).await;
     assert_eq!(received.len(), 10);
     assert_once_each_in_order(&received);
-    wait_until("the cursor past the malformed objects", || async {
-        cursor(&env).await == Some(START + 11)
-    })
+    wait_until(
+        "the cursor past the malformed objects",
+        PATIENCE,
+        || async { cursor(&env).await == Some(START + 11) },
+    )
     .await;
     let mut dead = env.dead_letters().await;
     dead.sort_by_key(|(_, reason)| reason.clone());
@@ -419,7 +406,7 @@ async fn r2z2_resumes_from_a_stored_cursor_and_skips_a_sequence_missing_upstream
 
     let received = receive_checked(&env, &mut events, &expected).await;
     assert_once_each_in_order(&received);
-    wait_until("the cursor at the last sequence", || async {
+    wait_until("the cursor at the last sequence", PATIENCE, || async {
         cursor(&env).await == Some(START + 8)
     })
     .await;
@@ -503,7 +490,7 @@ async fn redisq_packages_are_long_polled_through_redirects_with_or_without_their
     assert_once_each_in_order(&received);
     // A few empty polls more, to see the worker keeps polling after nulls.
     let polls = redisq.state().listens.len();
-    wait_until("more polls", || async {
+    wait_until("more polls", PATIENCE, || async {
         redisq.state().listens.len() >= polls + 2
     })
     .await;

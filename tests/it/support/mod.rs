@@ -24,6 +24,36 @@ use tokio::sync::mpsc;
 /// Every wait in a test ends after this long at the most.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Retries `condition` every 50 ms until it holds, failing the test after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {within:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the `/readyz` at `url` answers: its status and each dependency's state (`"up"` or
+/// `"down"`); `None` while nothing answers there within a few seconds.
+pub async fn readyz(url: &str) -> Option<(u16, serde_json::Map<String, serde_json::Value>)> {
+    static HTTP: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .expect("an HTTP client")
+    });
+    let response = HTTP.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.ok()?))
+}
+
 /// A port of 127.0.0.1 nobody listens on just now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -202,17 +232,11 @@ impl TestEnv {
             .get("LISTEN_ADDR")
             .expect("start_server chose the address");
         let server = self.spawn("server", &[]);
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while reqwest::get(format!("http://{addr}/healthz"))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server never came up"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let healthz = format!("http://{addr}/healthz");
+        wait_until("the server to come up", PATIENCE, || async {
+            reqwest::get(&healthz).await.is_ok()
+        })
+        .await;
         server
     }
 

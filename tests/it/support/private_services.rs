@@ -12,9 +12,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
-use super::{Services, free_port, terminate};
+use super::{Services, free_port, terminate, wait_until};
 
 /// How long a service may take to start or stop; RabbitMQ boots in 5–25 s on a busy machine.
 const SERVICE_PATIENCE: Duration = Duration::from_secs(120);
@@ -98,22 +97,6 @@ async fn stop(child: &mut Option<Child>, what: &str) {
         && terminate(&mut child, SERVICE_PATIENCE).await.is_none()
     {
         eprintln!("{what} did not stop on SIGTERM in time; killed it");
-    }
-}
-
-/// Retries `ready` every 100 ms until it holds, failing after [`SERVICE_PATIENCE`].
-async fn wait_until_ready<F, Fut>(what: &str, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + SERVICE_PATIENCE;
-    while !ready().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not come up within {SERVICE_PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -237,7 +220,7 @@ impl Redis {
             .expect("starting redis-server");
         self.child = Some(child);
         let url = self.url();
-        wait_until_ready("Redis", || async {
+        wait_until("Redis to come up", SERVICE_PATIENCE, || async {
             let Ok(client) = redis::Client::open(url.as_str()) else {
                 return false;
             };
@@ -329,7 +312,7 @@ impl Rabbitmq {
             .expect("starting rabbitmq-server");
         self.child = Some(child);
         let url = self.url();
-        wait_until_ready("RabbitMQ", || async {
+        wait_until("RabbitMQ to come up", SERVICE_PATIENCE, || async {
             match killreport::queue::connect(&url, "fault suite: is RabbitMQ up").await {
                 Ok(connection) => {
                     connection.close(200, "up").await.ok();
