@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::feed::{Backoff, R2z2Settings, RedisqSettings};
+use crate::backoff::Backoff;
+use crate::feed::{R2z2Settings, RedisqSettings};
+use crate::queue::runner::Job;
+use crate::queue::{Broker, Connector, IngestJob};
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -49,13 +52,22 @@ pub struct RabbitArgs {
     #[arg(long, env = "RABBITMQ_EXCHANGE", default_value = "killreport")]
     pub rabbitmq_exchange: String,
     /// The queue (and routing key) of killmail jobs; its dead letters go to `<queue>.dead`.
-    #[arg(long, env = "INGEST_QUEUE", default_value = "killmail.ingest")]
+    #[arg(long, env = "INGEST_QUEUE", default_value = <IngestJob as Job>::QUEUE)]
     pub ingest_queue: String,
 }
 
 impl RabbitArgs {
     pub fn topology(&self) -> crate::queue::Topology {
         crate::queue::Topology::new(&self.rabbitmq_exchange, &self.ingest_queue)
+    }
+
+    /// Connecting as `process`: the connection is named `<process> <queue>` on the broker.
+    pub fn connector(&self, process: &str) -> Connector {
+        Connector {
+            url: self.rabbitmq_url.clone(),
+            name: format!("{process} {}", self.ingest_queue),
+            broker: Broker::default(),
+        }
     }
 }
 
@@ -82,20 +94,6 @@ pub struct HealthArgs {
     /// Address this worker serves /healthz and /readyz on (e.g. 127.0.0.1:9101); unset, none.
     #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<String>,
-}
-
-impl HealthArgs {
-    /// Serves the worker's health endpoints in the background, if an address is set.
-    pub async fn serve(
-        &self,
-        readiness: crate::health::Readiness,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<()> {
-        match &self.health_addr {
-            Some(addr) => crate::health::serve(addr, readiness, shutdown.clone()).await,
-            None => Ok(()),
-        }
-    }
 }
 
 /// The live feeds' settings (worker-redisq), with the defaults zKillboard asks for.

@@ -2,10 +2,7 @@
 //! runs; `GET /readyz` is 200 when every dependency the process needs is reachable, else 503,
 //! with each one's state either way: `{"postgres":"up","redis":"down","rabbitmq":"up"}`.
 //! `server` serves both beside `/graphql`; a worker serves them on `HEALTH_ADDR` when it is set.
-//! And [`until_up`]: a long-running process started before its dependencies waits for them.
 
-use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,51 +10,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use lapin::ConnectionStatus;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventPublisher;
+use crate::queue::Broker;
 
 /// How long a dependency may take to answer a readiness check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The RabbitMQ connection a process holds, if any, as its reconnecting loop sets it: up while
-/// that connection is connected. Clones share the state.
-#[derive(Clone, Default)]
-pub struct Broker(Arc<Mutex<Option<ConnectionStatus>>>);
-
-impl Broker {
-    /// From now on, readiness follows `connection`.
-    pub fn hold(&self, connection: &lapin::Connection) {
-        *self.lock() = Some(connection.status().clone());
-    }
-
-    /// The connection is gone; down until the next is held.
-    pub fn release(&self) {
-        *self.lock() = None;
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.lock()
-            .as_ref()
-            .is_some_and(ConnectionStatus::connected)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConnectionStatus>> {
-        // The state is replaced whole, so a panic elsewhere cannot leave it half written.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl std::fmt::Debug for Broker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Broker").field(&self.is_up()).finish()
-    }
-}
 
 #[derive(Clone)]
 enum Check {
@@ -138,64 +99,29 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, Json<Map<Str
     (status, Json(report))
 }
 
-/// Serves `/healthz` and `/readyz` on `addr` until `shutdown`, in the background, for a
-/// worker; the address is bound before this returns, so a bad one stops the process at start.
+/// Serves `/healthz` and `/readyz` on `addr`, when a worker is given one (`HEALTH_ADDR`), until
+/// `shutdown`, in the background; the address is bound before this returns, so a bad one stops
+/// the process at start.
 pub async fn serve(
-    addr: &str,
+    addr: Option<&str>,
     readiness: Readiness,
-    shutdown: CancellationToken,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on HEALTH_ADDR {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /healthz and /readyz");
+    let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(error) = crate::http::serve(listener, readiness.routes(), shutdown).await {
+        let served = axum::serve(listener, readiness.routes())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
             tracing::error!(%error, "the health endpoint failed");
         }
     });
     Ok(())
-}
-
-/// Connects with `connect` until it succeeds, with backoff and jitter (up to 30 s between
-/// attempts), so that a process started before `what` (PostgreSQL still booting, say) waits
-/// for it instead of exiting. Logged when waiting starts and whenever the error changes (a
-/// wrong password is not retried in silence); gives up only at shutdown.
-pub async fn until_up<T, E, F, Fut>(
-    what: &str,
-    shutdown: &CancellationToken,
-    mut connect: F,
-) -> anyhow::Result<T>
-where
-    E: Into<anyhow::Error>,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let backoff = crate::feed::Backoff {
-        first: Duration::from_millis(500),
-        max: Duration::from_secs(30),
-    };
-    let mut failures = 0;
-    let mut last_error = String::new();
-    loop {
-        let error = match connect().await {
-            Ok(connected) => {
-                if failures > 0 {
-                    tracing::info!("{what} is up");
-                }
-                return Ok(connected);
-            }
-            Err(error) => format!("{:#}", error.into()),
-        };
-        failures += 1;
-        let delay = backoff.delay(failures);
-        if error != last_error {
-            tracing::warn!(%error, retry_in = ?delay, "waiting for {what}");
-        }
-        last_error = error;
-        tokio::select! {
-            () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for {what}: {last_error}"),
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
 }

@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::{self, Announcer};
+use crate::announce::Announcer;
+use crate::ingest;
 use crate::killmail::{Killmail, KillmailId, Received, Source, Zkb, check_hash};
 use crate::queue::{IngestJob, Publisher};
 

@@ -21,6 +21,8 @@
 //! health: /healthz and /readyz for every process.
 //! ```
 
+pub mod announce;
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod esi;

@@ -459,5 +459,5 @@ impl Hub {
 pub async fn replay(pool: &PgPool, after: Seq, limit: i64) -> anyhow::Result<Vec<KillmailAdded>> {
     let mut connection = pool.acquire().await?;
     let stored = db::killmails::since(&mut connection, after, limit).await?;
-    Ok(crate::ingest::events_for_stored(&mut connection, stored).await?)
+    Ok(db::names::events(&mut *connection, stored).await?)
 }

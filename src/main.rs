@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use killreport::backoff::until_up;
 use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::health::{Readiness, until_up};
+use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;

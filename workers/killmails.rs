@@ -3,10 +3,13 @@
 use std::time::Duration;
 
 use clap::Parser;
+use killreport::announce::Announcer;
+use killreport::backoff::until_up;
 use killreport::config::{DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::health::{Broker, Readiness, until_up};
-use killreport::ingest::{Announcer, BatchSettings, Consuming};
+use killreport::health::Readiness;
+use killreport::ingest::KillmailHandler;
+use killreport::queue::runner::{self, Consuming, Handler};
 use killreport::shutdown::finish_within;
 
 /// How long the batch in hand may take to finish after SIGTERM; then it is left to the queue.
@@ -59,34 +62,31 @@ async fn main() -> anyhow::Result<()> {
     let names = (esi.clone(), Duration::from_millis(args.names_budget_ms));
     let announcer = Announcer::new(pool.clone(), events.clone(), Some(names));
     let consuming = Consuming {
-        rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
+        connector: args.rabbit.connector(KillmailHandler::NAME),
         topology: args.rabbit.topology(),
         prefetch: args.prefetch,
+        max_batch: args.batch_size.max(1),
+        max_wait: Duration::from_millis(args.batch_wait_ms),
         grace: SHUTDOWN_GRACE,
-        broker: Broker::default(),
     };
     let readiness = Readiness::default()
         .postgres(pool.clone())
         .redis(events)
-        .rabbitmq(consuming.broker.clone());
-    args.health.serve(readiness, &shutdown).await?;
-    let batch = BatchSettings {
-        max_jobs: args.batch_size,
-        max_wait: Duration::from_millis(args.batch_wait_ms),
+        .rabbitmq(consuming.connector.broker.clone());
+    killreport::health::serve(args.health.health_addr.as_deref(), readiness, &shutdown).await?;
+    let handler = KillmailHandler {
+        pool: pool.clone(),
+        esi,
+        announcer: announcer.clone(),
         fetch_concurrency: 8,
     };
-    let work = killreport::ingest::consume(
-        pool.clone(),
-        esi,
-        announcer.clone(),
-        batch,
-        &consuming,
-        &shutdown,
-    );
     // Announces what was committed but never published (Redis down, a worker killed); one
     // under way when shutdown comes is let finish, so that it is not made twice.
     let sweep = announcer.sweep(Duration::from_secs(5), shutdown.clone());
-    let (worked, swept) = tokio::join!(work, finish_within(&shutdown, SHUTDOWN_GRACE, sweep));
+    let (worked, swept) = tokio::join!(
+        runner::run(&handler, &consuming, &shutdown),
+        finish_within(&shutdown, SHUTDOWN_GRACE, sweep)
+    );
     if swept.is_none() {
         tracing::warn!("overdue announcements did not finish in time; they stay pending");
     }

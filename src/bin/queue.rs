@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use killreport::announce::Announcer;
 use killreport::config::{DatabaseArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
 use killreport::import::Importer;
-use killreport::ingest::Announcer;
 use killreport::queue::{Publisher, dlq};
 use tokio_util::sync::CancellationToken;
 

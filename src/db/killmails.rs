@@ -1,11 +1,12 @@
 //! The killmail store: set-based writes of whole batches (one statement per table), and the
 //! exact ESI killmail rebuilt from the rows.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::events::KillmailAdded;
 use crate::killmail::{Attacker, Item, Killmail, KillmailId, Position, Received, Seq, Victim, Zkb};
 
 /// Arbitrary, but fixed: writers hold it while drawing ingest sequence numbers, so the numbers
@@ -26,6 +27,20 @@ pub struct StoredKillmail {
     pub hash: String,
     pub killmail: Killmail,
     pub zkb: Option<Zkb>,
+}
+
+impl StoredKillmail {
+    /// The killmail's event, with these names: the one place an event is built from the
+    /// store, for the announcer, the server's replays and GraphQL alike.
+    pub fn into_event(self, names: BTreeMap<String, String>) -> KillmailAdded {
+        KillmailAdded {
+            seq: self.seq,
+            hash: Some(self.hash),
+            killmail: self.killmail,
+            zkb: self.zkb,
+            names,
+        }
+    }
 }
 
 /// Stores every killmail of `batch` that the store does not hold yet, queues its announcement

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::PgExecutor;
 
+use super::killmails::StoredKillmail;
 use crate::esi::Name;
+use crate::events::KillmailAdded;
 use crate::killmail::Killmail;
 
 /// Every name the store holds for these ids, whatever kind of id each is.
@@ -76,5 +78,19 @@ pub async fn for_killmails(
                 .filter_map(|id| names.get(&id).map(|name| (id.to_string(), name.clone())))
                 .collect()
         })
+        .collect())
+}
+
+/// Stored killmails as events, with the names the store has.
+pub async fn events(
+    db: impl PgExecutor<'_>,
+    stored: Vec<StoredKillmail>,
+) -> sqlx::Result<Vec<KillmailAdded>> {
+    let killmails: Vec<&Killmail> = stored.iter().map(|s| &s.killmail).collect();
+    let names = for_killmails(db, &killmails).await?;
+    Ok(stored
+        .into_iter()
+        .zip(names)
+        .map(|(s, names)| s.into_event(names))
         .collect())
 }

@@ -14,11 +14,12 @@ pub use redisq::{RedisqPoller, RedisqSettings};
 use std::time::Duration;
 
 use anyhow::Context;
-use rand::Rng;
 use reqwest::StatusCode;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+use crate::queue::runner::Job;
 use crate::queue::{IngestJob, PublishError, Publisher};
 
 /// An HTTP client for the feeds: killreport's User-Agent, bounded connects and requests.
@@ -29,33 +30,6 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .timeout(timeout)
         .build()
         .context("building the feed's HTTP client")
-}
-
-/// How long to wait after consecutive failures: doubling from `first` up to `max`, each delay
-/// drawn from its upper half so that many workers refused together do not return together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            first: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay after the `failures`-th consecutive failure (counting from 1).
-    pub fn delay(&self, failures: u32) -> Duration {
-        let doubling = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
-        let ceiling = self.first.saturating_mul(doubling).min(self.max);
-        let half = ceiling / 2;
-        half + rand::rng().random_range(Duration::ZERO..=half)
-    }
 }
 
 /// Sleeps for `duration` unless shutdown comes first; false when it did.
@@ -224,27 +198,6 @@ async fn publish(publisher: &Publisher, job: &IngestJob) -> anyhow::Result<()> {
                     format!("publishing the job for killmail {}", job.killmail_id)
                 });
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
-        let backoff = Backoff {
-            first: Duration::from_millis(100),
-            max: Duration::from_millis(1000),
-        };
-        for _ in 0..50 {
-            let first = backoff.delay(1);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let third = backoff.delay(3);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
-            let capped = backoff.delay(40);
-            assert!(capped >= Duration::from_millis(500) && capped <= Duration::from_millis(1000));
         }
     }
 }

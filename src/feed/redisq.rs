@@ -10,7 +10,8 @@ use anyhow::Context;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{Answer, Backoff, FeedHttp, checked, pause, publish};
+use super::{Answer, FeedHttp, checked, pause, publish};
+use crate::backoff::Backoff;
 use crate::killmail::{Killmail, KillmailId, Source, Zkb};
 use crate::queue::{IngestJob, Publisher};
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::runner::Job;
 use crate::killmail::{Killmail, KillmailId, Received, Source, Zkb, check_hash};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,8 +28,26 @@ impl IngestJob {
         }
     }
 
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a job always serializes")
+    }
+
+    /// The job with its killmail, once it has one.
+    pub fn into_received(self, killmail: Killmail) -> Received {
+        Received {
+            killmail,
+            hash: self.hash,
+            zkb: self.zkb,
+            source: self.source,
+        }
+    }
+}
+
+impl Job for IngestJob {
+    const QUEUE: &'static str = "killmail.ingest";
+
     /// Decodes and checks a job body; the error is the reason it is dead-lettered with.
-    pub fn decode(body: &[u8]) -> Result<Self, String> {
+    fn decode(body: &[u8]) -> Result<Self, String> {
         let job: Self =
             serde_json::from_slice(body).map_err(|e| format!("not a killmail.ingest job: {e}"))?;
         check_hash(&job.hash)?;
@@ -42,19 +61,5 @@ impl IngestJob {
             killmail.validate()?;
         }
         Ok(job)
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a job always serializes")
-    }
-
-    /// The job with its killmail, once it has one.
-    pub fn into_received(self, killmail: Killmail) -> Received {
-        Received {
-            killmail,
-            hash: self.hash,
-            zkb: self.zkb,
-            source: self.source,
-        }
     }
 }

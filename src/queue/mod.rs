@@ -1,22 +1,30 @@
 //! RabbitMQ: the topology every process declares (idempotently), typed jobs, a publisher that
-//! waits for the broker's confirm, and what a consumer does with a job it cannot finish: retry
-//! it later through a delay queue, or dead-letter it with its reason.
+//! waits for the broker's confirm, what becomes of a job that cannot finish (retried later
+//! through a delay queue, or dead-lettered with its reason), the connection a process keeps,
+//! and the job runner every worker runs on.
 
+mod connection;
 pub mod dlq;
 mod job;
 mod publisher;
+pub mod runner;
 
+pub use connection::{Broker, Connector, ConsumerCancelled, connect};
 pub use job::IngestJob;
 pub use publisher::{PublishError, Publisher, RetryOutcome};
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, ExchangeKind};
 
 /// Header on a dead letter: why it can never succeed.
 pub const REASON_HEADER: &str = "x-killreport-reason";
+/// The longest reason put in a header, in bytes: a reason may quote its input, and a header
+/// must not carry a whole killmail (or a 200 KB hash).
+pub const MAX_REASON_BYTES: usize = 1024;
 /// Header on a retried job: how many times it has failed so far.
 pub const ATTEMPTS_HEADER: &str = "x-killreport-attempts";
 
@@ -114,10 +122,18 @@ fn string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-/// Opens a connection to RabbitMQ.
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    Connection::connect(url, properties).await
+/// `reason`, cut to at most [`MAX_REASON_BYTES`] on a character boundary, with how much was
+/// left out.
+pub fn bounded_reason(reason: &str) -> Cow<'_, str> {
+    if reason.len() <= MAX_REASON_BYTES {
+        return Cow::Borrowed(reason);
+    }
+    let mut end = MAX_REASON_BYTES - 40;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let left_out = reason.len() - end;
+    Cow::Owned(format!("{}… ({left_out} more bytes)", &reason[..end]))
 }
 
 /// Reads a numeric header of a delivery, if it is there.
@@ -137,5 +153,20 @@ pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
         AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
         AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary_and_says_so() {
+        assert_eq!(bounded_reason("short"), "short");
+        let long = format!("bad hash: {}", "é".repeat(100_000));
+        let cut = bounded_reason(&long);
+        assert!(cut.len() <= MAX_REASON_BYTES, "{} bytes", cut.len());
+        assert!(cut.starts_with("bad hash: éé"));
+        assert!(cut.ends_with("more bytes)"), "{cut}");
     }
 }

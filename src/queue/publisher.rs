@@ -7,7 +7,7 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::{ATTEMPTS_HEADER, IngestJob, REASON_HEADER, RETRY_DELAYS, Topology};
+use super::{ATTEMPTS_HEADER, IngestJob, REASON_HEADER, RETRY_DELAYS, Topology, bounded_reason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -74,7 +74,7 @@ impl Publisher {
         let mut headers = FieldTable::default();
         headers.insert(
             REASON_HEADER.into(),
-            AMQPValue::LongString(LongString::from(reason)),
+            AMQPValue::LongString(LongString::from(bounded_reason(reason).as_ref())),
         );
         self.publish_body("", &self.topology.dead_letter_queue(), body, headers)
             .await
@@ -103,7 +103,7 @@ impl Publisher {
                 headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempts + 1));
                 headers.insert(
                     REASON_HEADER.into(),
-                    AMQPValue::LongString(LongString::from(reason)),
+                    AMQPValue::LongString(LongString::from(bounded_reason(reason).as_ref())),
                 );
                 self.publish_body(
                     "",

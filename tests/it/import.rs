@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 use killreport::import::{Importer, Summary};
 use killreport::killmail::{Item, KillmailId, Source, Zkb};
 use killreport::queue::IngestJob;
+use killreport::queue::runner::Job;
 use lapin::options::BasicGetOptions;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

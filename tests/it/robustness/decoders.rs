@@ -13,6 +13,7 @@ use killreport::esi::{EsiError, decode_killmail};
 use killreport::feed::{r2z2, redisq};
 use killreport::killmail::{Killmail, KillmailId};
 use killreport::queue::IngestJob;
+use killreport::queue::runner::Job;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::TestCaseError;
