@@ -17,16 +17,6 @@ pub struct IngestJob {
 }
 
 impl IngestJob {
-    pub fn from_received(received: &Received) -> Self {
-        Self {
-            killmail_id: received.killmail.killmail_id,
-            hash: received.hash.clone(),
-            killmail: Some(received.killmail.clone()),
-            zkb: received.zkb.clone(),
-            source: received.source,
-        }
-    }
-
     /// Decodes and checks a job body; the error is the reason it is dead-lettered with.
     pub fn decode(body: &[u8]) -> Result<Self, String> {
         let job: Self =
