@@ -4,14 +4,13 @@
 //! How the modules depend on each other, binaries at the top:
 //!
 //! ```text
-//! src/main.rs (server), src/bin/{queue,loadgen}.rs, workers/*.rs   parse config, connect, call in
+//! src/main.rs (server), src/bin/queue.rs, workers/*.rs             parse config, connect, call in
 //!   feed      the live feeds (R2Z2, RedisQ) → jobs                 worker-redisq
 //!   ingest    jobs → store → announce (outbox, sweep)               worker-killmails
 //!   import    archives and files → store → announce                 queue import
 //!   http      axum: /graphql (graphql, graphiql), /healthz, /readyz server
 //!     graphql   schema, queries, killmailAdded, filters, loaders
 //!     live      one Redis subscription per process, in order, fanned out
-//!   loadgen   benchmark load and figures                            loadgen
 //!     db      PostgreSQL: connect + migrate, killmails, announcements, names, cursors, statics
 //!     queue   RabbitMQ: topology, jobs, confirmed publishing, retries, dead letters
 //!     events  Redis pub/sub: the killmail-added event
@@ -19,6 +18,7 @@
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
 //! config: clap argument groups with DESIGN.md's defaults; shutdown: the signal token;
 //! health: /healthz and /readyz for every process.
+//! src/bin/loadgen/ (benchmark load, BENCHMARKS.md) is a client of all this, with its own modules.
 //! ```
 
 pub mod announce;
@@ -37,7 +37,6 @@ pub mod import;
 pub mod ingest;
 pub mod killmail;
 pub mod live;
-pub mod loadgen;
 pub mod queue;
 pub mod shutdown;
 pub mod statics;

@@ -18,16 +18,6 @@ pub struct IngestJob {
 }
 
 impl IngestJob {
-    pub fn from_received(received: &Received) -> Self {
-        Self {
-            killmail_id: received.killmail.killmail_id,
-            hash: received.hash.clone(),
-            killmail: Some(received.killmail.clone()),
-            zkb: received.zkb.clone(),
-            source: received.source,
-        }
-    }
-
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a job always serializes")
     }

@@ -1,10 +1,12 @@
-//! The killmails a fan-out run injects: drawn in file order from real fixtures, with the largest
-//! fights (most attackers, the heaviest payloads) spread evenly through the run, and a zkb block
-//! made up for those that lack one, so value, NPC and solo filters have something to match.
+//! The killmails a run injects: drawn in file order from real fixtures, with the largest fights
+//! (most attackers, the heaviest payloads) spread evenly through the run, and a zkb block made
+//! up for those that lack one, so value, NPC and solo filters have something to match; and each
+//! as the `killmail.ingest` job that carries it, for runs through worker-killmails.
 
 use std::collections::HashSet;
 
-use crate::killmail::{Killmail, Received, Zkb};
+use killreport::killmail::{Killmail, Received, Zkb};
+use killreport::queue::IngestJob;
 
 /// Picks `events` killmails out of `all` (duplicates by id dropped): the `largest` with the most
 /// attackers (ties broken by the lower id), spaced evenly through the run, and the rest in file
@@ -70,6 +72,18 @@ pub fn fill_zkb(received: &mut Received) -> bool {
     true
 }
 
+/// The job carrying `received` whole (body and zkb), so worker-killmails stores it without
+/// asking ESI: the path's cost is the pipeline's own, not ESI's.
+pub fn ingest_job(received: &Received) -> IngestJob {
+    IngestJob {
+        killmail_id: received.killmail.killmail_id,
+        hash: received.hash.clone(),
+        killmail: Some(received.killmail.clone()),
+        zkb: received.zkb.clone(),
+        source: received.source,
+    }
+}
+
 fn synthetic_zkb(killmail: &Killmail, hash: &str) -> Zkb {
     let players = killmail
         .attackers
@@ -92,7 +106,7 @@ fn synthetic_zkb(killmail: &Killmail, hash: &str) -> Zkb {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::killmail::{Attacker, KillmailId, Source, Victim};
+    use killreport::killmail::{Attacker, KillmailId, Source, Victim};
 
     /// A killmail with `attackers` attackers, the first few of them characters.
     pub(crate) fn killmail(id: i64, attackers: usize) -> Received {

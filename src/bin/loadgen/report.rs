@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::Percentiles;
-use super::fanout::Target;
+use crate::latency::Percentiles;
+use crate::target::Target;
 
 /// What the server processes of a target spent.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,33 +1,18 @@
-//! Load generation for benchmarks: inject killmails at a fixed rate and measure how long each
-//! takes to come out the other end. Figures are printed, never asserted; see BENCHMARKS.md.
-//!
-//! Here: latency percentiles, job → event latency (`ingest_latency`) and query latency. The
-//! WebSocket fan-out benchmark is split by concern: `workload` picks the killmails, `documents`
-//! builds the subscription mix and what each document should receive, `client` is one
-//! subscriber, `fanout` runs a target, `process` reads a server's cost from /proc and `report`
-//! prints one target and several side by side.
-
-mod client;
-pub mod documents;
-pub mod fanout;
-pub mod process;
-pub mod report;
-pub mod workload;
-
-pub use documents::{Document, mix};
-pub use fanout::{Injector, Plan, Target};
-pub use report::{FanoutReport, comparison};
+//! Latency: percentiles over samples, and the two plain benchmarks, job publish → event on
+//! Redis through a running worker-killmails (`ingest_latency`) and one GraphQL query after
+//! another (`query_latency`). Figures are printed, never asserted; see BENCHMARKS.md.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use futures::StreamExt;
+use killreport::events::KillmailAdded;
+use killreport::killmail::{KillmailId, Received};
+use killreport::queue::Publisher;
 use tokio::time::Instant;
 
-use crate::events::KillmailAdded;
-use crate::killmail::{KillmailId, Received};
-use crate::queue::{IngestJob, Publisher};
+use crate::workload;
 
 /// Latency percentiles over a set of samples.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,7 +106,7 @@ pub async fn ingest_latency(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         for received in killmails {
             ticker.tick().await;
-            let job = IngestJob::from_received(received);
+            let job = workload::ingest_job(received);
             // The clock starts before the publish: the broker's confirm is part of the path.
             let at = Instant::now();
             sent_tx.send((job.killmail_id, at)).ok();

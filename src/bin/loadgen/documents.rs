@@ -10,11 +10,10 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use async_graphql::InputType;
+use killreport::graphql::KillmailFilter;
+use killreport::killmail::{Killmail, Received};
+use killreport::statics::Statics;
 use serde_json::{Value, json};
-
-use crate::graphql::KillmailFilter;
-use crate::killmail::{Killmail, Received};
-use crate::statics::Statics;
 
 /// DESIGN.md's example: what every client subscribes with when there is one document.
 const DESIGN_EXAMPLE: &str = "killmailId killmailTime victim { characterName shipTypeName }";
@@ -376,7 +375,7 @@ fn rank(per_killmail: impl Iterator<Item = Vec<i64>>) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::workload::{fill_zkb, tests::killmail};
+    use crate::workload::{fill_zkb, tests::killmail};
 
     fn sample() -> Vec<Received> {
         (1..=40)

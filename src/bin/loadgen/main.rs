@@ -7,6 +7,29 @@
 //!   WebSocket subscribers with a mix of filtered documents, every delivery checked and timed,
 //!   with the servers' CPU and memory; several targets (killreport, the Node peer, two servers
 //!   sharing the clients) in one run, side by side.
+//!
+//! The benchmark is this binary's own, not the library's; its modules, callers above callees:
+//!
+//! ```text
+//! main        the commands and their arguments; plans a fan-out run and prints its figures
+//!   fanout    one run against one target: connect, settle, inject, wait, count
+//!     client      one graphql-transport-ws subscriber, every delivery checked and timed
+//!     documents   the subscription mix and which killmails each document should receive
+//!     process     a server's CPU and memory from /proc; this process's open-files limit
+//!     report      one target's figures, and several side by side
+//!       target    a server under test: name, URLs, pids
+//!       latency   percentiles; the job → event and query latency runs
+//!         workload    the killmails injected, and each as its killmail.ingest job
+//! ```
+
+mod client;
+mod documents;
+mod fanout;
+mod latency;
+mod process;
+mod report;
+mod target;
+mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +38,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use killreport::config::{RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::loadgen::{Injector, Plan, Target, fanout, process, workload};
 use killreport::queue::Publisher;
+
+use crate::fanout::{Injector, Plan};
+use crate::target::Target;
 
 #[derive(Parser)]
 #[command(version, about = "Benchmark load for killreport; prints figures")]
@@ -170,7 +195,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
             pageInfo { hasNextPage endCursor } } }",
         "variables": { "f": filter, "first": args.first },
     });
-    let latency = killreport::loadgen::query_latency(&args.url, &body, args.requests).await?;
+    let latency = latency::query_latency(&args.url, &body, args.requests).await?;
     println!(
         "{} requests of killmails(first: {}, filter: {filter}): {latency}",
         args.requests, args.first
@@ -225,7 +250,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         reports.push(report);
     }
     if reports.len() > 1 {
-        println!("\n{}", killreport::loadgen::comparison(&reports));
+        println!("\n{}", report::comparison(&reports));
     }
     Ok(())
 }
@@ -263,7 +288,7 @@ async fn plan(args: &FanoutArgs) -> anyhow::Result<Plan> {
             "{made_up} of them had no zkb block and were given a made-up one (value, npc, solo)"
         );
     }
-    let mut documents = killreport::loadgen::mix(args.mix.max(1), &killmails);
+    let mut documents = documents::mix(args.mix.max(1), &killmails);
     if let Some(cursor) = &args.after {
         documents = documents
             .into_iter()
@@ -302,7 +327,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     killmails.truncate(args.count);
     let publisher = publisher(&args.rabbit).await?;
     println!("publishing {} jobs at {}/s", killmails.len(), args.rate);
-    let report = killreport::loadgen::ingest_latency(
+    let report = latency::ingest_latency(
         &publisher,
         &args.redis.redis_url,
         &args.redis.events_channel,
