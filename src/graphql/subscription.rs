@@ -1,7 +1,7 @@
 //! `Subscription.killmailAdded`: the process's live hub, which routes each event only to the
 //! subscriptions whose filter it passes, before any resolver runs; `after` replays from the
 //! store first (see `live::Hub::subscribe`). The WebSocket layer shares one execution of this
-//! between all subscribers of the same document and variables (`ws::feeds`).
+//! between all subscribers of the same document and variables (`ws::executions`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,7 +16,7 @@ use crate::live::Hub;
 pub struct SubscriptionRoot;
 
 /// Request data: `after` replays only up to this sequence, then the subscription ends (a
-/// resuming subscriber catching up before it joins a shared feed).
+/// resuming subscriber catching up before it joins a shared execution).
 pub struct CatchUpTo(pub Seq);
 
 /// Request data: holds the sequence of the event behind the latest result, so whoever runs
