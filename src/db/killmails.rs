@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
 use crate::events::KillmailAdded;
 use crate::killmail::{Attacker, Item, Killmail, KillmailId, Position, Received, Seq, Victim, Zkb};
@@ -452,6 +452,41 @@ fn build_tree(flat: Vec<(Option<i32>, Item)>) -> Vec<Item> {
     }
     roots.reverse();
     roots
+}
+
+/// One page of the killmails meeting `conditions` (which append ` AND …` conditions on
+/// `killmails k`), newest first (by time, then id), rebuilt as [`load`] does: at most `limit`
+/// of them after the position `after` (a killmail's time and id), and whether more follow. A
+/// page is one keyset query for the ids plus one batched load.
+pub async fn page(
+    db: &mut PgConnection,
+    conditions: impl FnOnce(&mut QueryBuilder<'_, Postgres>),
+    after: Option<(DateTime<Utc>, KillmailId)>,
+    limit: u32,
+) -> sqlx::Result<(Vec<StoredKillmail>, bool)> {
+    // The conditions decide the shape of the statement, so it is built here; every value is
+    // bound.
+    let mut sql = QueryBuilder::new("SELECT k.killmail_id FROM killmails k WHERE true");
+    conditions(&mut sql);
+    if let Some((time, id)) = after {
+        sql.push(" AND (k.killmail_time, k.killmail_id) < (")
+            .push_bind(time)
+            .push(", ")
+            .push_bind(id.0)
+            .push(")");
+    }
+    sql.push(" ORDER BY k.killmail_time DESC, k.killmail_id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    let mut ids: Vec<KillmailId> = sql
+        .build_query_scalar()
+        .fetch_all(&mut *db)
+        .await?
+        .into_iter()
+        .map(KillmailId)
+        .collect();
+    let more = ids.len() > limit as usize;
+    ids.truncate(limit as usize);
+    Ok((load(db, &ids).await?, more))
 }
 
 /// Killmails stored after `after`, in ingest order, at most `limit` of them.

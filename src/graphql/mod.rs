@@ -64,7 +64,13 @@ pub(crate) fn bad_input(message: impl Into<String>) -> async_graphql::Error {
 pub(crate) fn internal(error: impl Into<anyhow::Error>) -> async_graphql::Error {
     let error = error.into();
     tracing::error!(error = format!("{error:#}"), "GraphQL request failed");
-    async_graphql::Error::new("internal error").extend_with(|_, e| e.set("code", "INTERNAL"))
+    hidden("internal error")
+}
+
+/// A failure on our side, logged already: the client sees `message` (what it may do next),
+/// never the failure's own text.
+pub(crate) fn hidden(message: &str) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", "INTERNAL"))
 }
 
 /// Parses a 64-bit id given as `ID`.

@@ -1,22 +1,22 @@
 //! `Subscription.killmailAdded`: the process's live hub, which routes each event only to the
 //! subscriptions whose filter it passes, before any resolver runs; `after` replays from the
 //! store first (see `live::Hub::subscribe`). The WebSocket layer shares one execution of this
-//! between all subscribers of the same document and variables (`ws::feeds`).
+//! between all subscribers of the same document and variables (`ws::executions`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use async_graphql::{Context, Error, Result, Subscription};
+use async_graphql::{Context, Result, Subscription};
 use futures::{Stream, StreamExt};
 
-use super::{KillmailFilter, KillmailNode, bad_input};
+use super::{KillmailFilter, KillmailNode, bad_input, hidden};
 use crate::killmail::Seq;
 use crate::live::Hub;
 
 pub struct SubscriptionRoot;
 
 /// Request data: `after` replays only up to this sequence, then the subscription ends (a
-/// resuming subscriber catching up before it joins a shared feed).
+/// resuming subscriber catching up before it joins a shared execution).
 pub struct CatchUpTo(pub Seq);
 
 /// Request data: holds the sequence of the event behind the latest result, so whoever runs
@@ -50,19 +50,29 @@ impl SubscriptionRoot {
                     .ok_or_else(|| bad_input(format!("{cursor:?} is not a killmail cursor")))
             })
             .transpose()?;
-        let hub = ctx.data_unchecked::<Hub>();
+        let hub = ctx.data::<Hub>()?;
         let filter = Arc::new(filter);
         let events = match (after, ctx.data_opt::<CatchUpTo>()) {
-            (Some(after), Some(CatchUpTo(until))) => {
-                hub.history(filter, after, *until).left_stream()
-            }
+            (Some(after), Some(CatchUpTo(until))) => hub
+                .history(filter, after, *until)
+                .inspect(|event| {
+                    if let Err(error) = event {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "replay from the store failed"
+                        );
+                    }
+                })
+                .left_stream(),
+            // This stream logs a failed replay itself.
             _ => hub.subscribe(filter, after).right_stream(),
         };
         let tap = ctx.data_opt::<SeqTap>().cloned();
-        // A replay that failed ends the subscription with its error; the client may resume.
+        // A replay that failed ends the subscription with a generic error (the store's text
+        // stays in the log); the client may resume.
         Ok(events.map(move |event| {
             let event = event
-                .map_err(|error| Error::new(format!("replay from the store failed: {error:#}")))?;
+                .map_err(|_| hidden("internal error: the replay failed; resume with `after`"))?;
             if let Some(tap) = &tap {
                 tap.0.store(event.seq.0, Ordering::SeqCst);
             }

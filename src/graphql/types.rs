@@ -1,23 +1,26 @@
 //! The GraphQL objects. A killmail is one shared value (`KillmailNode`) whether it came from the
 //! store or from a live event; victim, attacker and item views borrow from it. Names come from
 //! the event's `names` when it has them, from the in-memory static tables for systems, regions
-//! and types, and from the batched name loader for everything else.
+//! and types, and from the batched name loader for everything else. Every `killmails` field,
+//! `Query`'s and each entity's, is a page of the same connection (see [`killmails_page`]):
+//! newest first, keyset-paginated.
 
 use std::sync::Arc;
 
-use async_graphql::connection::Connection;
+use async_graphql::connection::{Connection, Edge};
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{
     Context, ID, InputValueError, InputValueResult, Object, Result, Scalar, ScalarType, Value,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::PgPool;
 
 use super::loaders::NameLoader;
-use super::query::{Page, killmails_page};
-use super::{Involvement, KillmailFilter, Statics, internal};
+use super::{Involvement, KillmailFilter, MAX_PAGE, Statics, bad_input, internal};
+use crate::db;
 use crate::db::killmails::StoredKillmail;
 use crate::events::KillmailAdded;
-use crate::killmail::{Attacker as EsiAttacker, Item, Zkb as EsiZkb};
+use crate::killmail::{Attacker as EsiAttacker, Item, KillmailId, Zkb as EsiZkb};
 
 /// The schema's `DateTime`: written with a fraction of a second only when there is one.
 pub struct EsiTime(pub DateTime<Utc>);
@@ -69,8 +72,8 @@ fn clamp(value: i64) -> i32 {
     i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX })
 }
 
-fn statics<'a>(ctx: &Context<'a>) -> &'a Statics {
-    ctx.data_unchecked::<Arc<Statics>>()
+fn statics<'a>(ctx: &Context<'a>) -> Result<&'a Statics> {
+    ctx.data::<Arc<Statics>>().map(Arc::as_ref)
 }
 
 /// The name of a character, corporation, alliance or faction: from the event when it carried
@@ -83,7 +86,7 @@ async fn entity_name(
     if let Some(name) = node.and_then(|n| n.0.names.get(&id.to_string())) {
         return Ok(Some(name.clone()));
     }
-    ctx.data_unchecked::<DataLoader<NameLoader>>()
+    ctx.data::<DataLoader<NameLoader>>()?
         .load_one(id)
         .await
         .map_err(|e| internal(anyhow::anyhow!(e)))
@@ -223,10 +226,10 @@ impl Victim {
     async fn alliance_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         self.name(ctx, self.0.0.killmail.victim.alliance_id).await
     }
-    async fn ship_type_name(&self, ctx: &Context<'_>) -> Option<String> {
-        statics(ctx)
+    async fn ship_type_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(statics(ctx)?
             .type_name(self.0.0.killmail.victim.ship_type_id)
-            .map(str::to_owned)
+            .map(str::to_owned))
     }
 }
 
@@ -389,14 +392,59 @@ fn only(id: i64) -> Option<Vec<ID>> {
     Some(vec![ID(id.to_string())])
 }
 
-/// Recent killmails involving an entity, newest first.
-async fn involving(
+/// An edge cursor: the position of a killmail in newest-first order, `t<µs>i<id>`.
+fn encode_cursor(time: DateTime<Utc>, id: KillmailId) -> String {
+    format!("t{}i{}", time.timestamp_micros(), id.0)
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, KillmailId)> {
+    let bad = || bad_input(format!("{cursor:?} is not a cursor of this connection"));
+    let (micros, id) = cursor
+        .strip_prefix('t')
+        .and_then(|rest| rest.split_once('i'))
+        .ok_or_else(bad)?;
+    let time = micros
+        .parse()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    let id = id.parse().map_err(|_| bad())?;
+    Ok((time, KillmailId(id)))
+}
+
+/// One page of killmails matching `filter`, newest first: the first `first` (25 unless given)
+/// after the edge cursor `after`.
+pub async fn killmails_page(
     ctx: &Context<'_>,
-    filter: KillmailFilter,
+    filter: &KillmailFilter,
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<Connection<String, KillmailNode>> {
-    killmails_page(ctx, &filter, Page { first, after }).await
+    let first = first.unwrap_or(25);
+    if !(0..=MAX_PAGE).contains(&first) {
+        return Err(bad_input(format!(
+            "first must be between 0 and {MAX_PAGE}, not {first}"
+        )));
+    }
+    let filter = filter.parse()?;
+    let after = after.as_deref().map(decode_cursor).transpose()?;
+    let mut connection = ctx.data::<PgPool>()?.acquire().await.map_err(internal)?;
+    let (stored, has_next) = db::killmails::page(
+        &mut connection,
+        |sql| filter.push_sql(sql),
+        after,
+        first.unsigned_abs(),
+    )
+    .await
+    .map_err(internal)?;
+    let mut page = Connection::new(after.is_some(), has_next);
+    page.edges.extend(stored.into_iter().map(|s| {
+        Edge::new(
+            encode_cursor(s.killmail.killmail_time, s.killmail.killmail_id),
+            KillmailNode::from(s),
+        )
+    }));
+    Ok(page)
 }
 
 pub struct Character {
@@ -440,7 +488,7 @@ impl Character {
             involvement,
             ..Default::default()
         };
-        involving(ctx, filter, first, after).await
+        killmails_page(ctx, &filter, first, after).await
     }
 }
 
@@ -481,7 +529,7 @@ impl Corporation {
             involvement,
             ..Default::default()
         };
-        involving(ctx, filter, first, after).await
+        killmails_page(ctx, &filter, first, after).await
     }
 }
 
@@ -515,7 +563,7 @@ impl Alliance {
             involvement,
             ..Default::default()
         };
-        involving(ctx, filter, first, after).await
+        killmails_page(ctx, &filter, first, after).await
     }
 }
 
@@ -528,14 +576,14 @@ impl ItemType {
     async fn id(&self) -> ID {
         ID(self.id.to_string())
     }
-    async fn name(&self, ctx: &Context<'_>) -> Option<String> {
-        statics(ctx).type_name(self.id).map(str::to_owned)
+    async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(statics(ctx)?.type_name(self.id).map(str::to_owned))
     }
-    async fn group_name(&self, ctx: &Context<'_>) -> Option<String> {
-        statics(ctx)
+    async fn group_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(statics(ctx)?
             .types
             .get(&self.id)
-            .and_then(|(_, group)| group.clone())
+            .and_then(|(_, group)| group.clone()))
     }
 }
 
@@ -548,20 +596,22 @@ impl SolarSystem {
     async fn id(&self) -> ID {
         ID(self.id.to_string())
     }
-    async fn name(&self, ctx: &Context<'_>) -> Option<String> {
-        statics(ctx).systems.get(&self.id).map(|s| s.name.clone())
+    async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(statics(ctx)?.systems.get(&self.id).map(|s| s.name.clone()))
     }
-    async fn security_status(&self, ctx: &Context<'_>) -> Option<f64> {
-        statics(ctx)
+    async fn security_status(&self, ctx: &Context<'_>) -> Result<Option<f64>> {
+        Ok(statics(ctx)?
             .systems
             .get(&self.id)
-            .and_then(|s| s.security_status)
+            .and_then(|s| s.security_status))
     }
-    async fn region_id(&self, ctx: &Context<'_>) -> Option<ID> {
-        statics(ctx).region_of(self.id).map(|id| ID(id.to_string()))
+    async fn region_id(&self, ctx: &Context<'_>) -> Result<Option<ID>> {
+        Ok(statics(ctx)?
+            .region_of(self.id)
+            .map(|id| ID(id.to_string())))
     }
-    async fn region(&self, ctx: &Context<'_>) -> Option<Region> {
-        statics(ctx).region_of(self.id).map(|id| Region { id })
+    async fn region(&self, ctx: &Context<'_>) -> Result<Option<Region>> {
+        Ok(statics(ctx)?.region_of(self.id).map(|id| Region { id }))
     }
     #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
     async fn killmails(
@@ -574,7 +624,7 @@ impl SolarSystem {
             solar_system_ids: only(self.id),
             ..Default::default()
         };
-        involving(ctx, filter, first, after).await
+        killmails_page(ctx, &filter, first, after).await
     }
 }
 
@@ -587,7 +637,7 @@ impl Region {
     async fn id(&self) -> ID {
         ID(self.id.to_string())
     }
-    async fn name(&self, ctx: &Context<'_>) -> Option<String> {
-        statics(ctx).regions.get(&self.id).cloned()
+    async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(statics(ctx)?.regions.get(&self.id).cloned())
     }
 }

@@ -1,12 +1,14 @@
 //! GraphQL over WebSocket for `server`: both protocols (see `protocol`), subscriptions shared
-//! between identical documents (see `feeds`), and the limits that keep one client from hurting
+//! between identical documents (see `executions`), and the limits that keep one client from hurting
 //! the others. Each connection is two tasks: a session that reads the client's messages and a
 //! writer that drains a bounded send queue into the socket, so writes to many sockets run in
 //! parallel and a client that does not read fills only its own queue, then is closed (1008)
 //! and may resume with `after`.
 
-pub mod feeds;
+mod executions;
+mod outbox;
 pub mod protocol;
+mod sharing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +31,8 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 
 use async_graphql::parser::types::ExecutableDocument;
 
-use self::feeds::{Feeds, Joined, Membership};
+use self::executions::{Executions, Joined, Membership};
+use self::outbox::Outbox;
 use self::protocol::{ClientMessage, Close, Outgoing, Protocol, code};
 
 use crate::graphql::KillreportSchema;
@@ -49,7 +52,7 @@ pub struct Limits {
     pub keepalive: Duration,
     /// The largest message a client may send.
     pub max_message_bytes: usize,
-    /// Results held for a resuming subscriber while it catches up (see `feeds`).
+    /// Results held for a resuming subscriber while it catches up (see `executions`).
     pub catch_up_hold: usize,
 }
 
@@ -57,7 +60,7 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct WsService {
     schema: KillreportSchema,
-    feeds: Feeds,
+    executions: Executions,
     limits: Arc<Limits>,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -84,7 +87,7 @@ impl WsService {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            feeds: Feeds::new(schema.clone(), hub, limits.catch_up_hold),
+            executions: Executions::new(schema.clone(), hub, limits.catch_up_hold),
             schema,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             limits: Arc::new(limits),
@@ -150,12 +153,7 @@ impl WsService {
 
     async fn serve(self, socket: Socket, protocol: Protocol) {
         let (sink, stream) = socket.split();
-        let (sender, queue) = mpsc::channel(self.limits.send_queue);
-        let outbox = Outbox {
-            sender,
-            protocol,
-            overflowed: CancellationToken::new(),
-        };
+        let (outbox, queue) = Outbox::new(self.limits.send_queue, protocol);
         let (closing, close) = oneshot::channel();
         let session = Session {
             service: self,
@@ -172,29 +170,11 @@ impl WsService {
     }
 }
 
-/// A client's send queue, as its subscriptions' feeds and its session see it.
-#[derive(Clone)]
-pub struct Outbox {
-    sender: mpsc::Sender<Outgoing>,
-    protocol: Protocol,
-    /// Cancelled when a message did not fit: the client is too slow and is closed.
-    overflowed: CancellationToken,
-}
-
-impl Outbox {
-    /// Queues a message without waiting; a full queue marks the client as too slow.
-    pub fn push(&self, message: Outgoing) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(message) {
-            self.overflowed.cancel();
-        }
-    }
-}
-
 struct Session {
     service: WsService,
     protocol: Protocol,
     outbox: Outbox,
-    /// Running subscriptions by id; dropping one leaves its feed.
+    /// Running subscriptions by id; dropping one leaves its execution.
     operations: HashMap<String, Membership>,
     initialised: bool,
 }
@@ -217,7 +197,7 @@ impl Session {
         let init_deadline = tokio::time::sleep(keepalive);
         tokio::pin!(init_deadline);
         let shutdown = self.service.shutdown.clone();
-        let overflowed = self.outbox.overflowed.clone();
+        let overflowed = self.outbox.overflowed().clone();
         let mut heard = Instant::now();
         // Whether the client has ended its side: nothing more to read.
         let mut ended = false;
@@ -257,7 +237,7 @@ impl Session {
                 }
             }
         };
-        // Leaving every feed before the writer finishes: nothing more is queued for it.
+        // Leaving every execution before the writer finishes: nothing more is queued for it.
         self.operations.clear();
         let _ = closing.send(close);
         if !ended && !shutdown.is_cancelled() {
@@ -353,8 +333,8 @@ impl Session {
         Flow::Continue
     }
 
-    /// Starts operation `id`: a subscription joins its feed; a query or mutation is answered
-    /// at once.
+    /// Starts operation `id`: a subscription joins its execution; a query or mutation is
+    /// answered at once.
     async fn start(&mut self, id: String, mut request: async_graphql::Request) {
         let id_json = protocol::id_json(&id);
         if self.operations.len() >= self.service.limits.max_subscriptions {
@@ -383,7 +363,7 @@ impl Session {
         if subscription {
             match self
                 .service
-                .feeds
+                .executions
                 .join(request, Arc::clone(&id_json), self.outbox.clone())
             {
                 Joined::Live(membership) => {
@@ -438,7 +418,7 @@ fn handshake_key(request: &Request) -> Result<HeaderValue, &'static str> {
 
 /// Whether the operation a request names (or its only one) is a subscription.
 fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
-    feeds::operation(document, operation_name)
+    sharing::operation(document, operation_name)
         .is_some_and(|o| o.node.ty == async_graphql::parser::types::OperationType::Subscription)
 }
 
