@@ -15,6 +15,7 @@
 //!     queue   RabbitMQ: topology, jobs, confirmed publishing, retries, dead letters
 //!     events  Redis pub/sub: the killmail-added event
 //!     esi     ESI over HTTP, its error limit shared by a process
+//!     zkb     zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
 //! config: clap argument groups with DESIGN.md's defaults; shutdown: the signal token;
 //! health: /healthz and /readyz for every process.
@@ -41,3 +42,4 @@ pub mod queue;
 pub mod shutdown;
 pub mod statics;
 pub mod ws;
+pub mod zkb;

@@ -1,4 +1,4 @@
-//! The live feed inside a server process: one Redis subscription per process, each event decoded
+//! The live events inside a server process: one Redis subscription per process, each event decoded
 //! once, put in ingest order with any gap filled from the store, and routed in memory to the
 //! subscriptions whose filter it passes. Subscriptions are indexed by the ids their filter
 //! names (systems, entities, ships, regions), so an event is checked only against filters it
@@ -383,7 +383,7 @@ impl Hub {
 
     /// The stored events after `after` and up to `until` that pass `filter`, in ingest order;
     /// then the stream ends. A store error is its last item. How a resuming subscriber catches
-    /// up before it joins a shared live feed (`ws::feeds`).
+    /// up before it joins a shared execution (`ws::executions`).
     pub fn history(
         &self,
         filter: Arc<Filter>,

@@ -3,7 +3,8 @@
 //! polled politely: a minimum interval between requests, a descriptive User-Agent, and
 //! exponential backoff with jitter when the service refuses or fails. A job is published with a
 //! broker confirm before the feed moves on; an entry that can never become a job is
-//! dead-lettered with its reason instead of being retried forever.
+//! dead-lettered with its reason instead of being retried forever. What an entry says is read
+//! by [`crate::zkb`], as the importer reads it from files.
 
 pub mod r2z2;
 pub mod redisq;

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Answer, FeedHttp, checked, pause, publish};
 use crate::backoff::Backoff;
 use crate::db::cursors;
-use crate::killmail::{Killmail, KillmailId, Source, Zkb};
+use crate::killmail::Source;
 use crate::queue::{IngestJob, Publisher};
+use crate::zkb;
 
 /// The cursor's key in `feed_cursors` unless told otherwise.
 pub const DEFAULT_FEED: &str = "r2z2";
@@ -68,35 +69,13 @@ pub fn decode_pointer(body: &[u8]) -> Result<i64, String> {
         .map_err(|e| format!("sequence.json is not {{\"sequence\": N}}: {e}"))
 }
 
-/// One `ephemeral/{N}.json`. Only what a job needs is read: `uploaded_at`, `sequence_id` and
-/// `sequence_updated` (set when zKillboard issues a killmail again under a later sequence, e.g.
-/// with recomputed zkb values) are ignored, so their presence or shape never breaks decoding;
-/// a re-issued killmail becomes a job like any other and the store keeps it once.
-#[derive(Deserialize)]
-struct Object {
-    killmail_id: KillmailId,
-    #[serde(default)]
-    hash: Option<String>,
-    esi: Killmail,
-    #[serde(default)]
-    zkb: Option<Zkb>,
-}
-
-/// Decodes one R2Z2 object into a checked job; the error is the reason it is dead-lettered with.
+/// Decodes one `ephemeral/{N}.json` into a checked job; the error is the reason it is
+/// dead-lettered with. Its job is sourced `redisq`, the live feed's source whichever endpoint
+/// serves it.
 pub fn decode_object(body: &[u8]) -> Result<IngestJob, String> {
-    let object: Object =
+    let object: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not an R2Z2 killmail object: {e}"))?;
-    let hash = object
-        .hash
-        .or_else(|| object.zkb.as_ref().and_then(Zkb::hash).map(str::to_owned))
-        .ok_or("the object has no hash")?;
-    checked(&IngestJob {
-        killmail_id: object.killmail_id,
-        hash,
-        killmail: Some(object.esi),
-        zkb: object.zkb,
-        source: Source::Redisq,
-    })
+    checked(&zkb::r2z2_object(object, Source::Redisq)?)
 }
 
 impl R2z2Poller {
@@ -265,6 +244,7 @@ impl R2z2Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::killmail::{Killmail, KillmailId, Zkb};
 
     const FIXTURE: &str = include_str!(
         "../../tests/it/fixtures/upstream/r2z2/r2z2-ephemeral-96599404-killmail-134265477.aa-killtracker.json"

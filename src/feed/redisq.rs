@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Answer, FeedHttp, checked, pause, publish};
 use crate::backoff::Backoff;
-use crate::killmail::{Killmail, KillmailId, Source, Zkb};
+use crate::killmail::Source;
 use crate::queue::{IngestJob, Publisher};
+use crate::zkb;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisqSettings {
@@ -60,15 +60,6 @@ pub enum PackageError {
     Malformed(String),
 }
 
-#[derive(Deserialize)]
-struct Package {
-    #[serde(rename = "killID")]
-    kill_id: KillmailId,
-    #[serde(default)]
-    killmail: Option<Killmail>,
-    zkb: Zkb,
-}
-
 /// Decodes a RedisQ answer: `None` for `{"package": null}`, else a checked job.
 pub fn decode_package(body: &[u8]) -> Result<Option<IngestJob>, PackageError> {
     let mut answer: serde_json::Value = serde_json::from_slice(body)
@@ -77,30 +68,10 @@ pub fn decode_package(body: &[u8]) -> Result<Option<IngestJob>, PackageError> {
         .get_mut("package")
         .map(serde_json::Value::take)
         .ok_or_else(|| PackageError::NotRedisq("the answer has no `package`".into()))?;
-    if package.is_null() {
-        return Ok(None);
-    }
-    let package: Package = serde_json::from_value(package)
-        .map_err(|e| PackageError::Malformed(format!("not a RedisQ package: {e}")))?;
-    let hash = package
-        .zkb
-        .hash()
-        .ok_or_else(|| {
-            PackageError::Malformed(format!(
-                "package for killmail {} has no zkb.hash",
-                package.kill_id
-            ))
-        })?
-        .to_owned();
-    checked(&IngestJob {
-        killmail_id: package.kill_id,
-        hash,
-        killmail: package.killmail,
-        zkb: Some(package.zkb),
-        source: Source::Redisq,
-    })
-    .map(Some)
-    .map_err(PackageError::Malformed)
+    let job = zkb::redisq_package(package, Source::Redisq).map_err(PackageError::Malformed)?;
+    job.map(|job| checked(&job))
+        .transpose()
+        .map_err(PackageError::Malformed)
 }
 
 /// The poll URL: `url` with `queueID` and `ttw` set, its other query parameters kept.
@@ -166,6 +137,7 @@ impl RedisqPoller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::killmail::{Killmail, KillmailId, Zkb};
 
     const WITH_KILLMAIL: &str = include_str!(
         "../../tests/it/fixtures/upstream/redisq/redisq-package-119455394.andimiller-killmail-router.json"

@@ -52,13 +52,8 @@ pub struct KillmailNode(pub Arc<KillmailAdded>);
 
 impl From<StoredKillmail> for KillmailNode {
     fn from(s: StoredKillmail) -> Self {
-        Self(Arc::new(KillmailAdded {
-            seq: s.seq,
-            killmail: s.killmail,
-            zkb: s.zkb,
-            hash: Some(s.hash),
-            names: Default::default(),
-        }))
+        // Names come from the loaders, field by field.
+        Self(Arc::new(s.into_event(Default::default())))
     }
 }
 

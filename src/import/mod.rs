@@ -1,0 +1,176 @@
+//! `queue import`: killmails from files straight into the store, for backfills. Reads EVE Ref
+//! daily archives (`.tar.bz2`, `.tar`), directories of killmail JSON, `.json` files (a killmail,
+//! an array of them, an R2Z2 object, a RedisQ package or a `killmail.ingest` job) and `.jsonl`
+//! files (one of those per line), any of them also `.bz2`-compressed. Decompressing and parsing
+//! run on a blocking thread that feeds whole batches through a bounded channel, so the next
+//! batch is parsed while the last one is written; each batch is one transaction through
+//! [`ingest::store`], and what was new is announced like any other killmail. A record that
+//! cannot be imported is counted and reported with its place and reason, never ending the run;
+//! importing the same files again changes nothing.
+//!
+//! `files` finds and reads the input on its thread, `records` decodes each record (R2Z2
+//! objects and RedisQ packages through [`crate::zkb`], as the live feeds do), and `write`
+//! stores, publishes and announces what was read and counts it into the [`Summary`].
+//!
+//! [`ingest::store`]: crate::ingest::store
+
+mod files;
+mod records;
+mod write;
+
+pub use files::{Format, InputFile, input_files, read_killmails};
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::announce::Announcer;
+use crate::queue::Publisher;
+use files::Reader;
+
+/// How to import, and where to.
+#[derive(Clone)]
+pub struct Importer {
+    pub pool: PgPool,
+    /// Announces what was new after each commit; `None` leaves it pending in the store, for
+    /// worker-killmails' overdue sweep.
+    pub announcer: Option<Announcer>,
+    /// Where records without a killmail body (RedisQ packages carrying only `zkb`) are sent as
+    /// `killmail.ingest` jobs, for worker-killmails to fetch from ESI. Without it they are
+    /// rejected.
+    pub publisher: Option<Publisher>,
+    /// Killmails stored per transaction.
+    pub batch_size: usize,
+    /// Rejections kept with their reason in the [`Summary`]; the rest are only counted.
+    pub max_reasons: usize,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Files read: every archive, JSON and JSONL file, those found in directories included.
+    pub files: usize,
+    /// Records read that claimed to be killmails: `stored + already_present + queued + rejected`.
+    pub read: usize,
+    pub stored: usize,
+    /// Valid killmails the store already held (or that came twice in this import).
+    pub already_present: usize,
+    /// Records without a body, published as `killmail.ingest` jobs.
+    pub queued: usize,
+    pub rejected: usize,
+    /// The first rejections, at most [`Importer::max_reasons`].
+    pub rejections: Vec<Rejection>,
+    pub elapsed: Duration,
+    /// Stopped early by the shutdown token; what was committed stays.
+    pub interrupted: bool,
+}
+
+impl Summary {
+    pub fn per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.read as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.interrupted {
+            writeln!(
+                f,
+                "interrupted: what was committed stays; run it again to finish"
+            )?;
+        }
+        writeln!(f, "files read:       {}", self.files)?;
+        writeln!(f, "killmails read:   {}", self.read)?;
+        writeln!(f, "stored:           {}", self.stored)?;
+        writeln!(f, "already present:  {}", self.already_present)?;
+        if self.queued > 0 {
+            writeln!(f, "queued for ESI:   {}", self.queued)?;
+        }
+        writeln!(f, "rejected:         {}", self.rejected)?;
+        for rejection in &self.rejections {
+            writeln!(f, "  {rejection}")?;
+        }
+        let unlisted = self.rejected.saturating_sub(self.rejections.len());
+        if unlisted > 0 {
+            writeln!(f, "  … and {unlisted} more")?;
+        }
+        writeln!(f, "elapsed:          {:.2} s", self.elapsed.as_secs_f64())?;
+        write!(f, "rate:             {:.0} killmails/s", self.per_second())
+    }
+}
+
+/// A record that could not be imported: where it was and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The file, and within it the archive member, line or array item.
+    pub place: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.reason)
+    }
+}
+
+impl Importer {
+    /// Imports every killmail in `paths`. Fails only when a file cannot be opened (found out
+    /// before anything is written, as far as can be known in advance), or when the store or
+    /// RabbitMQ fails; bad records are rejected and counted. `progress` is given the input's
+    /// size in bytes and advanced as what was read is stored. Once `shutdown` is cancelled,
+    /// the batch in hand is finished and the rest left.
+    pub async fn import(
+        &self,
+        paths: &[PathBuf],
+        progress: &ProgressBar,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Summary> {
+        let started = Instant::now();
+        let files = input_files(paths)?;
+        progress.set_length(files.iter().map(|f| f.size).sum());
+        let (reader, chunks) =
+            Reader::spawn(files, self.batch_size.max(1), self.publisher.is_some());
+        self.write_all(reader, chunks, started, progress, shutdown)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_lists_its_counts_and_reasons() {
+        let summary = Summary {
+            files: 2,
+            read: 10,
+            stored: 7,
+            already_present: 1,
+            rejected: 2,
+            rejections: vec![Rejection {
+                place: "a.jsonl line 3".into(),
+                reason: "not JSON".into(),
+            }],
+            elapsed: Duration::from_secs(2),
+            ..Summary::default()
+        };
+        let text = summary.to_string();
+        for line in [
+            "stored:           7",
+            "  a.jsonl line 3: not JSON",
+            "  … and 1 more",
+            "rate:             5 killmails/s",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+}
