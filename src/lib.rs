@@ -1,24 +1,29 @@
 //! killreport: EVE Online killmails from zKillboard's live feed, EVE Ref archives and ESI,
 //! through RabbitMQ into PostgreSQL, announced on Redis and served over GraphQL.
 //!
-//! How the modules depend on each other, binaries at the top:
+//! How the modules depend on each other, binaries at the top; a module imports only those
+//! below it:
 //!
 //! ```text
-//! src/main.rs (server), src/bin/queue.rs, workers/*.rs             parse config, connect, call in
-//!   feed      the live feeds (R2Z2, RedisQ) → jobs                 worker-redisq
-//!   ingest    jobs → store → announce (outbox, sweep)               worker-killmails
-//!   import    archives and files → store → announce                 queue import
-//!   http      axum: /graphql (graphql, graphiql), /healthz, /readyz server
-//!     graphql   schema, queries, killmailAdded, filters, loaders
-//!     live      one Redis subscription per process, in order, fanned out
-//!     db      PostgreSQL: connect + migrate, killmails, announcements, names, cursors, statics
-//!     queue   RabbitMQ: topology, jobs, confirmed publishing, retries, dead letters
-//!     events  Redis pub/sub: the killmail-added event
-//!     esi     ESI over HTTP, its error limit shared by a process
-//!     zkb     zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
+//! src/main.rs (server), src/bin/queue.rs, workers/*.rs   parse config, connect, call in
+//! config    clap argument groups with DESIGN.md's defaults; starts nothing
+//! http      axum: /graphql (graphiql, WebSocket, POST) beside health's routes    server
+//!   ws        WebSocket sessions, shared executions, outboxes, both protocols
+//!   graphql   schema, queries, killmailAdded, filters, loaders
+//!   live      one Redis subscription per process, in order, fanned out
+//! import    archives and files → store → announce                                queue import
+//! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
+//! feed      the live feeds (R2Z2, RedisQ) → jobs                                 worker-redisq
+//!   announce  outbox, names and sweep: stored killmails → Redis
+//!   filter, statics   killmail filters and the static universe they need
+//!   zkb       zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
+//!   health    /healthz and /readyz for every process
+//!     db        PostgreSQL: migrate, killmails (and their events), outbox, names, cursors
+//!     queue     RabbitMQ: topology, jobs, confirms, retries, dead letters, the job runner
+//!     events    Redis pub/sub: the killmail-added event
+//!     esi       ESI over HTTP, its error limit shared by a process
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
-//! config: clap argument groups with DESIGN.md's defaults; shutdown: the signal token;
-//! health: /healthz and /readyz for every process.
+//!       backoff, shutdown, graphiql   delays and waiting for services; the signal; assets
 //! src/bin/loadgen/ (benchmark load, BENCHMARKS.md) is a client of all this, with its own modules.
 //! ```
 
