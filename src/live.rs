@@ -357,10 +357,6 @@ impl Hub {
                         Ok(Some(page)) => state.buffer.extend(page),
                         Ok(None) => state.replaying = false,
                         Err(error) => {
-                            tracing::error!(
-                                error = format!("{error:#}"),
-                                "replay from the store failed"
-                            );
                             state.failed = true;
                             return Some((Err(error), state));
                         }

@@ -53,26 +53,19 @@ impl SubscriptionRoot {
         let hub = ctx.data::<Hub>()?;
         let filter = Arc::new(filter);
         let events = match (after, ctx.data_opt::<CatchUpTo>()) {
-            (Some(after), Some(CatchUpTo(until))) => hub
-                .history(filter, after, *until)
-                .inspect(|event| {
-                    if let Err(error) = event {
-                        tracing::error!(
-                            error = format!("{error:#}"),
-                            "replay from the store failed"
-                        );
-                    }
-                })
-                .left_stream(),
-            // This stream logs a failed replay itself.
+            (Some(after), Some(CatchUpTo(until))) => {
+                hub.history(filter, after, *until).left_stream()
+            }
             _ => hub.subscribe(filter, after).right_stream(),
         };
         let tap = ctx.data_opt::<SeqTap>().cloned();
-        // A replay that failed ends the subscription with a generic error (the store's text
-        // stays in the log); the client may resume.
+        // A replay that failed ends the subscription with a generic error, its store's text
+        // logged here, once; the client may resume.
         Ok(events.map(move |event| {
-            let event = event
-                .map_err(|_| hidden("internal error: the replay failed; resume with `after`"))?;
+            let event = event.map_err(|error| {
+                tracing::error!(error = format!("{error:#}"), "replay from the store failed");
+                hidden("internal error: the replay failed; resume with `after`")
+            })?;
             if let Some(tap) = &tap {
                 tap.0.store(event.seq.0, Ordering::SeqCst);
             }
