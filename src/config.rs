@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::backoff::Backoff;
-use crate::feed::{R2z2Settings, RedisqSettings};
-use crate::queue::runner::Job;
+use crate::feed::{Followed, R2z2Settings, RedisqSettings};
+use crate::queue::runner::{Consuming, Job};
 use crate::queue::{Broker, Connector, IngestJob};
 
 #[derive(Debug, Clone, Args)]
@@ -96,6 +96,35 @@ pub struct HealthArgs {
     pub health_addr: Option<String>,
 }
 
+/// How a worker takes its jobs; the defaults suit `worker-killmails`.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs {
+    /// Jobs RabbitMQ hands this worker before it has settled them.
+    #[arg(long, env = "PREFETCH", default_value_t = 200)]
+    pub prefetch: u16,
+    /// At most this many jobs are handled as one batch (for killmails: one transaction).
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
+    pub batch_size: usize,
+    /// Milliseconds a batch waits to fill once its first job has arrived; 0 takes only what
+    /// has already arrived (batches still form under load, while the last one is handled).
+    #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 0)]
+    pub batch_wait_ms: u64,
+}
+
+impl ConsumerArgs {
+    /// Consuming `rabbit`'s queue as `process`, given `grace` to stop.
+    pub fn consuming(&self, rabbit: &RabbitArgs, process: &str, grace: Duration) -> Consuming {
+        Consuming {
+            connector: rabbit.connector(process),
+            topology: rabbit.topology(),
+            prefetch: self.prefetch,
+            max_batch: self.batch_size.max(1),
+            max_wait: Duration::from_millis(self.batch_wait_ms),
+            grace,
+        }
+    }
+}
+
 /// The live feeds' settings (worker-redisq), with the defaults zKillboard asks for.
 #[derive(Debug, Clone, Args)]
 pub struct FeedArgs {
@@ -137,6 +166,23 @@ pub struct FeedArgs {
 impl FeedArgs {
     pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
         crate::feed::http_client(Duration::from_secs(self.feed_timeout_secs))
+    }
+
+    /// The feed these settings name: RedisQ when `REDISQ_URL` is set, else R2Z2, which keeps
+    /// its cursor in `pool` (`None` only when following RedisQ).
+    pub fn followed(&self, pool: Option<sqlx::PgPool>) -> anyhow::Result<Followed> {
+        Ok(match (&self.redisq_url, pool) {
+            (Some(url), _) => Followed::Redisq {
+                url: url.clone(),
+                settings: self.redisq_settings(),
+            },
+            (None, Some(pool)) => Followed::R2z2 {
+                base_url: self.r2z2_base_url.clone(),
+                pool,
+                settings: self.r2z2_settings(),
+            },
+            (None, None) => anyhow::bail!("R2Z2 needs the database for its cursor"),
+        })
     }
 
     pub fn r2z2_settings(&self) -> R2z2Settings {

@@ -5,11 +5,11 @@ use std::time::Duration;
 use clap::Parser;
 use killreport::announce::Announcer;
 use killreport::backoff::until_up;
-use killreport::config::{DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs};
+use killreport::config::{ConsumerArgs, DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::ingest::KillmailHandler;
-use killreport::queue::runner::{self, Consuming, Handler};
+use killreport::queue::runner::{self, Handler};
 use killreport::shutdown::finish_within;
 
 /// How long the batch in hand may take to finish after SIGTERM; then it is left to the queue.
@@ -28,19 +28,11 @@ struct Args {
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
+    consumer: ConsumerArgs,
+    #[command(flatten)]
     esi: EsiArgs,
     #[command(flatten)]
     health: HealthArgs,
-    /// Jobs RabbitMQ hands this worker before it has acked them.
-    #[arg(long, env = "PREFETCH", default_value_t = 200)]
-    prefetch: u16,
-    /// At most this many jobs are stored in one transaction.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
-    batch_size: usize,
-    /// Milliseconds a batch waits to fill once its first job has arrived; 0 takes only what
-    /// has already arrived (batches still form under load, while the last one is written).
-    #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 0)]
-    batch_wait_ms: u64,
     /// Milliseconds an announcement may wait for ESI to name unknown characters and corporations.
     #[arg(long, env = "NAMES_BUDGET_MS", default_value_t = 1500)]
     names_budget_ms: u64,
@@ -61,14 +53,9 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let names = (esi.clone(), Duration::from_millis(args.names_budget_ms));
     let announcer = Announcer::new(pool.clone(), events.clone(), Some(names));
-    let consuming = Consuming {
-        connector: args.rabbit.connector(KillmailHandler::NAME),
-        topology: args.rabbit.topology(),
-        prefetch: args.prefetch,
-        max_batch: args.batch_size.max(1),
-        max_wait: Duration::from_millis(args.batch_wait_ms),
-        grace: SHUTDOWN_GRACE,
-    };
+    let consuming = args
+        .consumer
+        .consuming(&args.rabbit, KillmailHandler::NAME, SHUTDOWN_GRACE);
     let readiness = Readiness::default()
         .postgres(pool.clone())
         .redis(events)

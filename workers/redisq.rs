@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use futures::future::Either;
 use killreport::backoff::until_up;
 use killreport::config::{DatabaseArgs, FeedArgs, HealthArgs, RabbitArgs};
-use killreport::feed::{R2z2Poller, RedisqPoller};
 use killreport::health::Readiness;
 use killreport::queue::Publisher;
 use killreport::shutdown::finish_within;
@@ -52,50 +50,21 @@ async fn main() -> anyhow::Result<()> {
         None => readiness,
     };
     killreport::health::serve(args.health.health_addr.as_deref(), readiness, &shutdown).await?;
+    let followed = &args.feed.followed(pool)?;
+    let grace = followed.grace(SHUTDOWN_GRACE);
+    let (topology, http, shutdown) = (&args.rabbit.topology(), &http, &shutdown);
     // A lost broker (or database) ends a session; the feed is picked up again from where it
     // was, on a new connection, until shutdown.
-    let (args, http, pool, shutdown) = (&args, &http, &pool, &shutdown);
     let outcome = connector
         .run(shutdown, |connection| async move {
-            let publisher = Publisher::new(&connection, args.rabbit.topology())
+            let publisher = Publisher::new(&connection, topology.clone())
                 .await
                 .context("declaring the RabbitMQ topology")?;
-            // A RedisQ poll under way may bring a package already taken off the server's
-            // queue, so it is given its whole wait to answer; an R2Z2 fetch is dropped at
-            // once, as the cursor moves only once its job is confirmed.
-            let (grace, polling) = match (&args.feed.redisq_url, pool) {
-                (Some(url), _) => {
-                    let settings = args.feed.redisq_settings();
-                    let grace = SHUTDOWN_GRACE + Duration::from_secs(settings.ttw.into());
-                    let poller = RedisqPoller {
-                        http: http.clone(),
-                        url: url.clone(),
-                        publisher,
-                        settings,
-                    };
-                    (grace, Either::Left(poller.run(shutdown.clone())))
-                }
-                (None, Some(pool)) => {
-                    let base_url = args.feed.r2z2_base_url.clone();
-                    tracing::info!(%base_url, "worker-redisq reading R2Z2");
-                    let poller = R2z2Poller {
-                        http: http.clone(),
-                        base_url,
-                        pool: pool.clone(),
-                        publisher,
-                        settings: args.feed.r2z2_settings(),
-                    };
-                    (SHUTDOWN_GRACE, Either::Right(poller.run(shutdown.clone())))
-                }
-                (None, None) => anyhow::bail!("R2Z2 needs the database"),
-            };
-            finish_within(shutdown, grace, polling)
+            let following = followed.follow(http.clone(), publisher, shutdown.clone());
+            finish_within(shutdown, grace, following)
                 .await
                 .unwrap_or_else(|| {
-                    tracing::warn!(
-                        grace_secs = grace.as_secs(),
-                        "the feed did not stop in time; given up"
-                    );
+                    tracing::warn!(?grace, "the feed did not stop in time; given up");
                     Ok(())
                 })
         })

@@ -16,12 +16,77 @@ use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::StatusCode;
+use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::queue::runner::Job;
 use crate::queue::{IngestJob, PublishError, Publisher};
+
+/// The feed a `worker-redisq` follows, with what following it needs besides a publisher.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    /// R2Z2, whose cursor is kept in `pool`.
+    R2z2 {
+        base_url: String,
+        pool: PgPool,
+        settings: R2z2Settings,
+    },
+    /// A RedisQ-compatible listen URL.
+    Redisq {
+        url: String,
+        settings: RedisqSettings,
+    },
+}
+
+impl Followed {
+    /// How long following may take to stop after shutdown, given the time a publish and a
+    /// cursor save may take: a RedisQ poll under way may bring a package already taken off the
+    /// server's queue, so it is given its whole wait to answer; an R2Z2 fetch is dropped at
+    /// once, as the cursor moves only once its job is confirmed.
+    pub fn grace(&self, finishing: Duration) -> Duration {
+        match self {
+            Self::R2z2 { .. } => finishing,
+            Self::Redisq { settings, .. } => finishing + Duration::from_secs(settings.ttw.into()),
+        }
+    }
+
+    /// Polls the feed, publishing each killmail as a job, until `shutdown` or a failure.
+    pub async fn follow(
+        &self,
+        http: reqwest::Client,
+        publisher: Publisher,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        match self.clone() {
+            Self::R2z2 {
+                base_url,
+                pool,
+                settings,
+            } => {
+                tracing::info!(%base_url, "following R2Z2");
+                let poller = R2z2Poller {
+                    http,
+                    base_url,
+                    pool,
+                    publisher,
+                    settings,
+                };
+                poller.run(shutdown).await
+            }
+            Self::Redisq { url, settings } => {
+                let poller = RedisqPoller {
+                    http,
+                    url,
+                    publisher,
+                    settings,
+                };
+                poller.run(shutdown).await
+            }
+        }
+    }
+}
 
 /// An HTTP client for the feeds: killreport's User-Agent, bounded connects and requests.
 pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {

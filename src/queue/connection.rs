@@ -130,7 +130,7 @@ impl Connector {
             let delay = Backoff::RECONNECT.delay(failures);
             let error = outcome.err().map(|e| format!("{e:#}")).unwrap_or_default();
             if failures == 1 {
-                tracing::error!(%error, retry_in = ?delay, connection = %self.name, "lost RabbitMQ or what the work needs; starting again until it runs");
+                tracing::error!(%error, retry_in = ?delay, connection = %self.name, "the session on RabbitMQ ended; starting it again until it runs");
             } else {
                 tracing::debug!(%error, retry_in = ?delay, failures, "still not running");
             }
