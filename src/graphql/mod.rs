@@ -3,12 +3,14 @@
 //! types) are held in memory; entity names are batch-loaded per request.
 
 mod filter;
+mod limits;
 mod loaders;
 mod query;
 mod subscription;
 mod types;
 
 pub use filter::{Involvement, KillmailFilter};
+pub use limits::MAX_EXPANDED_FIELDS;
 pub use subscription::{CatchUpTo, SeqTap};
 pub use types::KillmailNode;
 
@@ -38,6 +40,7 @@ pub fn schema_builder()
         EmptyMutation,
         subscription::SubscriptionRoot,
     )
+    .extension(limits::DocumentSize)
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
 }

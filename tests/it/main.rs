@@ -11,6 +11,7 @@ mod graphql;
 mod hostile;
 mod import;
 mod ingest;
+mod limits;
 mod live;
 pub mod robustness;
 mod server;
