@@ -12,7 +12,7 @@ mod hostile;
 mod import;
 mod ingest;
 mod live;
-pub mod robustness;
+mod robustness;
 mod server;
 mod store;
 mod subscriptions;
