@@ -1,18 +1,16 @@
 //! Starting up: every process creates, migrates and loads the database itself, and several
 //! doing it at once must all succeed.
 
-use crate::support::{TestEnv, env_or};
+use crate::support::database::TestDatabase;
+use crate::support::{Services, TestEnv};
 
 #[tokio::test]
 async fn processes_starting_together_create_and_migrate_one_database() {
-    let url = format!(
-        "{}/killreport_test_{}",
-        env_or(
-            "TEST_POSTGRES_URL",
-            "postgres://postgres:postgres@127.0.0.1:5432"
-        ),
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    let database = TestDatabase::new(
+        &Services::shared().postgres,
+        &uuid::Uuid::new_v4().simple().to_string()[..12],
     );
+    let url = database.url();
     let starts = (0..4).map(|_| killreport::db::connect(&url, 2));
     let pools = futures::future::try_join_all(starts)
         .await

@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::fakes::Served;
 use crate::support::fakes::esi::FakeEsi;
-use crate::support::fakes::r2z2::{self, FakeR2z2};
+use crate::support::fakes::r2z2::FakeR2z2;
 use crate::support::private_services::PrivateServices;
-use crate::support::ws::ResumingSubscriber;
-use crate::support::{self, PATIENCE, TestEnv, free_port, terminate};
+use crate::support::ws::{ResumingSubscriber, graphql_url};
+use crate::support::{self, PATIENCE, TestEnv, fixtures, free_port, terminate};
 
 /// The R2Z2 sequence of the first killmail.
 const START: i64 = 96_599_404;
@@ -146,27 +146,20 @@ impl Pipeline {
         env.log_dir = Some(services.dir().to_path_buf());
         env.vars.insert("RUST_LOG".into(), "info".into());
 
-        let r2z2 = FakeR2z2::default();
+        let r2z2 = FakeR2z2::holding(START, killmails);
         let esi = FakeEsi::default();
-        for (sequence, (body, hash)) in (START..).zip(killmails) {
-            let object = r2z2::object(sequence, body, hash);
-            r2z2.add_file(sequence, serde_json::to_vec(&object).expect("JSON"));
+        for (body, _) in killmails {
             let killmail: killreport::killmail::Killmail =
                 serde_json::from_value(body.clone()).expect("an ESI killmail");
             for id in killmail.entity_ids() {
                 esi.add_name(id, "character", &format!("Pilot {id}"));
             }
         }
-        r2z2.set_pointer(START);
-        let r2z2_served = r2z2.serve().await;
-        let esi_served = esi.serve().await;
-        env.vars.insert("R2Z2_BASE_URL".into(), r2z2_served.url());
-        env.vars.insert("R2Z2_IDLE_WAIT_MS".into(), "200".into());
-        env.vars.insert("ESI_BASE_URL".into(), esi_served.url());
+        let r2z2_served = r2z2.serve_for(&mut env).await;
+        let esi_served = esi.serve_for(&mut env).await;
 
         let (server, base) = env.start_server().await;
-        let subscriber =
-            ResumingSubscriber::start(format!("{}/graphql", base.replace("http://", "ws://")));
+        let subscriber = ResumingSubscriber::start(graphql_url(&base));
         let health: HashMap<&'static str, String> = ["worker-killmails", "worker-redisq"]
             .into_iter()
             .map(|binary| (binary, format!("127.0.0.1:{}", free_port())))
@@ -503,7 +496,7 @@ async fn every_killmail_is_stored_and_delivered_once_whatever_restarts() {
         return;
     }
     let suite_started = Instant::now();
-    let killmails = r2z2::fixture_killmails(PER_PHASE * FAULTS.len());
+    let killmails = fixtures::esi_killmails(PER_PHASE * FAULTS.len());
     let mut pipeline = Pipeline::start(&killmails).await;
     let started_in = suite_started.elapsed();
 

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use killreport::events::KillmailAdded;
 use killreport::killmail::{Killmail, KillmailId, Zkb};
+use serde_json::Value;
+use tokio::process::Child;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::support::fakes::Served;
 use crate::support::fakes::esi::FakeEsi;
 use crate::support::fakes::r2z2::{self, FakeR2z2, R2z2Request};
 use crate::support::fakes::redisq::FakeRedisq;
-use crate::support::{PATIENCE, TestEnv, assert_no_more_events, wait_until};
+use crate::support::rabbitmqctl::close_rabbitmq_connections;
+use crate::support::{PATIENCE, TestEnv, assert_no_more_events, fixtures, wait_until};
 
 /// A realistic R2Z2 sequence number to start from.
 const START: i64 = 96_599_404;
@@ -25,35 +28,49 @@ struct Expected {
     zkb: Option<Zkb>,
 }
 
+/// Adds what the killmail `esi` (ESI's body) must become: the same killmail, with `hash` and
+/// `zkb`.
+fn expect(expected: &mut HashMap<KillmailId, Expected>, esi: Value, hash: String, zkb: &Value) {
+    let killmail: Killmail = serde_json::from_value(esi).expect("an ESI killmail");
+    expected.insert(
+        killmail.killmail_id,
+        Expected {
+            killmail,
+            hash,
+            zkb: Some(Zkb(zkb.clone())),
+        },
+    );
+}
+
 /// A fake R2Z2 holding `n` fixture killmails from [`START`] on, with what each must become.
 fn r2z2_with_killmails(n: usize) -> (FakeR2z2, HashMap<KillmailId, Expected>) {
     let fake = FakeR2z2::default();
     let mut expected = HashMap::new();
-    for (i, (esi, hash)) in r2z2::fixture_killmails(n).into_iter().enumerate() {
-        let sequence = START + i64::try_from(i).expect("small");
+    for (sequence, (esi, hash)) in (START..).zip(fixtures::esi_killmails(n)) {
         let mut object = r2z2::object(sequence, &esi, &hash);
-        if i % 10 == 5 {
+        if (sequence - START) % 10 == 5 {
             // As on a re-issued object: it must not matter to decoding.
             object["sequence_updated"] = serde_json::json!(sequence + 1_000);
         }
-        fake.add_file(sequence, serde_json::to_vec(&object).expect("JSON"));
-        let killmail: Killmail = serde_json::from_value(esi).expect("an ESI killmail");
-        expected.insert(
-            killmail.killmail_id,
-            Expected {
-                killmail,
-                hash,
-                zkb: Some(Zkb(object["zkb"].clone())),
-            },
-        );
+        fake.add_object(sequence, &object);
+        expect(&mut expected, esi, hash, &object["zkb"]);
     }
     fake.set_pointer(START);
     (fake, expected)
 }
 
-fn point_at_r2z2(env: &mut TestEnv, served: &Served) {
-    env.vars.insert("R2Z2_BASE_URL".into(), served.url());
-    env.vars.insert("R2Z2_IDLE_WAIT_MS".into(), "200".into());
+/// Serves `fake` to a worker-redisq with a worker-killmails behind it: the fake's server, the
+/// test's events (subscribed to before either process starts), worker-killmails and
+/// worker-redisq.
+async fn run_on_r2z2(
+    env: &mut TestEnv,
+    fake: &FakeR2z2,
+) -> (Served, UnboundedReceiver<KillmailAdded>, Child, Child) {
+    let served = fake.serve_for(env).await;
+    let events = env.subscribe().await;
+    let killmails = env.spawn("worker-killmails", &[]);
+    let feed = env.spawn("worker-redisq", &[]);
+    (served, events, killmails, feed)
 }
 
 async fn cursor(env: &TestEnv) -> Option<i64> {
@@ -128,12 +145,7 @@ async fn r2z2_killmails_are_stored_once_and_announced_after_their_commit() {
     let (fake, expected) = r2z2_with_killmails(60);
     let last = START + 59;
     fake.reveal(last);
-    let served = fake.serve().await;
-    point_at_r2z2(&mut env, &served);
-
-    let mut events = env.subscribe().await;
-    let _killmails = env.spawn("worker-killmails", &[]);
-    let _feed = env.spawn("worker-redisq", &[]);
+    let (_served, mut events, _killmails, _feed) = run_on_r2z2(&mut env, &fake).await;
 
     let received = receive_checked(&env, &mut events, &expected).await;
     assert_once_each_in_order(&received);
@@ -174,12 +186,7 @@ async fn r2z2_restart_resumes_after_the_cursor_without_skipping_or_repeating() {
     let mut env = TestEnv::new().await;
     let (fake, expected) = r2z2_with_killmails(60);
     fake.reveal(START + 29);
-    let served = fake.serve().await;
-    point_at_r2z2(&mut env, &served);
-
-    let mut events = env.subscribe().await;
-    let _killmails = env.spawn("worker-killmails", &[]);
-    let mut feed = env.spawn("worker-redisq", &[]);
+    let (_served, mut events, _killmails, mut feed) = run_on_r2z2(&mut env, &fake).await;
     env.wait_for_killmails(20).await;
     feed.kill().await.expect("killing worker-redisq");
     let done = cursor(&env)
@@ -222,12 +229,7 @@ async fn r2z2_waits_for_what_is_not_produced_yet_and_backs_off_when_refused() {
     fake.fail(START + 5, &[429]);
     fake.fail(START + 8, &[403]);
     fake.fail(START + 10, &[500]);
-    let served = fake.serve().await;
-    point_at_r2z2(&mut env, &served);
-
-    let mut events = env.subscribe().await;
-    let _killmails = env.spawn("worker-killmails", &[]);
-    let _feed = env.spawn("worker-redisq", &[]);
+    let (_served, mut events, _killmails, _feed) = run_on_r2z2(&mut env, &fake).await;
     let revealer = {
         let fake = fake.clone();
         tokio::spawn(async move {
@@ -297,26 +299,18 @@ async fn r2z2_malformed_objects_are_dead_lettered_and_the_feed_carries_on() {
     let mut expected = HashMap::new();
     let not_json = START + 3;
     let not_a_killmail = START + 6;
-    let mut fixtures = r2z2::fixture_killmails(11).into_iter();
+    let mut killmails = fixtures::esi_killmails(11).into_iter();
     let mut bodies = HashMap::new();
     for sequence in START..START + 12 {
         let body = if sequence == not_json {
             b"{\"killmail_id\": 97089999, \"esi\": <html>".to_vec()
         } else {
-            let (esi, hash) = fixtures.next().expect("a fixture");
+            let (esi, hash) = killmails.next().expect("a fixture");
             let mut object = r2z2::object(sequence, &esi, &hash);
             if sequence == not_a_killmail {
                 object["esi"]["attackers"] = serde_json::json!([]);
             } else {
-                let killmail: Killmail = serde_json::from_value(esi).expect("an ESI killmail");
-                expected.insert(
-                    killmail.killmail_id,
-                    Expected {
-                        killmail,
-                        hash,
-                        zkb: Some(Zkb(object["zkb"].clone())),
-                    },
-                );
+                expect(&mut expected, esi, hash, &object["zkb"]);
             }
             serde_json::to_vec(&object).expect("JSON")
         };
@@ -325,12 +319,7 @@ async fn r2z2_malformed_objects_are_dead_lettered_and_the_feed_carries_on() {
     }
     fake.set_pointer(START);
     fake.reveal(START + 11);
-    let served = fake.serve().await;
-    point_at_r2z2(&mut env, &served);
-
-    let mut events = env.subscribe().await;
-    let _killmails = env.spawn("worker-killmails", &[]);
-    let _feed = env.spawn("worker-redisq", &[]);
+    let (_served, mut events, _killmails, _feed) = run_on_r2z2(&mut env, &fake).await;
 
     let received = receive_checked(&env, &mut events, &expected).await;
     assert_eq!(received.len(), 10);
@@ -377,32 +366,18 @@ async fn r2z2_resumes_from_a_stored_cursor_and_skips_a_sequence_missing_upstream
     let fake = FakeR2z2::default();
     let missing = START + 2;
     let mut expected = HashMap::new();
-    let mut fixtures = r2z2::fixture_killmails(8).into_iter();
-    for sequence in (START..=START + 8).filter(|s| *s != missing) {
-        let (esi, hash) = fixtures.next().expect("a fixture");
+    let sequences = (START..=START + 8).filter(|s| *s != missing);
+    for (sequence, (esi, hash)) in sequences.zip(fixtures::esi_killmails(8)) {
         let object = r2z2::object(sequence, &esi, &hash);
-        fake.add_file(sequence, serde_json::to_vec(&object).expect("JSON"));
-        let killmail: Killmail = serde_json::from_value(esi).expect("an ESI killmail");
-        expected.insert(
-            killmail.killmail_id,
-            Expected {
-                killmail,
-                hash,
-                zkb: Some(Zkb(object["zkb"].clone())),
-            },
-        );
+        fake.add_object(sequence, &object);
+        expect(&mut expected, esi, hash, &object["zkb"]);
     }
     fake.set_pointer(START + 8);
     fake.reveal(START + 8);
     killreport::db::cursors::save(&env.pool, "r2z2", START - 1)
         .await
         .expect("saving a cursor");
-    let served = fake.serve().await;
-    point_at_r2z2(&mut env, &served);
-
-    let mut events = env.subscribe().await;
-    let _killmails = env.spawn("worker-killmails", &[]);
-    let _feed = env.spawn("worker-redisq", &[]);
+    let (_served, mut events, _killmails, _feed) = run_on_r2z2(&mut env, &fake).await;
 
     let received = receive_checked(&env, &mut events, &expected).await;
     assert_once_each_in_order(&received);
@@ -425,14 +400,14 @@ async fn r2z2_resumes_from_a_stored_cursor_and_skips_a_sequence_missing_upstream
 #[tokio::test]
 async fn redisq_packages_are_long_polled_through_redirects_with_or_without_their_killmail() {
     let mut env = TestEnv::new().await;
-    let upstream = crate::support::fixtures::dir().join("upstream/redisq");
+    let upstream = fixtures::dir().join("upstream/redisq");
     let read = |name: &str| -> serde_json::Value {
         let text = std::fs::read_to_string(upstream.join(name)).expect("fixture file");
         serde_json::from_str(&text).expect("fixture JSON")
     };
     let with_killmail = read("redisq-package-119455394.andimiller-killmail-router.json");
     // The real zkb-only package, moved onto a killmail the fake ESI can serve.
-    let (esi_body, hash) = r2z2::fixture_killmails(1).remove(0);
+    let (esi_body, hash) = fixtures::esi_killmails(1).remove(0);
     let id = esi_body["killmail_id"].as_i64().expect("id");
     let mut zkb_only = read("redisq-package-130678514-zkb-only.zkillboard-redisq-readme.json");
     zkb_only["package"]["killID"] = serde_json::json!(id);
@@ -442,44 +417,29 @@ async fn redisq_packages_are_long_polled_through_redirects_with_or_without_their
 
     let esi = FakeEsi::default();
     esi.add_killmail(esi_body.clone(), &hash);
-    let esi_served = esi.serve().await;
+    let _esi_served = esi.serve_for(&mut env).await;
     let redisq = FakeRedisq::default();
     redisq.push_null();
     redisq.push_answer(with_killmail.clone());
     redisq.push_null();
     redisq.push_answer(zkb_only.clone());
-    let redisq_served = redisq.serve().await;
-
+    let _redisq_served = redisq.serve_for(&mut env).await;
     let queue_id = format!("killreport-test-{}", env.id);
-    env.vars.insert(
-        "REDISQ_URL".into(),
-        format!("{}/listen.php", redisq_served.url()),
-    );
     env.vars.insert("REDISQ_QUEUE_ID".into(), queue_id.clone());
-    env.vars.insert("REDISQ_TTW".into(), "1".into());
-    env.vars
-        .insert("REDISQ_MIN_INTERVAL_MS".into(), "50".into());
-    env.vars.insert("ESI_BASE_URL".into(), esi_served.url());
 
     let package = &with_killmail["package"];
     let mut expected = HashMap::new();
-    let first: Killmail = serde_json::from_value(package["killmail"].clone()).expect("killmail");
-    expected.insert(
-        first.killmail_id,
-        Expected {
-            killmail: first,
-            hash: package["zkb"]["hash"].as_str().expect("hash").to_owned(),
-            zkb: Some(Zkb(package["zkb"].clone())),
-        },
+    expect(
+        &mut expected,
+        package["killmail"].clone(),
+        package["zkb"]["hash"].as_str().expect("hash").to_owned(),
+        &package["zkb"],
     );
-    let second: Killmail = serde_json::from_value(esi_body).expect("killmail");
-    expected.insert(
-        second.killmail_id,
-        Expected {
-            killmail: second,
-            hash: hash.clone(),
-            zkb: Some(Zkb(zkb_only["package"]["zkb"].clone())),
-        },
+    expect(
+        &mut expected,
+        esi_body,
+        hash.clone(),
+        &zkb_only["package"]["zkb"],
     );
 
     let mut events = env.subscribe().await;
@@ -534,15 +494,11 @@ async fn worker_redisq_carries_on_from_its_cursor_when_rabbitmq_drops_its_connec
     let mut env = TestEnv::new().await;
     let (fake, expected) = r2z2_with_killmails(60);
     fake.reveal(START + 29);
-    let served = fake.serve().await;
-    point_at_r2z2(&mut env, &served);
-    let mut events = env.subscribe().await;
-    let _killmails = env.spawn("worker-killmails", &[]);
-    let mut feed = env.spawn("worker-redisq", &[]);
+    let (_served, mut events, _killmails, mut feed) = run_on_r2z2(&mut env, &fake).await;
 
     env.wait_for_killmails(20).await;
     let needle = format!("worker-redisq {}", env.topology().queue);
-    assert_eq!(crate::faults::close_rabbitmq_connections(&needle).await, 1);
+    assert_eq!(close_rabbitmq_connections(&needle).await, 1);
     fake.reveal(START + 59);
 
     let received = receive_checked(&env, &mut events, &expected).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
-use killreport::events::{EventPublisher, KillmailAdded};
+use killreport::events::KillmailAdded;
 use killreport::killmail::{Received, Source};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -15,7 +15,7 @@ use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::support::{PATIENCE, TestEnv, env_or, fixtures, redis_url};
+use crate::support::{PATIENCE, TestEnv, env_or, fixtures};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -183,9 +183,8 @@ async fn graphiql_loads_offline_and_streams_the_design_example_subscription() {
             .into_iter()
             .collect(),
     };
-    EventPublisher::connect(&redis_url(), &env.channel)
+    env.event_publisher()
         .await
-        .expect("Redis")
         .publish(&[event])
         .await
         .expect("publish");

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use killreport::events::{EventPublisher, KillmailAdded};
+use killreport::events::KillmailAdded;
 use killreport::killmail::{Killmail, Seq};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::ws::{Protocol, WsClient};
-use crate::support::{TestEnv, fixtures, redis_url};
+use crate::support::ws::{Protocol, WsClient, graphql_url};
+use crate::support::{TestEnv, fixtures};
 
 const IDS: &str = "subscription { killmailAdded { killmailId } }";
 
@@ -19,10 +19,7 @@ async fn server(env: &mut TestEnv, settings: &[(&str, &str)]) -> (tokio::process
         env.vars.insert((*name).into(), (*value).into());
     }
     let (server, base) = env.start_server().await;
-    (
-        server,
-        format!("{}/graphql", base.replace("http://", "ws://")),
-    )
+    (server, graphql_url(&base))
 }
 
 /// Announces `killmails` on the test's channel with sequences 1, 2, … (the test's store is
@@ -33,9 +30,7 @@ async fn announce(env: &TestEnv, killmails: &[Killmail]) {
 
 /// [`announce`], waiting `gap` after each killmail, as a live feed would.
 async fn announce_paced(env: &TestEnv, killmails: &[Killmail], gap: Duration) {
-    let publisher = EventPublisher::connect(&redis_url(), &env.channel)
-        .await
-        .expect("publisher");
+    let publisher = env.event_publisher().await;
     for (index, killmail) in killmails.iter().enumerate() {
         let event = KillmailAdded {
             seq: Seq(index as i64 + 1),
@@ -346,7 +341,7 @@ fn well_formed() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         kinds,
         ids,
         documents,
-        crate::robustness::decoders::any_json(),
+        crate::support::fuzz::any_json(),
         names,
     )
         .prop_map(|(kind, id, query, variables, name)| {
@@ -385,7 +380,7 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
     .iter()
     .map(|m| m.to_string().into_bytes())
     .collect();
-    let strategy = proptest::prop_oneof![crate::robustness::decoders::input(corpus), well_formed()];
+    let strategy = proptest::prop_oneof![crate::support::fuzz::input(corpus), well_formed()];
     let mut runner = TestRunner::deterministic();
     let allowed = [1000, 1009, 4400, 4401, 4409, 4429];
     // Close codes seen, by code; the rest were answered and the connection went on.

@@ -15,8 +15,9 @@ use lapin::options::BasicGetOptions;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{archive_values, esi_body, first_difference, normalise};
-use crate::support::{TestEnv, assert_no_more_events, fixtures, receive_events};
+use crate::support::fixtures::{self, archive_values, esi_body};
+use crate::support::json_diff::{first_difference, normalise};
+use crate::support::{TestEnv, assert_no_more_events, receive_events};
 
 /// Runs `queue import` and returns its summary, as `label: value` pairs, failing unless it
 /// succeeded.
@@ -341,10 +342,7 @@ async fn a_package_without_its_killmail_is_queued_for_esi_when_asked() {
     assert_eq!(count(&summary, "rejected"), 0);
     assert_eq!(env.killmail_count().await, 0);
 
-    let connection = killreport::queue::connect(&env.rabbit.rabbitmq_url, "test")
-        .await
-        .expect("connecting to RabbitMQ");
-    let channel = connection.create_channel().await.expect("channel");
+    let (_connection, channel) = env.rabbitmq().await;
     let message = channel
         .basic_get(&env.topology().queue, BasicGetOptions { no_ack: true })
         .await

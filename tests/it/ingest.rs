@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use killreport::killmail::{Source, Zkb};
+use killreport::killmail::Zkb;
 use killreport::queue::IngestJob;
 
 use crate::support::fakes::esi::FakeEsi;
@@ -19,14 +19,10 @@ fn job(id: i64, with_body: bool) -> (IngestJob, serde_json::Value) {
     let zkb = Zkb(
         serde_json::json!({"hash": hash, "totalValue": 12_345_678.9, "npc": false, "solo": false, "awox": false, "points": 3, "labels": ["pvp"], "locationID": 40_000_001}),
     );
-    let job = IngestJob {
-        killmail_id: killmail.killmail_id,
-        hash,
-        killmail: with_body.then_some(killmail),
-        zkb: Some(zkb),
-        source: Source::Redisq,
-    };
-    (job, body)
+    (
+        fixtures::job_with(killmail, hash, Some(zkb), with_body),
+        body,
+    )
 }
 
 #[tokio::test]
@@ -106,8 +102,7 @@ async fn a_job_without_its_body_is_fetched_from_esi_retried_through_an_outage_an
         .expect("a victim character");
     esi.add_name(victim, "character", "Some Pilot");
     esi.fail_next_killmail_requests(&[503, 502]);
-    let served = esi.serve().await;
-    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let _served = esi.serve_for(&mut env).await;
     let publisher = env.publisher().await;
     let mut events = env.subscribe().await;
     let _worker = env.spawn("worker-killmails", &[]);
@@ -149,8 +144,7 @@ async fn while_esi_cannot_name_people_killmails_go_out_at_once_and_esi_is_asked_
         }
     }
     esi.fail_next_names_requests(&[503]);
-    let served = esi.serve().await;
-    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let _served = esi.serve_for(&mut env).await;
     let publisher = env.publisher().await;
     let mut events = env.subscribe().await;
     let _worker = env.spawn("worker-killmails", &[]);
@@ -193,8 +187,7 @@ async fn while_esi_cannot_name_people_killmails_go_out_at_once_and_esi_is_asked_
 async fn a_killmail_esi_does_not_know_is_dead_lettered() {
     let mut env = TestEnv::new().await;
     let esi = FakeEsi::default();
-    let served = esi.serve().await;
-    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let _served = esi.serve_for(&mut env).await;
     let publisher = env.publisher().await;
     let mut events = env.subscribe().await;
     let _worker = env.spawn("worker-killmails", &[]);

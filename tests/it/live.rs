@@ -72,17 +72,10 @@ async fn hub_on(env: &TestEnv, pool: sqlx::PgPool) -> (Hub, CancellationToken) {
     (hub, shutdown)
 }
 
-/// A publisher of events on this test's channel.
-async fn publisher(env: &TestEnv) -> EventPublisher {
-    EventPublisher::connect(&redis_url(), &env.channel)
-        .await
-        .expect("publisher")
-}
-
 /// A hub on this test's channel, a publisher to feed it, and the token that stops it.
 async fn hub_and_publisher(env: &TestEnv) -> (Hub, EventPublisher, CancellationToken) {
     let (hub, shutdown) = hub_on(env, env.pool.clone()).await;
-    (hub, publisher(env).await, shutdown)
+    (hub, env.event_publisher().await, shutdown)
 }
 
 async fn quiet(stream: &mut (impl Stream<Item = Event> + Unpin)) {
@@ -196,7 +189,7 @@ async fn a_gap_the_store_cannot_fill_is_not_skipped() {
         hash: Some(hash),
         names: Default::default(),
     };
-    publisher(&env)
+    env.event_publisher()
         .await
         .publish(&[event])
         .await

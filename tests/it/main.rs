@@ -13,7 +13,7 @@ mod import;
 mod ingest;
 mod limits;
 mod live;
-pub mod robustness;
+mod robustness;
 mod server;
 mod store;
 mod subscriptions;

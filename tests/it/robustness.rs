@@ -2,7 +2,7 @@
 //! and worker-redisq stopped by SIGTERM or killed by SIGKILL mid-stream, with every killmail
 //! stored once and announced once all the same; and the decoders fuzzed (`decoders`).
 
-pub mod decoders;
+mod decoders;
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use killreport::esi::{Esi, EsiError};
 use killreport::events::KillmailAdded;
-use killreport::killmail::{Killmail, KillmailId, Seq, Source, Zkb};
+use killreport::killmail::{Killmail, KillmailId, Seq, Zkb};
 use killreport::queue::{IngestJob, Publisher};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -23,25 +23,22 @@ use tokio::time::Instant;
 use crate::support::fakes::esi::FakeEsi;
 use crate::support::fakes::r2z2::{self, FakeR2z2};
 use crate::support::fakes::redisq::FakeRedisq;
-use crate::support::{PATIENCE, TestEnv, assert_no_more_events, receive_events};
+use crate::support::{PATIENCE, TestEnv, assert_no_more_events, fixtures, receive_events};
 
 /// How long a process may take to exit after SIGTERM.
 const STOP_BOUND: Duration = Duration::from_secs(10);
 
 /// Jobs for the first `n` fixture killmails, with their bodies when `with_body`.
 fn jobs(n: usize, with_body: bool) -> Vec<(IngestJob, serde_json::Value)> {
-    r2z2::fixture_killmails(n)
+    fixtures::esi_killmails(n)
         .into_iter()
         .map(|(esi, hash)| {
             let killmail: Killmail = serde_json::from_value(esi.clone()).expect("an ESI killmail");
-            let job = IngestJob {
-                killmail_id: killmail.killmail_id,
-                zkb: Some(Zkb(r2z2::zkb(&esi, &hash))),
-                hash,
-                killmail: with_body.then_some(killmail),
-                source: Source::Redisq,
-            };
-            (job, esi)
+            let zkb = Zkb(r2z2::zkb(&esi, &hash));
+            (
+                fixtures::job_with(killmail, hash, Some(zkb), with_body),
+                esi,
+            )
         })
         .collect()
 }
@@ -76,12 +73,37 @@ async fn exit_within(child: &mut Child, bound: Duration) -> ExitStatus {
         .expect("waiting for the process")
 }
 
+/// A worker-killmails taking 200 jobs as they are published 5 ms apart, sent `signal` once 50
+/// are stored: the jobs, the test's events, the publishing (still going) and how the worker
+/// exited.
+async fn signal_mid_stream(
+    env: &TestEnv,
+    signal: &str,
+) -> (
+    Vec<(IngestJob, serde_json::Value)>,
+    UnboundedReceiver<KillmailAdded>,
+    JoinHandle<()>,
+    ExitStatus,
+) {
+    let publisher = env.publisher().await;
+    let events = env.subscribe().await;
+    let jobs = jobs(200, true);
+    let mut worker = env.spawn("worker-killmails", &[]);
+    let feeding = publish_in_background(
+        publisher,
+        jobs.iter().map(|(job, _)| job.clone()).collect(),
+        Duration::from_millis(5),
+    );
+
+    env.wait_for_killmails(50).await;
+    send_signal(&worker, signal);
+    let status = exit_within(&mut worker, STOP_BOUND).await;
+    (jobs, events, feeding, status)
+}
+
 /// Jobs ready in the work queue: what no consumer holds.
 async fn ready_jobs(env: &TestEnv) -> u32 {
-    let connection = killreport::queue::connect(&env.rabbit.rabbitmq_url, "test")
-        .await
-        .expect("connecting to RabbitMQ");
-    let channel = connection.create_channel().await.expect("channel");
+    let (connection, channel) = env.rabbitmq().await;
     let queue = channel
         .queue_declare(
             &env.topology().queue,
@@ -184,12 +206,18 @@ async fn check_stored_and_announced(
     repeats
 }
 
-#[tokio::test]
-async fn esi_error_limit_pauses_every_clone_of_the_client_until_the_reset() {
+/// A fake ESI serving one fixture killmail: the fake, the killmail's id and its hash.
+fn esi_with_a_killmail() -> (FakeEsi, KillmailId, String) {
     let fake = FakeEsi::default();
-    let (esi_body, hash) = r2z2::fixture_killmails(1).remove(0);
+    let (esi_body, hash) = fixtures::esi_killmails(1).remove(0);
     let id = KillmailId(esi_body["killmail_id"].as_i64().expect("id"));
     fake.add_killmail(esi_body, &hash);
+    (fake, id, hash)
+}
+
+#[tokio::test]
+async fn esi_error_limit_pauses_every_clone_of_the_client_until_the_reset() {
+    let (fake, id, hash) = esi_with_a_killmail();
     fake.answer_next_killmail_request(
         420,
         &[
@@ -230,10 +258,7 @@ async fn esi_error_limit_pauses_every_clone_of_the_client_until_the_reset() {
 
 #[tokio::test]
 async fn esi_error_budget_running_low_pauses_before_esi_refuses() {
-    let fake = FakeEsi::default();
-    let (esi_body, hash) = r2z2::fixture_killmails(1).remove(0);
-    let id = KillmailId(esi_body["killmail_id"].as_i64().expect("id"));
-    fake.add_killmail(esi_body, &hash);
+    let (fake, id, hash) = esi_with_a_killmail();
     fake.answer_next_killmail_request(
         200,
         &[
@@ -260,10 +285,7 @@ async fn esi_error_budget_running_low_pauses_before_esi_refuses() {
 
 #[tokio::test]
 async fn esi_429_is_honoured_for_its_retry_after_and_a_long_pause_fails_fast() {
-    let fake = FakeEsi::default();
-    let (esi_body, hash) = r2z2::fixture_killmails(1).remove(0);
-    let id = KillmailId(esi_body["killmail_id"].as_i64().expect("id"));
-    fake.add_killmail(esi_body, &hash);
+    let (fake, id, hash) = esi_with_a_killmail();
     fake.answer_next_killmail_request(429, &[("retry-after", "1")]);
     fake.answer_next_killmail_request(420, &[("x-esi-error-limit-reset", "30")]);
     let served = fake.serve().await;
@@ -307,19 +329,7 @@ async fn esi_429_is_honoured_for_its_retry_after_and_a_long_pause_fails_fast() {
 #[tokio::test]
 async fn sigterm_stops_worker_killmails_mid_stream_and_the_next_worker_finishes_the_stream() {
     let env = TestEnv::new().await;
-    let publisher = env.publisher().await;
-    let mut events = env.subscribe().await;
-    let jobs = jobs(200, true);
-    let mut worker = env.spawn("worker-killmails", &[]);
-    let feeding = publish_in_background(
-        publisher,
-        jobs.iter().map(|(job, _)| job.clone()).collect(),
-        Duration::from_millis(5),
-    );
-
-    env.wait_for_killmails(50).await;
-    send_signal(&worker, "TERM");
-    let status = exit_within(&mut worker, STOP_BOUND).await;
+    let (jobs, mut events, feeding, status) = signal_mid_stream(&env, "TERM").await;
     assert!(status.success(), "worker-killmails exits cleanly: {status}");
     let stored = env.killmail_count().await;
     assert!(stored < 200, "stopped mid-stream ({stored} stored)");
@@ -355,8 +365,7 @@ async fn sigterm_while_a_fetch_waits_out_an_esi_pause_hands_the_job_back() {
             ("x-esi-error-limit-reset", "9"),
         ],
     );
-    let served = fake.serve().await;
-    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let _served = fake.serve_for(&mut env).await;
     env.vars.insert("NAMES_BUDGET_MS".into(), "100".into());
     let publisher = env.publisher().await;
     let mut events = env.subscribe().await;
@@ -396,19 +405,7 @@ async fn sigterm_while_a_fetch_waits_out_an_esi_pause_hands_the_job_back() {
 #[tokio::test]
 async fn sigkill_of_worker_killmails_mid_batch_loses_nothing_and_repeats_no_killmail() {
     let env = TestEnv::new().await;
-    let publisher = env.publisher().await;
-    let mut events = env.subscribe().await;
-    let jobs = jobs(200, true);
-    let mut worker = env.spawn("worker-killmails", &[]);
-    let feeding = publish_in_background(
-        publisher,
-        jobs.iter().map(|(job, _)| job.clone()).collect(),
-        Duration::from_millis(5),
-    );
-
-    env.wait_for_killmails(50).await;
-    send_signal(&worker, "KILL");
-    let status = exit_within(&mut worker, STOP_BOUND).await;
+    let (jobs, mut events, feeding, status) = signal_mid_stream(&env, "KILL").await;
     assert_eq!(status.signal(), Some(9), "killed: {status}");
     let stored = env.killmail_count().await;
     assert!(stored < 200, "killed mid-stream ({stored} stored)");
@@ -443,28 +440,14 @@ async fn sigkill_of_worker_killmails_mid_batch_loses_nothing_and_repeats_no_kill
     env.cleanup().await;
 }
 
-/// A fake R2Z2 holding `n` fixture killmails from `start` on, all produced.
-fn r2z2_with_killmails(start: i64, n: usize) -> FakeR2z2 {
-    let fake = FakeR2z2::default();
-    for (i, (esi, hash)) in r2z2::fixture_killmails(n).into_iter().enumerate() {
-        let sequence = start + i64::try_from(i).expect("small");
-        let object = r2z2::object(sequence, &esi, &hash);
-        fake.add_file(sequence, serde_json::to_vec(&object).expect("JSON"));
-    }
-    fake.set_pointer(start);
-    fake.reveal(start + i64::try_from(n).expect("small") - 1);
-    fake
-}
-
 #[tokio::test]
 async fn sigterm_stops_worker_redisq_with_its_cursor_at_the_last_confirmed_job() {
     const START: i64 = 96_599_404;
     const N: usize = 40;
     let mut env = TestEnv::new().await;
-    let fake = r2z2_with_killmails(START, N);
-    let served = fake.serve().await;
-    env.vars.insert("R2Z2_BASE_URL".into(), served.url());
-    env.vars.insert("R2Z2_IDLE_WAIT_MS".into(), "200".into());
+    let fake = FakeR2z2::holding(START, &fixtures::esi_killmails(N));
+    fake.reveal(START + i64::try_from(N).expect("small") - 1);
+    let _served = fake.serve_for(&mut env).await;
     let mut events = env.subscribe().await;
     let _killmails = env.spawn("worker-killmails", &[]);
     let mut feed = env.spawn("worker-redisq", &[]);
@@ -506,18 +489,13 @@ async fn sigterm_stops_worker_redisq_with_its_cursor_at_the_last_confirmed_job()
 #[tokio::test]
 async fn sigterm_stops_worker_redisq_long_polling_after_its_poll() {
     let mut env = TestEnv::new().await;
-    let upstream = crate::support::fixtures::dir()
+    let upstream = fixtures::dir()
         .join("upstream/redisq/redisq-package-119455394.andimiller-killmail-router.json");
     let package: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(upstream).expect("fixture")).expect("JSON");
     let redisq = FakeRedisq::default();
     redisq.push_answer(package);
-    let served = redisq.serve().await;
-    env.vars
-        .insert("REDISQ_URL".into(), format!("{}/listen.php", served.url()));
-    env.vars.insert("REDISQ_TTW".into(), "1".into());
-    env.vars
-        .insert("REDISQ_MIN_INTERVAL_MS".into(), "50".into());
+    let _served = redisq.serve_for(&mut env).await;
     let mut events = env.subscribe().await;
     let _killmails = env.spawn("worker-killmails", &[]);
     let mut feed = env.spawn("worker-redisq", &[]);

@@ -1,7 +1,7 @@
 //! The server process: health and readiness, the WebSocket handshake, shutdown.
 
 use crate::support::TestEnv;
-use crate::support::ws::{Protocol, WsClient};
+use crate::support::ws::{Protocol, WsClient, graphql_url};
 
 #[tokio::test]
 async fn the_server_reports_health_and_readiness() {
@@ -29,7 +29,7 @@ async fn the_server_reports_health_and_readiness() {
 async fn sigterm_closes_websockets_with_going_away_and_stops_the_server_promptly() {
     let mut env = TestEnv::new().await;
     let (mut server, base) = env.start_server().await;
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let ws_url = graphql_url(&base);
     let mut client = WsClient::connect(&ws_url, Protocol::TransportWs).await;
     client
         .subscribe(
@@ -90,7 +90,7 @@ async fn a_websocket_handshake_that_is_not_one_gets_400_with_its_reason() {
         assert!(body.contains(reason), "{body}");
     }
     // The same server still upgrades a real client.
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let ws_url = graphql_url(&base);
     WsClient::connect(&ws_url, Protocol::LegacyWs).await;
     env.cleanup().await;
 }

@@ -3,42 +3,19 @@
 //! is idempotent, a late zkb block is added, and the ingest sequence follows the order of
 //! storing.
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
-use std::path::Path;
+use std::collections::HashMap;
 
 use killreport::db::killmails::{Stored, load};
 use killreport::ingest;
 use killreport::killmail::{Killmail, KillmailId, Received, Source, Zkb};
 use serde_json::Value;
 
-use crate::support::{TestEnv, fixtures};
-
-/// The keys EVE Ref adds to ESI's body.
-const EVE_REF_KEYS: [&str; 2] = ["killmail_hash", "http_last_modified"];
-
-/// Every `.json` member of an EVE Ref archive, with its name, in archive order; read here
-/// with tar and bzip2 directly, independent of `queue import`.
-pub fn archive_values(path: &Path) -> Vec<(String, Value)> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut archive = tar::Archive::new(bzip2::read::MultiBzDecoder::new(file));
-    let mut out = Vec::new();
-    for entry in archive.entries().expect("tar entries") {
-        let mut entry = entry.expect("tar entry");
-        let name = entry.path().expect("member name").display().to_string();
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let mut text = Vec::new();
-        entry.read_to_end(&mut text).expect("member");
-        let value = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        out.push((name, value));
-    }
-    out
-}
+use crate::support::TestEnv;
+use crate::support::fixtures::{self, archive_values, esi_body};
+use crate::support::json_diff::{first_difference, normalise};
 
 /// An EVE Ref killmail (ESI body, `killmail_hash`, `http_last_modified`) as the store takes it.
-pub fn received(value: &Value, zkb: Option<Zkb>) -> Received {
+fn received(value: &Value, zkb: Option<Zkb>) -> Received {
     let hash = value["killmail_hash"]
         .as_str()
         .expect("killmail_hash")
@@ -49,78 +26,6 @@ pub fn received(value: &Value, zkb: Option<Zkb>) -> Received {
         hash,
         zkb,
         source: Source::Import,
-    }
-}
-
-/// The ESI body of an EVE Ref killmail: the input without EVE Ref's two keys.
-pub fn esi_body(value: &Value) -> Value {
-    let mut body = value.clone();
-    if let Some(map) = body.as_object_mut() {
-        for key in EVE_REF_KEYS {
-            map.remove(key);
-        }
-    }
-    body
-}
-
-/// Every number as an f64, so that `5` and `5.0` compare equal, as they do to JSON readers.
-pub fn normalise(value: Value) -> Value {
-    match value {
-        Value::Number(n) => n.as_f64().map_or(Value::Number(n), Value::from),
-        Value::Array(values) => Value::Array(values.into_iter().map(normalise).collect()),
-        Value::Object(map) => {
-            Value::Object(map.into_iter().map(|(k, v)| (k, normalise(v))).collect())
-        }
-        other => other,
-    }
-}
-
-/// The first place two JSON values differ, as a path like `victim.items[3].flag`, with both
-/// sides; `None` when they are equal (key order aside).
-pub fn first_difference(expected: &Value, actual: &Value, path: &str) -> Option<String> {
-    let at = |p: &str| {
-        if p.is_empty() {
-            "(root)".to_owned()
-        } else {
-            p.to_owned()
-        }
-    };
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            let keys: BTreeSet<&String> = e.keys().chain(a.keys()).collect();
-            keys.into_iter().find_map(|key| {
-                let sub = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                match (e.get(key), a.get(key)) {
-                    (Some(e), Some(a)) => first_difference(e, a, &sub),
-                    (Some(e), None) => Some(format!("{sub}: expected {e}, missing")),
-                    (None, Some(a)) => Some(format!("{sub}: not expected, got {a}")),
-                    (None, None) => None,
-                }
-            })
-        }
-        (Value::Array(e), Value::Array(a)) => {
-            let common = e
-                .iter()
-                .zip(a)
-                .enumerate()
-                .find_map(|(i, (e, a))| first_difference(e, a, &format!("{path}[{i}]")));
-            common.or_else(|| {
-                (e.len() != a.len()).then(|| {
-                    format!(
-                        "{}: expected {} elements, got {}",
-                        at(path),
-                        e.len(),
-                        a.len()
-                    )
-                })
-            })
-        }
-        (e, a) if e == a => None,
-        (e, a) => Some(format!("{}: expected {e}, got {a}", at(path))),
     }
 }
 

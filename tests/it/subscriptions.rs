@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio::process::Child;
 
-use killreport::killmail::{Killmail, Source, Zkb};
+use killreport::killmail::{Killmail, Zkb};
 use killreport::queue::{IngestJob, Publisher};
 use serde_json::{Value, json};
 
 use crate::support::fakes::esi::FakeEsi;
-use crate::support::ws::{Protocol, WsClient};
+use crate::support::ws::{Protocol, WsClient, graphql_url};
 use crate::support::{TestEnv, fixtures};
 
 const FIELDS: &str = "killmailId killmailTime cursor solarSystem { id regionId }
@@ -42,8 +42,7 @@ fn jobs_for(killmails: impl Iterator<Item = (Killmail, String)>) -> Vec<(IngestJ
         .enumerate()
         .map(|(i, (killmail, hash))| {
             let zkb = Zkb(json!({"hash": hash, "totalValue": (i as f64) * 1.0e8, "npc": false, "solo": false, "awox": false, "points": 1, "labels": []}));
-            let job = IngestJob { killmail_id: killmail.killmail_id, hash, killmail: Some(killmail.clone()), zkb: Some(zkb), source: Source::Redisq };
-            (job, killmail)
+            (fixtures::job_with(killmail.clone(), hash, Some(zkb), true), killmail)
         })
         .collect()
 }
@@ -103,10 +102,9 @@ async fn both_protocols_get_every_killmail_once_and_filters_get_exactly_their_ma
     let jobs = jobs(40);
     let killmails: Vec<Killmail> = jobs.iter().map(|(_, k)| k.clone()).collect();
     let esi = esi_naming(&killmails);
-    let served = esi.serve().await;
-    env.vars.insert("ESI_BASE_URL".into(), served.url());
+    let _served = esi.serve_for(&mut env).await;
     let (_server, base) = env.start_server().await;
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let ws_url = graphql_url(&base);
     let _worker = env.spawn("worker-killmails", &[]);
     let publisher = env.publisher().await;
 
@@ -238,7 +236,7 @@ const RESUMABLE: &str =
 /// publisher of jobs for it.
 async fn pipeline(env: &mut TestEnv) -> (Child, String, Child, Publisher) {
     let (server, base) = env.start_server().await;
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let ws_url = graphql_url(&base);
     let worker = env.spawn("worker-killmails", &[]);
     (server, ws_url, worker, env.publisher().await)
 }

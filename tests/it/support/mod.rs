@@ -1,9 +1,14 @@
-//! The test harness: an isolated environment per test, the fixtures, and helpers to watch what
-//! the system does, every wait bounded.
+//! The test harness: an isolated environment per test (its database dropped when the test
+//! passes), the fixtures and fakes, and helpers to watch what the system does, every wait
+//! bounded.
 
+pub mod database;
 pub mod fakes;
 pub mod fixtures;
+pub mod fuzz;
+pub mod json_diff;
 pub mod private_services;
+pub mod rabbitmqctl;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -13,13 +18,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use killreport::config::RabbitArgs;
-use killreport::events::KillmailAdded;
+use killreport::events::{EventPublisher, KillmailAdded};
 use killreport::queue::{Publisher, Topology};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
-use tokio::sync::OnceCell;
 use tokio::sync::mpsc;
+
+use self::database::TestDatabase;
 
 /// Every wait in a test ends after this long at the most.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -130,29 +136,6 @@ pub fn rabbitmq_url() -> String {
     env_or("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 }
 
-/// Drops the databases earlier runs left behind; one still in use (a concurrent run) refuses
-/// to be dropped and is left alone.
-async fn drop_stale_databases() {
-    static ONCE: OnceCell<()> = OnceCell::const_new();
-    ONCE.get_or_init(|| async {
-        let admin = PgPool::connect(&format!("{}/postgres", postgres_base()))
-            .await
-            .expect("connecting to PostgreSQL as admin");
-        let stale: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'killreport_test_%'",
-        )
-        .fetch_all(&admin)
-        .await
-        .expect("listing test databases");
-        for db in stale {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\""))
-                .execute(&admin)
-                .await;
-        }
-    })
-    .await;
-}
-
 /// One test's own database, queues and Redis channel, on the real services.
 pub struct TestEnv {
     pub id: String,
@@ -166,19 +149,23 @@ pub struct TestEnv {
     /// Where spawned processes write their output, one `<binary>.log` each; by default they
     /// write to the test's own output.
     pub log_dir: Option<PathBuf>,
+    /// Dropped with the environment unless the test fails; last, so that it goes after the pool.
+    _database: TestDatabase,
 }
 
 impl TestEnv {
     /// An environment on the shared services.
     pub async fn new() -> Self {
-        drop_stale_databases().await;
-        Self::on(Services::shared()).await
+        let services = Services::shared();
+        database::drop_stale_databases(&services.postgres).await;
+        Self::on(services).await
     }
 
     /// An environment on the given services (as the fault suite's private ones).
     pub async fn on(services: Services) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let database_url = format!("{}/killreport_test_{id}", services.postgres);
+        let database = TestDatabase::new(&services.postgres, &id);
+        let database_url = database.url();
         let pool = killreport::db::connect(&database_url, 5)
             .await
             .expect("creating the test database");
@@ -197,6 +184,7 @@ impl TestEnv {
             channel,
             vars: HashMap::new(),
             log_dir: None,
+            _database: database,
         }
     }
 
@@ -212,6 +200,22 @@ impl TestEnv {
         Publisher::new(&connection, self.topology())
             .await
             .expect("declaring the topology")
+    }
+
+    /// A connection to this test's RabbitMQ and a channel on it.
+    pub async fn rabbitmq(&self) -> (lapin::Connection, lapin::Channel) {
+        let connection = killreport::queue::connect(&self.rabbit.rabbitmq_url, "test")
+            .await
+            .expect("connecting to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        (connection, channel)
+    }
+
+    /// A publisher of events on this test's channel, as worker-killmails publishes them.
+    pub async fn event_publisher(&self) -> EventPublisher {
+        EventPublisher::connect(&self.redis_url, &self.channel)
+            .await
+            .expect("an event publisher")
     }
 
     /// Starts the server on a free port and waits until it answers; returns it and its
@@ -347,10 +351,7 @@ impl TestEnv {
 
     /// Takes every message in the dead-letter queue: (body, reason header).
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
-        let connection = killreport::queue::connect(&self.rabbit.rabbitmq_url, "test")
-            .await
-            .expect("connecting to RabbitMQ");
-        let channel = connection.create_channel().await.expect("channel");
+        let (_connection, channel) = self.rabbitmq().await;
         let mut out = Vec::new();
         while let Some(message) = channel
             .basic_get(
@@ -369,13 +370,12 @@ impl TestEnv {
         out
     }
 
-    /// Deletes this test's queues and exchange (the database goes at the next run's start).
-    pub async fn cleanup(self) {
+    /// Deletes this test's queues and exchange and closes its pool. The database goes when the
+    /// environment is dropped, at the test's end: after the processes the test spawned, which
+    /// it holds in variables declared after the environment.
+    pub async fn cleanup(&self) {
         let topology = self.topology();
-        let connection = killreport::queue::connect(&self.rabbit.rabbitmq_url, "test")
-            .await
-            .expect("connecting to RabbitMQ");
-        let channel = connection.create_channel().await.expect("channel");
+        let (_connection, channel) = self.rabbitmq().await;
         let mut queues = vec![topology.queue.clone(), topology.dead_letter_queue()];
         queues.extend((0..killreport::queue::RETRY_DELAYS.len()).map(|a| topology.retry_queue(a)));
         for queue in queues {

@@ -15,6 +15,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::PATIENCE;
 
+/// The GraphQL WebSocket endpoint of the server at `base` (`http://host:port`).
+pub fn graphql_url(base: &str) -> String {
+    format!("{}/graphql", base.replace("http://", "ws://"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     TransportWs,

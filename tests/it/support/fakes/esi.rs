@@ -2,7 +2,6 @@
 //! headers on demand.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
-use super::{Served, serve};
+use super::{Fake, Served};
+use crate::support::TestEnv;
 
 #[derive(Default)]
 pub struct EsiState {
@@ -32,8 +32,7 @@ pub struct EsiState {
     pub request_times: Vec<Instant>,
 }
 
-#[derive(Clone, Default)]
-pub struct FakeEsi(pub Arc<Mutex<EsiState>>);
+pub type FakeEsi = Fake<EsiState>;
 
 impl FakeEsi {
     pub fn add_killmail(&self, body: serde_json::Value, hash: &str) {
@@ -79,16 +78,20 @@ impl FakeEsi {
         self.state().requests.clone()
     }
 
-    pub fn state(&self) -> std::sync::MutexGuard<'_, EsiState> {
-        self.0.lock().expect("fake ESI state")
+    pub async fn serve(&self) -> Served {
+        self.serve_routes(
+            axum::Router::new()
+                .route("/killmails/{id}/{hash}/", get(killmail))
+                .route("/universe/names/", post(names)),
+        )
+        .await
     }
 
-    pub async fn serve(&self) -> Served {
-        let router = axum::Router::new()
-            .route("/killmails/{id}/{hash}/", get(killmail))
-            .route("/universe/names/", post(names))
-            .with_state(self.clone());
-        serve(router).await
+    /// Serves the fake and points the test's processes at it.
+    pub async fn serve_for(&self, env: &mut TestEnv) -> Served {
+        let served = self.serve().await;
+        env.vars.insert("ESI_BASE_URL".into(), served.url());
+        served
     }
 }
 

@@ -2,7 +2,6 @@
 //! and a log of every request it answered.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -10,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::time::Instant;
 
-use super::{Served, serve};
+use super::{Fake, Served};
+use crate::support::TestEnv;
 
 /// One request the fake answered.
 #[derive(Debug, Clone)]
@@ -35,10 +35,25 @@ pub struct R2z2State {
     pub requests: Vec<R2z2Request>,
 }
 
-#[derive(Clone, Default)]
-pub struct FakeR2z2(pub Arc<Mutex<R2z2State>>);
+pub type FakeR2z2 = Fake<R2z2State>;
 
 impl FakeR2z2 {
+    /// A fake holding an [`object`] for each of `killmails` (ESI body and hash), from sequence
+    /// `start` on; `sequence.json` names `start`, and nothing is revealed yet.
+    pub fn holding(start: i64, killmails: &[(serde_json::Value, String)]) -> Self {
+        let fake = Self::default();
+        for (sequence, (esi, hash)) in (start..).zip(killmails) {
+            fake.add_object(sequence, &object(sequence, esi, hash));
+        }
+        fake.set_pointer(start);
+        fake
+    }
+
+    /// Adds `object` as the file of `sequence`.
+    pub fn add_object(&self, sequence: i64, object: &serde_json::Value) {
+        self.add_file(sequence, serde_json::to_vec(object).expect("JSON"));
+    }
+
     pub fn add_file(&self, sequence: i64, body: Vec<u8>) {
         self.state().files.insert(sequence, body);
     }
@@ -64,15 +79,15 @@ impl FakeR2z2 {
         self.state().requests.clone()
     }
 
-    pub fn state(&self) -> std::sync::MutexGuard<'_, R2z2State> {
-        self.0.lock().expect("fake R2Z2 state")
-    }
-
-    pub async fn serve(&self) -> Served {
-        let router = axum::Router::new()
-            .route("/ephemeral/{file}", get(file))
-            .with_state(self.clone());
-        serve(router).await
+    /// Serves the fake and points the test's processes at it, polling again 200 ms after a
+    /// sequence that is not produced yet.
+    pub async fn serve_for(&self, env: &mut TestEnv) -> Served {
+        let served = self
+            .serve_routes(axum::Router::new().route("/ephemeral/{file}", get(file)))
+            .await;
+        env.vars.insert("R2Z2_BASE_URL".into(), served.url());
+        env.vars.insert("R2Z2_IDLE_WAIT_MS".into(), "200".into());
+        served
     }
 }
 
@@ -174,27 +189,4 @@ pub fn zkb(esi: &serde_json::Value, hash: &str) -> serde_json::Value {
         "attackerCount": attackers,
         "href": format!("https://esi.evetech.net/killmails/{id}/{hash}/"),
     })
-}
-
-/// The first `n` killmails of `tests/it/fixtures/killmails-2021-12-03`, by id: the ESI body
-/// (without EVE Ref's additions) and its hash.
-pub fn fixture_killmails(n: usize) -> Vec<(serde_json::Value, String)> {
-    let dir = super::super::fixtures::dir().join("killmails-2021-12-03");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.expect("fixture entry").path();
-        let text = std::fs::read_to_string(&path).expect("fixture file");
-        let mut value: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
-        let body = value.as_object_mut().expect("an object");
-        let hash = body
-            .remove("killmail_hash")
-            .and_then(|h| h.as_str().map(str::to_owned))
-            .expect("killmail_hash");
-        body.remove("http_last_modified");
-        out.push((value, hash));
-    }
-    out.sort_by_key(|(v, _)| v["killmail_id"].as_i64());
-    out.truncate(n);
-    assert_eq!(out.len(), n, "not enough fixture killmails");
-    out
 }

@@ -3,7 +3,6 @@
 //! in order; with none left, a poll waits a little and answers `{"package": null}`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -12,7 +11,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{Served, serve};
+use super::{Fake, Served};
+use crate::support::TestEnv;
 
 #[derive(Default)]
 pub struct RedisqState {
@@ -27,8 +27,7 @@ pub struct RedisqState {
     pub objects_served: Vec<serde_json::Value>,
 }
 
-#[derive(Clone, Default)]
-pub struct FakeRedisq(pub Arc<Mutex<RedisqState>>);
+pub type FakeRedisq = Fake<RedisqState>;
 
 impl FakeRedisq {
     pub fn push_null(&self) {
@@ -39,16 +38,22 @@ impl FakeRedisq {
         self.state().answers.push_back(answer);
     }
 
-    pub fn state(&self) -> std::sync::MutexGuard<'_, RedisqState> {
-        self.0.lock().expect("fake RedisQ state")
-    }
-
-    pub async fn serve(&self) -> Served {
-        let router = axum::Router::new()
-            .route("/listen.php", get(listen))
-            .route("/object.php", get(object))
-            .with_state(self.clone());
-        serve(router).await
+    /// Serves the fake and points the test's processes at it, with a 1 s long poll at least
+    /// 50 ms apart.
+    pub async fn serve_for(&self, env: &mut TestEnv) -> Served {
+        let served = self
+            .serve_routes(
+                axum::Router::new()
+                    .route("/listen.php", get(listen))
+                    .route("/object.php", get(object)),
+            )
+            .await;
+        env.vars
+            .insert("REDISQ_URL".into(), format!("{}/listen.php", served.url()));
+        env.vars.insert("REDISQ_TTW".into(), "1".into());
+        env.vars
+            .insert("REDISQ_MIN_INTERVAL_MS".into(), "50".into());
+        served
     }
 }
 
