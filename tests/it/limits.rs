@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::TestEnv;
-use crate::support::ws::{Protocol, WsClient};
+use crate::support::ws::{Protocol, WsClient, graphql_url};
 
 /// `n` fragments, each spreading the next twice: 2^n fields once expanded, in about 60 n
 /// bytes (28 of them took 42 s to refuse before documents were priced).
@@ -52,8 +52,7 @@ async fn a_fragment_bomb_is_refused_at_once_over_post_and_websocket() {
     assert!(took < bound, "refused after {took:?}");
     assert_eq!(error_code(&answer["errors"]), "QUERY_TOO_LARGE", "{answer}");
 
-    let url = format!("{}/graphql", base.replace("http://", "ws://"));
-    let mut client = WsClient::connect(&url, Protocol::TransportWs).await;
+    let mut client = WsClient::connect(&graphql_url(&base), Protocol::TransportWs).await;
     let started = Instant::now();
     client
         .subscribe("bomb", &doubling("subscription", 28), json!({}))
