@@ -27,7 +27,8 @@ pub type KillreportSchema = Schema<query::QueryRoot, EmptyMutation, subscription
 
 /// Deepest query accepted: enough for a killmail's nested item tree and entity links.
 pub const MAX_DEPTH: usize = 12;
-/// Costliest query accepted; a connection costs `first` times what each node asks for.
+/// Costliest query accepted; a connection costs `first` (at least 1: `first: 0` still runs its
+/// statements) times what each node asks for.
 pub const MAX_COMPLEXITY: usize = 20_000;
 /// Largest page of a connection.
 pub const MAX_PAGE: i32 = 200;

@@ -470,7 +470,7 @@ impl Character {
             node: self.node.clone(),
         })
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,
@@ -511,7 +511,7 @@ impl Corporation {
             node: self.node.clone(),
         })
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,
@@ -545,7 +545,7 @@ impl Alliance {
     async fn ticker(&self) -> Option<String> {
         None
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,
@@ -608,7 +608,7 @@ impl SolarSystem {
     async fn region(&self, ctx: &Context<'_>) -> Result<Option<Region>> {
         Ok(statics(ctx)?.region_of(self.id).map(|id| Region { id }))
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(0) as usize * child_complexity")]
+    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,

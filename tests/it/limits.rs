@@ -72,3 +72,29 @@ async fn a_fragment_bomb_is_refused_at_once_over_post_and_websocket() {
     assert_eq!(fine["data"]["killmails"]["edges"], json!([]), "{fine}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_empty_page_is_priced_as_one_node_of_its_kind() {
+    let mut env = TestEnv::new().await;
+    let (_server, base) = env.start_server().await;
+    // `first: 0` ran its statements while costing nothing: a hundred aliases of it under each
+    // of 200 nodes fitted the limit. Counted as at least one node, they are over it.
+    let aliases: String = (0..100)
+        .map(|i| format!("a{i}: killmails(first: 0) {{ edges {{ cursor }} }} "))
+        .collect();
+    let query = format!(
+        "{{ killmails(first: 200) {{ edges {{ node {{ victim {{ character {{ {aliases} }} }} }} }} }} }}"
+    );
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .json(&json!({"query": query}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("JSON");
+    let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too complex"), "{answer}");
+    env.cleanup().await;
+}
