@@ -91,7 +91,8 @@ impl EsiArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct HealthArgs {
-    /// Address this worker serves /healthz and /readyz on (e.g. 127.0.0.1:9101); unset, none.
+    /// Address this worker serves /healthz, /readyz and /metrics on (e.g. 127.0.0.1:9101);
+    /// unset, none.
     #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<String>,
 }

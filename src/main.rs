@@ -16,7 +16,7 @@ use killreport::ws::WsService;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serves killreport over HTTP: /graphql, /healthz, /readyz"
+    about = "Serves killreport over HTTP: /graphql, /healthz, /readyz, /metrics"
 )]
 struct Args {
     #[command(flatten)]
@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     killreport::config::init_process();
     let args = Args::parse();
     let shutdown = killreport::shutdown::on_signal();
+    let metrics = killreport::telemetry::install()?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let (redis_url, channel) = (&args.redis.redis_url, &args.redis.events_channel);
@@ -57,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         schema,
         ws: ws.clone(),
     };
-    serve(listener, router(state, readiness), shutdown).await?;
+    serve(listener, router(state, readiness, metrics), shutdown).await?;
     ws.closed().await;
     Ok(())
 }

@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     killreport::config::init_process();
     let args = Args::parse();
     let shutdown = killreport::shutdown::on_signal();
+    let metrics = killreport::telemetry::install()?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let esi = args.esi.client()?;
@@ -60,7 +61,8 @@ async fn main() -> anyhow::Result<()> {
         .postgres(pool.clone())
         .redis(events)
         .rabbitmq(consuming.connector.broker.clone());
-    killreport::health::serve(args.health.health_addr.as_deref(), readiness, &shutdown).await?;
+    let health_addr = args.health.health_addr.as_deref();
+    killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
     let handler = KillmailHandler {
         pool: pool.clone(),
         esi,
