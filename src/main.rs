@@ -20,6 +20,8 @@ use killreport::ws::WsService;
 )]
 struct Args {
     #[command(flatten)]
+    log: killreport::config::LogArgs,
+    #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
     database: DatabaseArgs,
@@ -29,8 +31,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    killreport::config::init_process();
-    let args = Args::parse();
+    let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
     let metrics = killreport::telemetry::install()?;
 

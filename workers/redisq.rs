@@ -22,6 +22,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 )]
 struct Args {
     #[command(flatten)]
+    log: killreport::config::LogArgs,
+    #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
@@ -33,8 +35,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    killreport::config::init_process();
-    let args = Args::parse();
+    let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
     let metrics = killreport::telemetry::install()?;
 

@@ -1,10 +1,14 @@
-//! `/metrics` as a Prometheus server scrapes it, from the real binaries (each its own process,
-//! its own recorder): the figures follow what happened.
+//! What an operator's tools read, from the real binaries: `/metrics` as a Prometheus server
+//! scrapes it (each process has its own recorder), whose figures follow what happened, and log
+//! lines as a shipper reads them.
 
+use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
+
 use crate::support::ws::{Protocol, WsClient};
-use crate::support::{PATIENCE, TestEnv, fixtures, free_port, readyz, started_late};
+use crate::support::{PATIENCE, TestEnv, fixtures, free_port, readyz, started_late, terminate};
 
 /// One scrape of a `/metrics` endpoint.
 struct Scrape(String);
@@ -230,5 +234,41 @@ async fn the_servers_metrics_follow_websocket_connections_subscriptions_and_deli
             .is_some_and(|n| n >= 2.0),
         "the scrapes before this one"
     );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_a_line_with_the_text_lines_fields() {
+    let mut env = TestEnv::new().await;
+    env.vars.insert("LOG_FORMAT".into(), "json".into());
+    env.vars.insert("RUST_LOG".into(), "info".into());
+    let mut worker = env
+        .command("worker-killmails", &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning worker-killmails");
+    let mut lines = BufReader::new(worker.stdout.take().expect("its stdout")).lines();
+    let consuming = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.expect("a log line") {
+            let object: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if object["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with("consuming"))
+            {
+                return object;
+            }
+        }
+        panic!("the worker's output ended before it said it was consuming");
+    })
+    .await
+    .expect("the worker says it is consuming");
+    assert_eq!(consuming["level"], "INFO");
+    assert_eq!(consuming["target"], "killreport::queue::runner");
+    assert_eq!(consuming["queue"], env.rabbit.ingest_queue.as_str());
+    assert_eq!(consuming["message"], "worker-killmails consuming");
+    let time = consuming["timestamp"].as_str().expect("a timestamp");
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+    terminate(&mut worker, PATIENCE).await;
     env.cleanup().await;
 }
