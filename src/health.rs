@@ -142,8 +142,8 @@ async fn scrape(
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `addr`, when a worker is given one
-/// (`HEALTH_ADDR`), until `shutdown`, in the background; the address is bound before this returns, so a bad one stops
-/// the process at start.
+/// (`HEALTH_ADDR`), until `shutdown`, in the background; the address is bound before this
+/// returns, so a bad one stops the process at start.
 pub async fn serve(
     addr: Option<&str>,
     readiness: Readiness,

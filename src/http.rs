@@ -58,8 +58,11 @@ async fn count_request(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     metrics::histogram!(telemetry::HTTP_REQUEST, "route" => route.clone(), "method" => method)
         .record(started.elapsed());
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
-        .increment(1);
+    metrics::counter!(
+        telemetry::HTTP_REQUESTS,
+        "route" => route, "method" => method, "status" => status
+    )
+    .increment(1);
     response
 }
 
