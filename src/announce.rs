@@ -20,6 +20,7 @@ use crate::esi::Esi;
 use crate::events::{EventPublisher, KillmailAdded};
 use crate::killmail::{KillmailId, Received, Seq};
 use crate::queue::runner::panic_message;
+use crate::telemetry;
 
 /// While Redis is down, how often the sweep tries to announce what waits for it.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
@@ -92,12 +93,14 @@ impl Announcer {
 
     /// Publishes one event per stored killmail, in ingest order; returns how many. While
     /// Redis is down the announcements are left waiting for the sweep, at once: a failed
-    /// publish is not an error of the batch's, and the worker stores on at full speed.
+    /// publish is not an error of the batch's, and the worker stores on at full speed. Called
+    /// just after their commit, which is when the announcement lag is counted from.
     pub async fn announce(
         &self,
         received: &[Received],
         stored: &[Stored],
     ) -> anyhow::Result<usize> {
+        let committed = Instant::now();
         if stored.is_empty() || !self.redis_up.load(Ordering::Relaxed) {
             return Ok(0);
         }
@@ -146,6 +149,7 @@ impl Announcer {
             return Ok(0);
         }
         tx.commit().await?;
+        metrics::histogram!(telemetry::ANNOUNCE_LAG).record_many(committed.elapsed(), events.len());
         Ok(events.len())
     }
 

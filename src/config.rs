@@ -91,7 +91,8 @@ impl EsiArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct HealthArgs {
-    /// Address this worker serves /healthz and /readyz on (e.g. 127.0.0.1:9101); unset, none.
+    /// Address this worker serves /healthz, /readyz and /metrics on (e.g. 127.0.0.1:9101);
+    /// unset, none.
     #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<String>,
 }
@@ -204,16 +205,23 @@ impl FeedArgs {
     }
 }
 
-/// Reads `.env` if present and starts logging as `RUST_LOG` says (default `info`).
-pub fn init_process() {
+/// Reads `.env` if present, parses the process's arguments `A`, and starts logging as
+/// `RUST_LOG` (default `info`) and the [`LogArgs`] that `log` finds in them say.
+pub fn init_process<A: clap::Parser>(log: fn(&A) -> &LogArgs) -> A {
     // A missing .env is the normal case.
     let _ = dotenvy::dotenv();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let args = A::parse();
+    let lines = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    match log(&args).log_format {
+        LogFormat::Text => lines.init(),
+        // The text line's fields at the top level of the object, beside timestamp, level,
+        // target and the spans.
+        LogFormat::Json => lines.json().flatten_event(true).init(),
+    }
+    args
 }
 
 #[derive(Debug, Clone, Args)]
@@ -252,4 +260,26 @@ impl HttpArgs {
             max_message_bytes: crate::http::MAX_BODY_BYTES,
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one coloured line per event.
+    Text,
+    /// For log shippers: one JSON object per line, with the same fields.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// How log lines are written (`RUST_LOG` says which).
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::killmail::{Killmail, KillmailId};
+use crate::telemetry;
 
 /// The User-Agent of every outside request, as CCP and zKillboard ask.
 pub const USER_AGENT: &str = concat!(
@@ -208,23 +209,34 @@ impl Esi {
         })
     }
 
-    /// Sends a request once the throttle allows, and heeds what ESI says about its limits.
+    /// Sends a request to `endpoint` (a metric label) once the throttle allows, and heeds
+    /// what ESI says about its limits.
     async fn send(
         &self,
+        endpoint: &'static str,
         what: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, EsiError> {
+        let count = |status: String| {
+            metrics::counter!(telemetry::ESI_REQUESTS, "endpoint" => endpoint, "status" => status)
+                .increment(1);
+        };
         if let Err(left) = self.throttle.ready(self.max_wait).await {
+            count("paused".to_owned());
             return Err(EsiError::Transient(format!(
                 "{what}: ESI requests are paused for another {} s (error or rate limited)",
                 left.as_secs_f64().ceil()
             )));
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| EsiError::from_reqwest(what, &e))?;
+        let response = request.send().await.map_err(|e| {
+            count("failed".to_owned());
+            EsiError::from_reqwest(what, &e)
+        })?;
         let status = response.status();
+        count(status.as_u16().to_string());
+        if let Some(remain) = header_number(response.headers(), "x-esi-error-limit-remain") {
+            metrics::gauge!(telemetry::ESI_ERROR_LIMIT_REMAIN).set(remain as f64);
+        }
         if let Some((duration, why)) = hold_off(status, response.headers()) {
             self.throttle.pause(duration, why);
         }
@@ -238,7 +250,7 @@ impl Esi {
     pub async fn killmail(&self, id: KillmailId, hash: &str) -> Result<Killmail, EsiError> {
         let what = format!("fetching killmail {id}");
         let url = format!("{}/killmails/{id}/{hash}/", self.base_url);
-        let response = self.send(&what, self.http.get(url)).await?;
+        let response = self.send("killmail", &what, self.http.get(url)).await?;
         let body = response
             .bytes()
             .await
@@ -275,7 +287,7 @@ impl Esi {
             .http
             .post(format!("{}/universe/names/", self.base_url))
             .json(ids);
-        self.send(&what, request)
+        self.send("names", &what, request)
             .await?
             .json()
             .await

@@ -1,19 +1,24 @@
 //! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
-//! assets, and `/healthz` and `/readyz` (see `health`).
+//! assets, and `/healthz`, `/readyz` and `/metrics` (see `health`). Every request is counted
+//! and timed by the route it matched (`telemetry::HTTP_REQUESTS`).
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
+use crate::telemetry;
 use crate::ws::WsService;
 
 /// Largest POST body accepted on `/graphql`.
@@ -26,7 +31,7 @@ pub struct AppState {
     pub ws: WsService,
 }
 
-pub fn router(state: AppState, readiness: Readiness) -> Router {
+pub fn router(state: AppState, readiness: Readiness, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route(
             "/graphql",
@@ -35,8 +40,48 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)
-        .merge(readiness.routes())
+        .merge(readiness.routes(metrics))
         .merge(crate::graphiql::assets())
+        .layer(middleware::from_fn(count_request))
+}
+
+/// Counts and times a request under the route pattern it matched (a bounded set of labels,
+/// unlike raw paths); requests that matched none are counted together as `unmatched`.
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = method_label(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(telemetry::HTTP_REQUEST, "route" => route.clone(), "method" => method)
+        .record(started.elapsed());
+    metrics::counter!(
+        telemetry::HTTP_REQUESTS,
+        "route" => route, "method" => method, "status" => status
+    )
+    .increment(1);
+    response
+}
+
+/// A method as a label: the standard ones by name, any other as `other`, so that a client
+/// cannot make up labels.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 7] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, name)| name)
 }
 
 /// A WebSocket upgrade becomes a GraphQL subscription connection; anything else gets GraphiQL.

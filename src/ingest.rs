@@ -3,6 +3,9 @@
 //! one validated path into the store, [`store`]. What was new is then announced (see
 //! `announce`).
 
+use std::collections::HashSet;
+
+use chrono::Utc;
 use futures::{StreamExt, stream};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -11,15 +14,28 @@ use crate::announce::Announcer;
 use crate::db;
 use crate::db::killmails::Stored;
 use crate::esi::{Esi, EsiError};
-use crate::killmail::Received;
+use crate::killmail::{KillmailId, Received};
 use crate::queue::IngestJob;
 use crate::queue::runner::{Failure, Handler, Outcome};
+use crate::telemetry;
 
-/// Stores a batch in one transaction and returns what was new.
+/// Stores a batch in one transaction and returns what was new, counted with how long after
+/// its fight each new killmail was stored.
 pub async fn store(pool: &PgPool, batch: &[Received]) -> sqlx::Result<Vec<Stored>> {
     let mut tx = pool.begin().await?;
     let stored = db::killmails::store_batch(&mut tx, batch).await?;
     tx.commit().await?;
+    let now = Utc::now();
+    let new: HashSet<KillmailId> = stored.iter().map(|s| s.killmail_id).collect();
+    let lag = metrics::histogram!(telemetry::STORE_LAG);
+    for received in batch
+        .iter()
+        .filter(|r| new.contains(&r.killmail.killmail_id))
+    {
+        let since = now - received.killmail.killmail_time;
+        lag.record(since.to_std().unwrap_or_default());
+    }
+    metrics::counter!(telemetry::KILLMAILS_STORED).increment(stored.len() as u64);
     Ok(stored)
 }
 

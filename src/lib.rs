@@ -24,6 +24,7 @@
 //!     esi       ESI over HTTP, its error limit shared by a process
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
 //!       backoff, shutdown, graphiql   delays and waiting for services; the signal; assets
+//!       telemetry   metric names and the recorder a binary installs (served by health)
 //! src/bin/loadgen/ (benchmark load, BENCHMARKS.md) is a client of all this, with its own modules.
 //! ```
 
@@ -46,5 +47,6 @@ pub mod live;
 pub mod queue;
 pub mod shutdown;
 pub mod statics;
+pub mod telemetry;
 pub mod ws;
 pub mod zkb;

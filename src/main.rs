@@ -16,9 +16,11 @@ use killreport::ws::WsService;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serves killreport over HTTP: /graphql, /healthz, /readyz"
+    about = "Serves killreport over HTTP: /graphql, /healthz, /readyz, /metrics"
 )]
 struct Args {
+    #[command(flatten)]
+    log: killreport::config::LogArgs,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -29,9 +31,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    killreport::config::init_process();
-    let args = Args::parse();
+    let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
+    let metrics = killreport::telemetry::install()?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let (redis_url, channel) = (&args.redis.redis_url, &args.redis.events_channel);
@@ -57,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         schema,
         ws: ws.clone(),
     };
-    serve(listener, router(state, readiness), shutdown).await?;
+    serve(listener, router(state, readiness, metrics), shutdown).await?;
     ws.closed().await;
     Ok(())
 }

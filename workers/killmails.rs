@@ -22,6 +22,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 )]
 struct Args {
     #[command(flatten)]
+    log: killreport::config::LogArgs,
+    #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
     redis: RedisArgs,
@@ -40,9 +42,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    killreport::config::init_process();
-    let args = Args::parse();
+    let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
+    let metrics = killreport::telemetry::install()?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let esi = args.esi.client()?;
@@ -60,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
         .postgres(pool.clone())
         .redis(events)
         .rabbitmq(consuming.connector.broker.clone());
-    killreport::health::serve(args.health.health_addr.as_deref(), readiness, &shutdown).await?;
+    let health_addr = args.health.health_addr.as_deref();
+    killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
     let handler = KillmailHandler {
         pool: pool.clone(),
         esi,

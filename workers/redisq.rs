@@ -22,6 +22,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 )]
 struct Args {
     #[command(flatten)]
+    log: killreport::config::LogArgs,
+    #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
@@ -33,9 +35,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    killreport::config::init_process();
-    let args = Args::parse();
+    let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
+    let metrics = killreport::telemetry::install()?;
 
     let http = args.feed.http_client()?;
     // Only R2Z2 keeps a cursor, so only R2Z2 needs the database.
@@ -49,7 +51,8 @@ async fn main() -> anyhow::Result<()> {
         Some(pool) => readiness.postgres(pool.clone()),
         None => readiness,
     };
-    killreport::health::serve(args.health.health_addr.as_deref(), readiness, &shutdown).await?;
+    let health_addr = args.health.health_addr.as_deref();
+    killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
     let followed = &args.feed.followed(pool)?;
     let grace = followed.grace(SHUTDOWN_GRACE);
     let (topology, http, shutdown) = (&args.rabbit.topology(), &http, &shutdown);

@@ -23,6 +23,8 @@ const INTERRUPTED_EXIT_CODE: i32 = 130;
     about = "killreport's command line: import killmails and manage queues"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: killreport::config::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,8 +101,7 @@ struct ImportArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    killreport::config::init_process();
-    let cli = Cli::parse();
+    let cli: Cli = killreport::config::init_process(|cli| &cli.log);
     let shutdown = killreport::shutdown::on_signal();
     match cli.command {
         Command::Import(args) => import(args, shutdown).await,

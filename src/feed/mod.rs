@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::queue::runner::Job;
 use crate::queue::{IngestJob, PublishError, Publisher};
+use crate::telemetry;
 
 /// The feed a `worker-redisq` follows, with what following it needs besides a publisher.
 #[derive(Debug, Clone)]
@@ -138,12 +139,26 @@ impl FeedHttp {
         }
     }
 
-    /// Sends `request` no sooner than the minimum interval after the previous one.
+    /// Sends `request` no sooner than the minimum interval after the previous one; the
+    /// request is timed, by what it answered.
     async fn get(&mut self, request: reqwest::RequestBuilder, what: &str) -> Answer {
         if let Some(last) = self.last_request {
             tokio::time::sleep_until(last + self.min_interval).await;
         }
-        self.last_request = Some(Instant::now());
+        let started = Instant::now();
+        self.last_request = Some(started);
+        let answer = self.send(request, what).await;
+        let outcome = match answer {
+            Answer::Body(_) => "ok",
+            Answer::NotFound => "not_found",
+            Answer::Retry(_) => "retry",
+        };
+        metrics::histogram!(telemetry::FEED_REQUEST, "feed" => self.name, "outcome" => outcome)
+            .record(started.elapsed());
+        answer
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder, what: &str) -> Answer {
         let response = match request.send().await {
             Ok(response) => response,
             Err(error) => return Answer::Retry(self.failed(what, &error_chain(&error))),

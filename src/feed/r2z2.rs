@@ -15,6 +15,7 @@ use crate::backoff::Backoff;
 use crate::db::cursors;
 use crate::killmail::Source;
 use crate::queue::{IngestJob, Publisher};
+use crate::telemetry;
 use crate::zkb;
 
 /// The cursor's key in `feed_cursors` unless told otherwise.
@@ -226,7 +227,10 @@ impl R2z2Poller {
         let mut attempt = 1;
         loop {
             match cursors::save(&self.pool, &self.settings.feed, sequence).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    metrics::gauge!(telemetry::FEED_CURSOR, "feed" => "r2z2").set(sequence as f64);
+                    return Ok(());
+                }
                 Err(error) if attempt < ATTEMPTS => {
                     tracing::warn!(feed.sequence = sequence, %error, attempt, "saving the R2Z2 cursor failed; retrying");
                     tokio::time::sleep(backoff.delay(attempt)).await;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{Connector, ConsumerCancelled};
 use super::{Publisher, RetryOutcome, Topology, bounded_reason};
+use crate::telemetry;
 
 /// A kind of job: the queue it travels on and how its message is read.
 pub trait Job: Sized + Send {
@@ -180,27 +181,36 @@ impl<H: Handler> Session<'_, H> {
     }
 
     /// Acks, retries or dead-letters a delivery; an error only when the broker fails.
+    /// Each settled job is counted by its queue and what became of it.
     async fn settle(&self, delivery: &Delivery, outcome: Outcome) -> anyhow::Result<()> {
-        match outcome {
-            Outcome::Done => delivery.ack(BasicAckOptions::default()).await?,
-            Outcome::Unsettled => {}
+        let settled = match outcome {
+            Outcome::Done => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                "done"
+            }
+            Outcome::Unsettled => return Ok(()),
             Outcome::Failed(Failure::Permanent(reason)) => {
                 let reason = bounded_reason(&reason);
                 tracing::warn!(%reason, "job dead-lettered");
                 self.publisher.dead_letter(delivery, &reason).await?;
+                "dead_lettered"
             }
             Outcome::Failed(Failure::Transient(reason)) => {
                 let reason = bounded_reason(&reason);
                 match self.publisher.retry_later(delivery, &reason).await? {
                     RetryOutcome::Delayed(secs) => {
-                        tracing::warn!(%reason, retry_in_secs = secs, "job failed; will retry")
+                        tracing::warn!(%reason, retry_in_secs = secs, "job failed; will retry");
+                        "retried"
                     }
                     RetryOutcome::DeadLettered => {
-                        tracing::error!(%reason, "job failed too often; dead-lettered")
+                        tracing::error!(%reason, "job failed too often; dead-lettered");
+                        "dead_lettered"
                     }
                 }
             }
-        }
+        };
+        let queue = self.consuming.topology.queue.clone();
+        metrics::counter!(telemetry::JOBS, "queue" => queue, "outcome" => settled).increment(1);
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use async_graphql::{Request, Response};
 use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use tungstenite::Utf8Bytes;
 
 use super::outbox::Outbox;
@@ -25,6 +26,7 @@ use super::sharing::{Resume, Sharing};
 use crate::graphql::{KillreportSchema, SeqTap};
 use crate::killmail::Seq;
 use crate::live::Hub;
+use crate::telemetry;
 
 type Shared = Arc<Mutex<HashMap<String, Arc<Execution>>>>;
 
@@ -155,6 +157,7 @@ impl Executions {
         let seq = SeqTap::default();
         let mut results = Box::pin(self.schema.execute_stream(request.data(seq.clone())));
         let first = poll_once(&mut results)?;
+        metrics::gauge!(telemetry::WS_EXECUTIONS).increment(1);
         let execution = Arc::new(Execution {
             key,
             members: Mutex::default(),
@@ -204,6 +207,7 @@ impl Executions {
         let mut members = lock(&execution.members);
         let number = members.next;
         members.next += 1;
+        subscriptions(joining.outbox.protocol()).increment(1);
         let member = Member {
             id: joining.id,
             outbox: joining.outbox,
@@ -289,6 +293,7 @@ impl Execution {
             return;
         };
         let seq = self.seq.get();
+        let since = Instant::now();
         let mut members = lock(&self.members);
         let mut messages = HashMap::new();
         // Most members number alike: the last message fits the next member without a lookup.
@@ -307,7 +312,10 @@ impl Execution {
                 }
             };
             match &mut member.catching_up {
-                None => member.outbox.push(Outgoing::Text(message)),
+                None => member.outbox.push(Outgoing::Event {
+                    text: message,
+                    since,
+                }),
                 Some(held) if held.results.len() < self.hold => {
                     held.results.push((seq, message));
                 }
@@ -322,7 +330,11 @@ impl Execution {
         // looked up at the same time.
         let mut shared = lock(shared);
         let mut members = lock(&self.members);
-        if members.by_number.remove(&number).is_none() || !members.by_number.is_empty() {
+        let Some(member) = members.by_number.remove(&number) else {
+            return;
+        };
+        subscriptions(member.outbox.protocol()).decrement(1);
+        if !members.by_number.is_empty() {
             return;
         }
         if let Some(key) = &self.key
@@ -425,6 +437,17 @@ impl CatchUp {
             return;
         }
     }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::WS_EXECUTIONS).decrement(1);
+    }
+}
+
+/// The gauge of subscriptions running in `protocol`.
+fn subscriptions(protocol: Protocol) -> metrics::Gauge {
+    metrics::gauge!(telemetry::WS_SUBSCRIPTIONS, "protocol" => protocol.sec_websocket_protocol())
 }
 
 fn errors_json(response: &Response) -> Arc<str> {

@@ -37,6 +37,7 @@ use self::protocol::{ClientMessage, Close, Outgoing, Protocol, code};
 
 use crate::graphql::KillreportSchema;
 use crate::live::Hub;
+use crate::telemetry;
 
 /// What one server allows its WebSocket clients.
 #[derive(Debug, Clone)]
@@ -152,6 +153,10 @@ impl WsService {
     }
 
     async fn serve(self, socket: Socket, protocol: Protocol) {
+        let label = protocol.sec_websocket_protocol();
+        metrics::counter!(telemetry::WS_CONNECTIONS_OPENED, "protocol" => label).increment(1);
+        let open = metrics::gauge!(telemetry::WS_CONNECTIONS, "protocol" => label);
+        open.increment(1);
         let (sink, stream) = socket.split();
         let (outbox, queue) = Outbox::new(self.limits.send_queue, protocol);
         let (closing, close) = oneshot::channel();
@@ -167,6 +172,7 @@ impl WsService {
         let writer = tokio::spawn(write(sink, queue, close, protocol));
         session.run(stream, closing).await;
         let _ = writer.await;
+        open.decrement(1);
     }
 }
 
@@ -208,6 +214,7 @@ impl Session {
                     break Some(Close::new(code::GOING_AWAY, "server shutting down"));
                 }
                 () = overflowed.cancelled() => {
+                    metrics::counter!(telemetry::WS_CLOSED_TOO_SLOW).increment(1);
                     let reason = format!(
                         "too slow: {} messages unread; resubscribe with after: <last cursor>",
                         self.service.limits.send_queue
@@ -423,13 +430,18 @@ fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) 
 }
 
 /// Drains the send queue into the socket until the session says how to close, then says
-/// goodbye within `CLOSE_GRACE`.
+/// goodbye within `CLOSE_GRACE`. Each live result is counted and timed once it is written.
 async fn write(
     mut sink: SplitSink<Socket, Message>,
     mut queue: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<Option<Close>>,
     protocol: Protocol,
 ) {
+    let label = protocol.sec_websocket_protocol();
+    let deliveries = metrics::counter!(telemetry::WS_DELIVERIES, "protocol" => label);
+    let delivery = metrics::histogram!(telemetry::WS_DELIVERY);
+    // When each live result of the write under way was built.
+    let mut events = Vec::new();
     let close = loop {
         let message = tokio::select! {
             biased;
@@ -444,6 +456,9 @@ async fn write(
             let mut next = Some(message);
             let mut batched = 0;
             while let Some(message) = next.take() {
+                if let Outgoing::Event { since, .. } = &message {
+                    events.push(*since);
+                }
                 for frame in message.frames(protocol) {
                     sink.feed(frame).await?;
                 }
@@ -458,6 +473,10 @@ async fn write(
             biased;
             close = &mut close => break close.ok().flatten(),
             sent = sent => if sent.is_err() { return },
+        }
+        deliveries.increment(events.len() as u64);
+        for since in events.drain(..) {
+            delivery.record(since.elapsed());
         }
     };
     let goodbye = async {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 pub use async_graphql::http::WebSocketProtocols as Protocol;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::time::Instant;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -56,6 +57,11 @@ pub enum Outgoing {
     Pong(Option<Value>),
     /// A message built already (see [`next`]): one text, shared by every client it goes to.
     Text(Utf8Bytes),
+    /// A subscription's result for a live event, built at `since` (its delivery is timed).
+    Event {
+        text: Utf8Bytes,
+        since: Instant,
+    },
     /// The operation failed before it produced anything; `payload` is a list of errors.
     Error {
         id: Arc<str>,
@@ -85,13 +91,13 @@ impl Outgoing {
                 };
                 (text(pong), None)
             }
-            Outgoing::Text(text) if text.len() > FRAGMENT => {
+            Outgoing::Text(text) | Outgoing::Event { text, .. } if text.len() > FRAGMENT => {
                 return Frames {
                     whole: [None, None],
                     long: Some((Bytes::from(text), 0)),
                 };
             }
-            Outgoing::Text(text) => (Message::Text(text), None),
+            Outgoing::Text(text) | Outgoing::Event { text, .. } => (Message::Text(text), None),
             Outgoing::Error { id, payload } => (
                 text(format!(
                     r#"{{"id":{id},"type":"error","payload":{payload}}}"#

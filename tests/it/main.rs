@@ -18,3 +18,5 @@ mod server;
 mod store;
 mod subscriptions;
 mod support;
+mod telemetry;
+mod tls;

@@ -46,6 +46,8 @@ use crate::target::Target;
 #[derive(Parser)]
 #[command(version, about = "Benchmark load for killreport; prints figures")]
 struct Cli {
+    #[command(flatten)]
+    log: killreport::config::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -175,8 +177,8 @@ struct IngestArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    killreport::config::init_process();
-    match Cli::parse().command {
+    let cli: Cli = killreport::config::init_process(|cli| &cli.log);
+    match cli.command {
         Command::Ingest(args) => ingest(args).await,
         Command::Query(args) => query(args).await,
         Command::Fanout(args) => fanout(args).await,
