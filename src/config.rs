@@ -253,3 +253,43 @@ impl HttpArgs {
         }
     }
 }
+
+/// The event bus (see `bus`): the Redis channel events beyond killmails travel on.
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// The pub/sub channel of the event bus (`POST /events`, `send_event`, `/updates`).
+    #[arg(long, env = "BUS_CHANNEL", default_value = crate::bus::DEFAULT_CHANNEL)]
+    pub bus_channel: String,
+}
+
+/// The server's `/updates` WebSocket and its management API.
+#[derive(Debug, Clone, Args)]
+pub struct UpdatesArgs {
+    /// Where the management API (`POST /events`) listens; keep it on loopback or an internal
+    /// network.
+    #[arg(long, env = "MANAGEMENT_ADDR", default_value = "127.0.0.1:3001")]
+    pub management_addr: String,
+    /// Seconds an `/updates` client may stay silent (no answer to pings) before it is dropped.
+    #[arg(long, env = "UPDATES_IDLE_SECS", default_value_t = 120)]
+    pub updates_idle_secs: u64,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDRs, comma-separated.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::updates::peer::parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Events queued for one `/updates` client; a client this far behind is cut off (1008).
+    #[arg(long, env = "UPDATES_SEND_QUEUE", default_value_t = 256)]
+    pub updates_send_queue: usize,
+    /// `/updates` connections held at once; more are refused with 503.
+    #[arg(long, env = "UPDATES_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub updates_max_connections: usize,
+}
+
+impl UpdatesArgs {
+    pub fn settings(&self) -> crate::updates::Settings {
+        crate::updates::Settings {
+            idle: Duration::from_secs(self.updates_idle_secs.max(1)),
+            send_queue: self.updates_send_queue.max(1),
+            max_connections: self.updates_max_connections,
+            peers: crate::updates::peer::Peers::new(self.trusted_proxies.clone()),
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
-//! assets, and `/healthz` and `/readyz` (see `health`).
+//! assets, `/updates` (see `updates`), and `/healthz` and `/readyz` (see `health`).
+
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
+use crate::updates::Updates;
 use crate::ws::WsService;
 
 /// Largest POST body accepted on `/graphql`.
@@ -24,6 +27,8 @@ pub struct AppState {
     pub schema: KillreportSchema,
     /// Subscriptions over WebSocket; closes every socket with 1001 (going away) at shutdown.
     pub ws: WsService,
+    /// The event bus's WebSocket for the local network.
+    pub updates: Updates,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {
@@ -34,6 +39,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
                 .post(graphql_post)
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+        .route("/updates", get(updates_get))
         .with_state(state)
         .merge(readiness.routes())
         .merge(crate::graphiql::assets())
@@ -58,6 +64,15 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     state.ws.upgrade(request, protocol)
 }
 
+/// The peer is the socket's: see `updates::peer` for when `X-Forwarded-For` counts.
+async fn updates_get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    state.updates.upgrade(peer.ip(), request)
+}
+
 /// Runs one query; the body is a GraphQL-over-HTTP JSON request.
 async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
@@ -71,13 +86,15 @@ async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
     Json(state.schema.execute(request).await).into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// Serves `router` on `listener` until `shutdown` is cancelled; handlers may ask for the peer's
+/// address (`ConnectInfo<SocketAddr>`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

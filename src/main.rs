@@ -5,18 +5,20 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
-use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
+use killreport::config::{BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs};
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;
+use killreport::updates::Updates;
+use killreport::updates::management::{self, Management};
 use killreport::ws::WsService;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serves killreport over HTTP: /graphql, /healthz, /readyz"
+    about = "Serves killreport over HTTP: /graphql, /updates, /healthz, /readyz; POST /events on MANAGEMENT_ADDR"
 )]
 struct Args {
     #[command(flatten)]
@@ -25,6 +27,10 @@ struct Args {
     database: DatabaseArgs,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    bus: BusArgs,
+    #[command(flatten)]
+    updates: UpdatesArgs,
 }
 
 #[tokio::main]
@@ -51,13 +57,42 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
+    let bus_channel = &args.bus.bus_channel;
+    let updates = until_up("Redis", &shutdown, || {
+        let settings = args.updates.settings();
+        Updates::start(settings, redis_url, bus_channel, &hub, shutdown.clone())
+    })
+    .await
+    .context("subscribing to the event bus on Redis")?;
+    let management = Management {
+        redis: until_up("Redis", &shutdown, || {
+            killreport::events::connect(redis_url)
+        })
+        .await?,
+        channel: bus_channel.clone(),
+    };
+    let management_listener = tokio::net::TcpListener::bind(&args.updates.management_addr)
+        .await
+        .with_context(|| format!("listening on {}", args.updates.management_addr))?;
+    tracing::info!(addr = %management_listener.local_addr()?, "management API listening");
     let ws = WsService::new(schema.clone(), hub, args.http.ws_limits(), shutdown.clone());
     let readiness = Readiness::default().postgres(pool).redis(redis);
     let state = AppState {
         schema,
         ws: ws.clone(),
+        updates: updates.clone(),
     };
-    serve(listener, router(state, readiness), shutdown).await?;
-    ws.closed().await;
+    let management = serve(
+        management_listener,
+        management::router(management),
+        shutdown.clone(),
+    );
+    let (served, managed) = tokio::join!(
+        serve(listener, router(state, readiness), shutdown),
+        management
+    );
+    served?;
+    managed.context("serving the management API")?;
+    tokio::join!(ws.closed(), updates.closed());
     Ok(())
 }
