@@ -1,6 +1,6 @@
 //! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
-//! assets, `/updates` (see `updates`), and `/healthz` and `/readyz` (see `health`).
+//! assets, `/updates` (see `updates`), zKillboard's RedisQ and R2Z2 (see `zkb_api`), and `/healthz` and `/readyz` (see `health`).
 
 use std::net::SocketAddr;
 
@@ -18,6 +18,7 @@ use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
 use crate::updates::Updates;
 use crate::ws::WsService;
+use crate::zkb_api::Redisq;
 
 /// Largest POST body accepted on `/graphql`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -29,9 +30,12 @@ pub struct AppState {
     pub ws: WsService,
     /// The event bus's WebSocket for the local network.
     pub updates: Updates,
+    /// RedisQ's queues (R2Z2 needs only the store).
+    pub redisq: Redisq,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {
+    let zkb_api = crate::zkb_api::routes(state.redisq.clone());
     Router::new()
         .route(
             "/graphql",
@@ -41,6 +45,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
         )
         .route("/updates", get(updates_get))
         .with_state(state)
+        .merge(zkb_api)
         .merge(readiness.routes())
         .merge(crate::graphiql::assets())
 }

@@ -9,6 +9,7 @@
 //! config    clap argument groups with DESIGN.md's defaults; starts nothing
 //! http      axum: /graphql (graphiql, WebSocket, POST) beside health's routes    server
 //!   updates   /updates (the event bus to local browsers), the management API    server
+//!   zkb_api   zKillboard's RedisQ and R2Z2, served from the store
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols
 //!   graphql   schema, queries, killmailAdded, filters, loaders
 //!   live      one Redis subscription per process, in order, fanned out
@@ -52,3 +53,4 @@ pub mod statics;
 pub mod updates;
 pub mod ws;
 pub mod zkb;
+pub mod zkb_api;

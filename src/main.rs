@@ -14,11 +14,13 @@ use killreport::statics::Statics;
 use killreport::updates::Updates;
 use killreport::updates::management::{self, Management};
 use killreport::ws::WsService;
+use killreport::zkb_api::Redisq;
+use killreport::zkb_api::redisq::DEFAULT_KEY_PREFIX;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serves killreport over HTTP: /graphql, /updates, /healthz, /readyz; POST /events on MANAGEMENT_ADDR"
+    about = "Serves killreport over HTTP: /graphql, /updates, RedisQ, R2Z2, /healthz, /readyz; POST /events on MANAGEMENT_ADDR"
 )]
 struct Args {
     #[command(flatten)]
@@ -64,11 +66,13 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("subscribing to the event bus on Redis")?;
+    let commands = until_up("Redis", &shutdown, || {
+        killreport::events::connect(redis_url)
+    })
+    .await?;
+    let redisq = Redisq::new(pool.clone(), commands.clone(), DEFAULT_KEY_PREFIX, &hub);
     let management = Management {
-        redis: until_up("Redis", &shutdown, || {
-            killreport::events::connect(redis_url)
-        })
-        .await?,
+        redis: commands,
         channel: bus_channel.clone(),
     };
     let management_listener = tokio::net::TcpListener::bind(&args.updates.management_addr)
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         schema,
         ws: ws.clone(),
         updates: updates.clone(),
+        redisq,
     };
     let management = serve(
         management_listener,

@@ -18,3 +18,4 @@ mod store;
 mod subscriptions;
 mod support;
 mod updates;
+mod zkb_api;
