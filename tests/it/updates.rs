@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use killreport::killmail::{Received, Source};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -94,14 +93,9 @@ async fn a_browser_on_updates_receives_posted_events_and_every_stored_killmail()
     assert!((now - 60_000..=now).contains(&timestamp), "{timestamp}");
 
     // A killmail stored and announced as worker-killmails does.
-    let (killmail, hash) = fixtures::killmails().remove(0);
-    env.store_and_announce(&[Received {
-        killmail: killmail.clone(),
-        hash,
-        zkb: None,
-        source: Source::Import,
-    }])
-    .await;
+    let batch = fixtures::received(0..1, None);
+    env.store_and_announce(&batch).await;
+    let killmail = &batch[0].killmail;
     let event = next_event(&mut browser).await;
     assert_eq!(event["type"], "killmail", "{event}");
     let data = &event["data"];

@@ -10,17 +10,8 @@ use serde_json::{Value, json};
 use crate::support::{PATIENCE, TestEnv, fixtures};
 
 fn received(range: std::ops::Range<usize>) -> Vec<Received> {
-    fixtures::killmails()[range]
-        .iter()
-        .map(|(killmail, hash)| Received {
-            killmail: killmail.clone(),
-            hash: hash.clone(),
-            zkb: Some(Zkb(
-                json!({"totalValue": 1.5e9, "points": 10, "npc": false}),
-            )),
-            source: Source::Import,
-        })
-        .collect()
+    let zkb = json!({"totalValue": 1.5e9, "points": 10, "npc": false});
+    fixtures::received(range, Some(Zkb(zkb)))
 }
 
 /// Draws a sequence number and keeps none, as a rolled-back batch does.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use killreport::killmail::{Killmail, Source};
+use killreport::killmail::{Killmail, Received, Source, Zkb};
 use killreport::queue::IngestJob;
 
 pub fn dir() -> PathBuf {
@@ -53,4 +53,17 @@ pub fn job((killmail, hash): (Killmail, String)) -> IngestJob {
         zkb: None,
         source: Source::Redisq,
     }
+}
+
+/// Fixture killmails `range` as the store receives them from an import, each with `zkb`.
+pub fn received(range: std::ops::Range<usize>, zkb: Option<Zkb>) -> Vec<Received> {
+    killmails()[range]
+        .iter()
+        .map(|(killmail, hash)| Received {
+            killmail: killmail.clone(),
+            hash: hash.clone(),
+            zkb: zkb.clone(),
+            source: Source::Import,
+        })
+        .collect()
 }
