@@ -293,3 +293,31 @@ impl UpdatesArgs {
         }
     }
 }
+
+/// zKillboard's websocket (`/websocket/`) on the server.
+#[derive(Debug, Clone, Args)]
+pub struct ZkbWebsocketArgs {
+    /// Channels one `/websocket/` connection may subscribe to.
+    #[arg(long, env = "ZKB_WS_MAX_CHANNELS", default_value_t = 100)]
+    pub zkb_ws_max_channels: usize,
+    /// Messages queued for one `/websocket/` client; one this far behind is cut off (1008).
+    #[arg(long, env = "ZKB_WS_SEND_QUEUE", default_value_t = 256)]
+    pub zkb_ws_send_queue: usize,
+    /// `/websocket/` connections held at once; more are refused with 503.
+    #[arg(long, env = "ZKB_WS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub zkb_ws_max_connections: usize,
+    /// Seconds a `/websocket/` client may stay silent (no answer to pings) before it is dropped.
+    #[arg(long, env = "ZKB_WS_IDLE_SECS", default_value_t = 120)]
+    pub zkb_ws_idle_secs: u64,
+}
+
+impl ZkbWebsocketArgs {
+    pub fn limits(&self) -> crate::zkb_api::websocket::Limits {
+        crate::zkb_api::websocket::Limits {
+            max_channels: self.zkb_ws_max_channels,
+            send_queue: self.zkb_ws_send_queue.max(1),
+            max_connections: self.zkb_ws_max_connections,
+            idle: Duration::from_secs(self.zkb_ws_idle_secs.max(1)),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
-//! assets, `/updates` (see `updates`), zKillboard's RedisQ and R2Z2 (see `zkb_api`), and `/healthz` and `/readyz` (see `health`).
+//! assets, `/updates` (see `updates`), zKillboard's RedisQ, R2Z2 and websocket (see `zkb_api`), and `/healthz` and `/readyz` (see `health`).
 
 use std::net::SocketAddr;
 
@@ -18,7 +18,7 @@ use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
 use crate::updates::Updates;
 use crate::ws::WsService;
-use crate::zkb_api::Redisq;
+use crate::zkb_api::ZkbApi;
 
 /// Largest POST body accepted on `/graphql`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -30,12 +30,12 @@ pub struct AppState {
     pub ws: WsService,
     /// The event bus's WebSocket for the local network.
     pub updates: Updates,
-    /// RedisQ's queues (R2Z2 needs only the store).
-    pub redisq: Redisq,
+    /// zKillboard's RedisQ queues and websocket (R2Z2 needs only the store).
+    pub zkb_api: ZkbApi,
 }
 
 pub fn router(state: AppState, readiness: Readiness) -> Router {
-    let zkb_api = crate::zkb_api::routes(state.redisq.clone());
+    let zkb_api = crate::zkb_api::routes(state.zkb_api.clone());
     Router::new()
         .route(
             "/graphql",

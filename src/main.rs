@@ -5,7 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
-use killreport::config::{BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs};
+use killreport::config::{
+    BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
+};
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
@@ -14,13 +16,13 @@ use killreport::statics::Statics;
 use killreport::updates::Updates;
 use killreport::updates::management::{self, Management};
 use killreport::ws::WsService;
-use killreport::zkb_api::Redisq;
 use killreport::zkb_api::redisq::DEFAULT_KEY_PREFIX;
+use killreport::zkb_api::{Redisq, Websocket, ZkbApi};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serves killreport over HTTP: /graphql, /updates, RedisQ, R2Z2, /healthz, /readyz; POST /events on MANAGEMENT_ADDR"
+    about = "Serves killreport over HTTP: /graphql, /updates, RedisQ, R2Z2, /websocket/, /healthz, /readyz; POST /events on MANAGEMENT_ADDR"
 )]
 struct Args {
     #[command(flatten)]
@@ -33,6 +35,8 @@ struct Args {
     bus: BusArgs,
     #[command(flatten)]
     updates: UpdatesArgs,
+    #[command(flatten)]
+    zkb_websocket: ZkbWebsocketArgs,
 }
 
 #[tokio::main]
@@ -54,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("subscribing to killmail events on Redis")?;
-    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), statics);
+    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), Arc::clone(&statics));
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
@@ -70,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
         killreport::events::connect(redis_url)
     })
     .await?;
-    let redisq = Redisq::new(pool.clone(), commands.clone(), DEFAULT_KEY_PREFIX, &hub);
+    let zkb_api = ZkbApi {
+        redisq: Redisq::new(pool.clone(), commands.clone(), DEFAULT_KEY_PREFIX, &hub),
+        websocket: Websocket::start(args.zkb_websocket.limits(), statics, &hub, shutdown.clone()),
+    };
     let management = Management {
         redis: commands,
         channel: bus_channel.clone(),
@@ -85,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         schema,
         ws: ws.clone(),
         updates: updates.clone(),
-        redisq,
+        zkb_api,
     };
     let management = serve(
         management_listener,

@@ -9,30 +9,25 @@
 pub mod management;
 pub mod peer;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::time::Instant;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tungstenite::Message;
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backoff::Backoff;
 use crate::bus::{Event, check_type};
 use crate::filter::Filter;
 use crate::live::Hub;
-use crate::ws::{Socket, accept};
+use crate::ws::accept;
+use crate::ws::push::{self, Audience};
 
 use self::peer::Peers;
 
@@ -60,28 +55,9 @@ pub struct Updates {
 
 struct Inner {
     settings: Settings,
-    clients: Mutex<HashMap<u64, Client>>,
-    next: AtomicU64,
+    audience: Audience,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
-}
-
-struct Client {
-    queue: mpsc::Sender<Arc<str>>,
-    /// Cancelled when an event did not fit in the queue.
-    overflowed: CancellationToken,
-}
-
-/// Takes a client off the list when its connection ends.
-struct Registered {
-    updates: Updates,
-    id: u64,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.updates.clients().remove(&self.id);
-    }
 }
 
 impl Updates {
@@ -100,8 +76,7 @@ impl Updates {
             inner: Arc::new(Inner {
                 connections: Arc::new(Semaphore::new(settings.max_connections)),
                 settings,
-                clients: Mutex::default(),
-                next: AtomicU64::new(0),
+                audience: Audience::default(),
                 shutdown,
             }),
         };
@@ -114,24 +89,12 @@ impl Updates {
         Ok(updates)
     }
 
-    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Client>> {
-        // Every change is one insert or one remove: a poisoned map is still consistent.
-        self.inner
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Hands `event` to every client, serialized once; a client whose queue is full is cut off.
     pub fn broadcast(&self, event: &Event) {
         let text: Arc<str> = serde_json::to_string(event)
             .expect("an event always serializes")
             .into();
-        for client in self.clients().values() {
-            if let Err(mpsc::error::TrySendError::Full(_)) = client.queue.try_send(text.clone()) {
-                client.overflowed.cancel();
-            }
-        }
+        self.inner.audience.send_all(&text);
     }
 
     /// Passes on the bus channel's events, resubscribing after each outage.
@@ -244,89 +207,12 @@ impl Updates {
             .max_message_size(Some(MAX_CLIENT_MESSAGE))
             .max_frame_size(Some(MAX_CLIENT_MESSAGE));
         // Registered before the handshake is answered: every event after it reaches the client.
-        let (sender, queue) = mpsc::channel(self.inner.settings.send_queue);
-        let overflowed = CancellationToken::new();
-        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        self.clients().insert(
-            id,
-            Client {
-                queue: sender,
-                overflowed: overflowed.clone(),
-            },
-        );
-        let registered = Registered {
-            updates: self.clone(),
-            id,
-        };
+        let listener = self.inner.audience.join(self.inner.settings.send_queue);
+        let (idle, shutdown) = (self.inner.settings.idle, self.inner.shutdown.clone());
         accept(request, config, None, move |socket| async move {
-            registered.updates.serve(socket, queue, overflowed).await;
-            drop((registered, permit));
+            // What the client says is ignored; that it speaks shows it lives.
+            push::run(socket, listener, idle, shutdown, |_| None).await;
+            drop(permit);
         })
-    }
-
-    async fn serve(
-        &self,
-        socket: Socket,
-        mut queue: mpsc::Receiver<Arc<str>>,
-        overflowed: CancellationToken,
-    ) {
-        let settings = &self.inner.settings;
-        let (mut sink, mut stream) = socket.split();
-        let idle = settings.idle;
-        let ping_every = idle / 3;
-        let mut pings = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        let mut heard = Instant::now();
-        let shutdown = self.inner.shutdown.clone();
-        let too_slow = || {
-            let reason = format!("too slow: {} events unread", settings.send_queue);
-            Some((CloseCode::Policy, reason))
-        };
-        let close = loop {
-            let outgoing = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break Some((CloseCode::Away, "server shutting down".to_owned())),
-                () = overflowed.cancelled() => break too_slow(),
-                _ = pings.tick() => {
-                    if heard.elapsed() >= idle {
-                        break Some((CloseCode::Away, format!("idle: nothing heard for {} s", idle.as_secs())));
-                    }
-                    Message::Ping(Default::default())
-                }
-                frame = stream.next() => match frame {
-                    // Clients' messages are ignored; any frame shows the client lives.
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
-                    Some(Ok(_)) => {
-                        heard = Instant::now();
-                        continue;
-                    }
-                },
-                Some(text) = queue.recv() => Message::Text(text.as_ref().into()),
-            };
-            tokio::select! {
-                biased;
-                () = overflowed.cancelled() => break too_slow(),
-                () = shutdown.cancelled() => break Some((CloseCode::Away, "server shutting down".to_owned())),
-                sent = sink.send(outgoing) => if sent.is_err() { break None },
-            }
-        };
-        drop(queue);
-        let closing = close.is_some();
-        let goodbye = async {
-            if let Some((code, reason)) = close {
-                let frame = CloseFrame {
-                    code,
-                    reason: reason.into(),
-                };
-                sink.send(Message::Close(Some(frame))).await.ok();
-            }
-            sink.close().await.ok();
-            // The closing handshake: the client's answer before the socket goes, or a client
-            // reading late may lose the close frame to a reset. A stopping server does not
-            // wait.
-            if closing && !shutdown.is_cancelled() {
-                while let Some(Ok(_)) = stream.next().await {}
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
     }
 }

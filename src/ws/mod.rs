@@ -8,6 +8,7 @@
 mod executions;
 mod outbox;
 pub mod protocol;
+pub mod push;
 mod sharing;
 
 use std::collections::HashMap;

@@ -1,9 +1,11 @@
 //! zKillboard's APIs served from killreport's own store, so a bot or another killboard switches
-//! by changing one URL: RedisQ (`/listen.php`, `/redisq`, see `redisq`) and R2Z2
-//! (`/ephemeral/…`, see `r2z2`). Both number killmails by the store's ingest sequence `seq`.
+//! by changing one URL: RedisQ (`/listen.php`, `/redisq`, see `redisq`), R2Z2 (`/ephemeral/…`,
+//! see `r2z2`), both numbering killmails by the store's ingest sequence `seq`, and the websocket
+//! (`/websocket/`, see `websocket`).
 
 pub mod r2z2;
 pub mod redisq;
+pub mod websocket;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,17 +13,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::db::killmails::StoredKillmail;
+use crate::killmail::Zkb;
 
 pub use self::redisq::Redisq;
+pub use self::websocket::Websocket;
 
-/// The routes of both APIs.
-pub fn routes(redisq: Redisq) -> Router {
-    let pool = redisq.pool().clone();
+/// What the APIs keep beyond the store; clone it freely.
+#[derive(Clone)]
+pub struct ZkbApi {
+    pub redisq: Redisq,
+    pub websocket: Websocket,
+}
+
+/// The routes of the three APIs.
+pub fn routes(api: ZkbApi) -> Router {
+    let pool = api.redisq.pool().clone();
+    let websocket = api.websocket;
+    let upgrade = move |request: axum::extract::Request| async move { websocket.upgrade(request) };
     Router::new()
         .route("/listen.php", get(redisq::listen))
         .route("/redisq", get(redisq::listen))
-        .with_state(redisq)
+        .with_state(api.redisq)
+        .route("/websocket/", get(upgrade.clone()))
+        .route("/websocket", get(upgrade))
         .merge(
             Router::new()
                 .route("/ephemeral/sequence.json", get(r2z2::sequence))
@@ -32,14 +46,14 @@ pub fn routes(redisq: Redisq) -> Router {
 
 /// A killmail's `zkb` object as zKillboard gives it: the stored block (or an empty one) with
 /// the killmail's `hash`, which RedisQ's readers take the hash from.
-fn zkb_with_hash(stored: &StoredKillmail) -> Value {
-    let mut zkb = match &stored.zkb {
+fn zkb_with_hash(zkb: Option<&Zkb>, hash: Option<&str>) -> Value {
+    let mut zkb = match zkb {
         Some(zkb) => zkb.0.clone(),
         None => json!({}),
     };
-    if let Value::Object(zkb) = &mut zkb {
+    if let (Value::Object(zkb), Some(hash)) = (&mut zkb, hash) {
         zkb.entry("hash")
-            .or_insert_with(|| Value::String(stored.hash.clone()));
+            .or_insert_with(|| Value::String(hash.to_owned()));
     }
     zkb
 }

@@ -84,7 +84,7 @@ async fn find(pool: &PgPool, wanted: Seq) -> sqlx::Result<Found> {
         "killmail_id": stored.killmail.killmail_id.0,
         "hash": stored.hash,
         "esi": stored.killmail,
-        "zkb": zkb_with_hash(&stored),
+        "zkb": zkb_with_hash(stored.zkb.as_ref(), Some(&stored.hash)),
         "uploaded_at": uploaded_at,
         "sequence_id": stored.seq.0,
     })))

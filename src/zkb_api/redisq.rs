@@ -115,7 +115,7 @@ impl Redisq {
                 return Ok(Some(json!({
                     "killID": stored.killmail.killmail_id.0,
                     "killmail": stored.killmail,
-                    "zkb": zkb_with_hash(&stored),
+                    "zkb": zkb_with_hash(stored.zkb.as_ref(), Some(&stored.hash)),
                 })));
             }
             drop(connection);

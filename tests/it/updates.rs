@@ -6,21 +6,18 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::support::ws::{PlainSocket, next_json};
 use crate::support::{PATIENCE, TestEnv, fixtures};
-
-type Browser = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens `/updates` as a browser's `new WebSocket(url)` does (an Origin, no subprotocol), with
 /// any extra headers; the server's refusal is the error.
 async fn open(
     base: &str,
     headers: &[(&'static str, &str)],
-) -> Result<Browser, tokio_tungstenite::tungstenite::Error> {
+) -> Result<PlainSocket, tokio_tungstenite::tungstenite::Error> {
     let url = format!("{}/updates", base.replace("http://", "ws://"));
     let mut request = url.into_client_request().expect("a WebSocket URL");
     request
@@ -35,22 +32,6 @@ async fn open(
         .await
         .expect("the handshake within PATIENCE")?;
     Ok(socket)
-}
-
-/// The next event the browser receives (pings are answered by the client library).
-async fn next_event(browser: &mut Browser) -> Value {
-    loop {
-        let frame = tokio::time::timeout(PATIENCE, browser.next())
-            .await
-            .expect("an event within PATIENCE")
-            .expect("the socket open")
-            .expect("a frame");
-        match frame {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("not an event: {other:?}"),
-        }
-    }
 }
 
 async fn post_event(env: &TestEnv, body: &str) -> (u16, Value) {
@@ -85,7 +66,7 @@ async fn a_browser_on_updates_receives_posted_events_and_every_stored_killmail()
     )
     .await;
     assert_eq!((status, body), (200, json!({"success": true})));
-    let event = next_event(&mut browser).await;
+    let event = next_json(&mut browser).await;
     assert_eq!(event["type"], "statistics");
     assert_eq!(event["data"], json!({"kills": 3, "top": ["a", "b"]}));
     let now = chrono::Utc::now().timestamp_millis();
@@ -96,7 +77,7 @@ async fn a_browser_on_updates_receives_posted_events_and_every_stored_killmail()
     let batch = fixtures::received(0..1, None);
     env.store_and_announce(&batch).await;
     let killmail = &batch[0].killmail;
-    let event = next_event(&mut browser).await;
+    let event = next_json(&mut browser).await;
     assert_eq!(event["type"], "killmail", "{event}");
     let data = &event["data"];
     assert_eq!(data["killmailId"], killmail.killmail_id.0);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use killreport::killmail::{Received, Seq, Source, Zkb};
 use serde_json::{Value, json};
 
+use crate::support::ws::{PlainSocket, next_json};
 use crate::support::{PATIENCE, TestEnv, fixtures};
 
 fn received(range: std::ops::Range<usize>) -> Vec<Received> {
@@ -220,4 +221,235 @@ async fn another_killreports_worker_redisq_follows_this_servers_r2z2() {
     }
     follower.cleanup().await;
     source.cleanup().await;
+}
+
+/// A zKillboard websocket client, as the Discord bots hold one.
+struct ZkbSocket(PlainSocket);
+
+impl ZkbSocket {
+    async fn connect(base: &str) -> Self {
+        let url = format!("{}/websocket/", base.replace("http://", "ws://"));
+        let (socket, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("the handshake within PATIENCE")
+            .expect("a websocket");
+        Self(socket)
+    }
+
+    async fn send(&mut self, text: &str) {
+        use futures::SinkExt;
+        self.0
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    async fn receive(&mut self) -> Value {
+        next_json(&mut self.0).await
+    }
+
+    /// What the server answered to `text`: everything it said before has been received.
+    async fn error_for(&mut self, text: &str) -> String {
+        self.send(text).await;
+        let answer = self.receive().await;
+        assert_eq!(answer["action"], "error", "{answer}");
+        answer["error"].as_str().expect("a reason").to_owned()
+    }
+
+    /// Every message until the answer to a malformed one (sent now), keyed by (killID, channel).
+    async fn drain(&mut self) -> Vec<(i64, String)> {
+        self.send("sync").await;
+        let mut messages = Vec::new();
+        loop {
+            let message = self.receive().await;
+            if message["action"] == "error" {
+                return messages;
+            }
+            let key = match message["action"].as_str() {
+                Some("littlekill") => (
+                    message["killID"].as_i64().expect("killID"),
+                    message["channel"].as_str().expect("channel").to_owned(),
+                ),
+                _ => (
+                    message["killmail_id"].as_i64().expect("killmail_id"),
+                    "killstream".to_owned(),
+                ),
+            };
+            messages.push(key);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_zkillboard_websocket_client_gets_its_channels_once_each_and_can_unsub() {
+    let mut env = TestEnv::new().await;
+    let (_server, base) = env.start_server().await;
+    let statics = killreport::statics::Statics::load(&env.pool)
+        .await
+        .expect("statics");
+    let batch = received(0..3);
+    // A character among the first killmail's attackers: the channel matches any party.
+    let character = batch[0]
+        .killmail
+        .attackers
+        .iter()
+        .find_map(|a| a.character_id)
+        .expect("an attacker with a character");
+    let system = batch[1].killmail.solar_system_id;
+    let region = statics
+        .region_of(batch[2].killmail.solar_system_id)
+        .expect("a region");
+    let mut client = ZkbSocket::connect(&base).await;
+    for channel in [
+        "killstream".to_owned(),
+        "all:*".to_owned(),
+        format!("character:{character}"),
+        format!("system:{system}"),
+    ] {
+        client
+            .send(&json!({"action": "sub", "channel": channel}).to_string())
+            .await;
+    }
+    // Subscribed twice to one channel: still one message per killmail.
+    client
+        .send(&json!({"action": "sub", "channel": "killstream"}).to_string())
+        .await;
+    client.drain().await;
+
+    env.store_and_announce(&batch[..2]).await;
+    let subscribed = |channels: &[String], added: &Received| {
+        let event = killreport::events::KillmailAdded {
+            seq: Seq(0),
+            killmail: added.killmail.clone(),
+            zkb: added.zkb.clone(),
+            hash: Some(added.hash.clone()),
+            names: Default::default(),
+        };
+        let of = killreport::zkb_api::websocket::Channel::of(&event, &statics);
+        let mut keys: Vec<(i64, String)> = channels
+            .iter()
+            .filter(|c| of.iter().any(|o| &o.to_string() == *c))
+            .map(|c| (added.killmail.killmail_id.0, c.clone()))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let mut channels = vec![
+        "killstream".to_owned(),
+        "all:*".to_owned(),
+        format!("character:{character}"),
+        format!("system:{system}"),
+    ];
+    let mut got = Vec::new();
+    while got.len()
+        < subscribed(&channels, &batch[0]).len() + subscribed(&channels, &batch[1]).len()
+    {
+        let message = client.receive().await;
+        if message["action"] == "littlekill" {
+            let id = message["killID"].as_i64().expect("killID");
+            assert_eq!(message["url"], format!("https://zkillboard.com/kill/{id}/"));
+            let killmail = &batch
+                .iter()
+                .find(|r| r.killmail.killmail_id.0 == id)
+                .expect("ours")
+                .killmail;
+            assert_eq!(message["character_id"], json!(killmail.victim.character_id));
+            assert_eq!(message["ship_type_id"], killmail.victim.ship_type_id);
+            assert_eq!(
+                message["group_id"],
+                json!(statics.group_of(killmail.victim.ship_type_id))
+            );
+            got.push((id, message["channel"].as_str().expect("channel").to_owned()));
+        } else {
+            // killstream: the ESI killmail with its zkb, hash included.
+            let id = message["killmail_id"].as_i64().expect("an ESI killmail");
+            assert!(message["victim"].is_object(), "{message}");
+            assert_eq!(message["zkb"]["totalValue"], 1.5e9);
+            assert!(message["zkb"]["hash"].is_string(), "{message}");
+            got.push((id, "killstream".to_owned()));
+        }
+    }
+    got.extend(client.drain().await);
+    got.sort();
+    let mut expected = [
+        subscribed(&channels, &batch[0]),
+        subscribed(&channels, &batch[1]),
+    ]
+    .concat();
+    expected.sort();
+    assert_eq!(got, expected);
+
+    for channel in ["killstream", "all:*"] {
+        client
+            .send(&json!({"action": "unsub", "channel": channel}).to_string())
+            .await;
+    }
+    client
+        .send(&json!({"action": "sub", "channel": format!("region:{region}")}).to_string())
+        .await;
+    channels.drain(..2);
+    channels.push(format!("region:{region}"));
+    client.drain().await;
+    env.store_and_announce(&batch[2..3]).await;
+    let mut want = subscribed(&channels, &batch[2]);
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let message = client.receive().await;
+        got.push((
+            message["killID"].as_i64().expect("a littlekill"),
+            message["channel"].as_str().expect("channel").to_owned(),
+        ));
+    }
+    got.extend(client.drain().await);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(got.contains(&(batch[2].killmail.killmail_id.0, format!("region:{region}"))));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_zkillboard_websocket_answers_mistakes_and_caps_channels() {
+    let mut env = TestEnv::new().await;
+    env.vars.insert("ZKB_WS_MAX_CHANNELS".into(), "2".into());
+    let (_server, base) = env.start_server().await;
+    let mut client = ZkbSocket::connect(&base).await;
+    for (message, reason) in [
+        ("{not json", "not a message"),
+        (
+            r#"{"action": "dance", "channel": "killstream"}"#,
+            "unknown action `dance`",
+        ),
+        (r#"{"action": "sub"}"#, "needs a `channel`"),
+        (
+            r#"{"action": "sub", "channel": "planet:5"}"#,
+            "unknown channel",
+        ),
+        (
+            r#"{"action": "sub", "channel": "character:abc"}"#,
+            "not an id",
+        ),
+    ] {
+        let error = client.error_for(message).await;
+        assert!(error.contains(reason), "{message}: {error}");
+    }
+    client
+        .send(r#"{"action":"sub","channel":"killstream"}"#)
+        .await;
+    client
+        .send(r#"{"action":"sub","channel":"region:10000002"}"#)
+        .await;
+    let error = client
+        .error_for(r#"{"action":"sub","channel":"system:30000142"}"#)
+        .await;
+    assert!(error.contains("too many channels"), "{error}");
+    // Leaving one makes room.
+    client
+        .send(r#"{"action":"unsub","channel":"killstream"}"#)
+        .await;
+    client
+        .send(r#"{"action":"sub","channel":"system:30000142"}"#)
+        .await;
+    assert!(client.drain().await.is_empty());
+    env.cleanup().await;
 }
