@@ -1,10 +1,12 @@
 //! The event bus: `POST /events` on the management API, `/updates` for browsers on the local
 //! network (posted events and every stored killmail as a `killmail` event), the peer rule
-//! behind a trusted proxy, and silent clients dropped.
+//! behind a trusted proxy, events sent by the library (`bus::send_event`), silent clients
+//! dropped and a client that does not read cut off without slowing the others.
 
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use killreport::bus::{SendError, send_event, send_event_retrying};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -193,5 +195,83 @@ async fn a_silent_updates_client_is_dropped_and_a_listening_one_stays() {
     let close = close.expect("a close code");
     assert_eq!(u16::from(close.code), 1001);
     assert!(close.reason.contains("idle"), "{}", close.reason);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn any_process_sends_events_with_the_library_and_a_bad_type_is_refused() {
+    let mut env = TestEnv::new().await;
+    let (_server, base) = env.start_server().await;
+    let mut browser = open(&base, &[]).await.expect("let in");
+    let mut redis = killreport::events::connect(&env.redis_url)
+        .await
+        .expect("Redis");
+    let channel = env.bus_channel();
+    let backoff = killreport::backoff::Backoff::RECONNECT;
+    let refused = send_event_retrying(&mut redis, &channel, "", json!(1), 3, backoff).await;
+    assert!(
+        matches!(refused, Err(SendError::InvalidType(_))),
+        "{refused:?}"
+    );
+    let sent = send_event_retrying(
+        &mut redis,
+        &channel,
+        "entity-activity",
+        json!({"characterId": 1}),
+        3,
+        backoff,
+    )
+    .await
+    .expect("sent");
+    let event = next_json(&mut browser).await;
+    assert_eq!(event, serde_json::to_value(&sent).expect("JSON"));
+    send_event(&mut redis, &channel, "statistics", Value::Null)
+        .await
+        .expect("sent");
+    assert_eq!(next_json(&mut browser).await["type"], "statistics");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_cut_off_and_the_others_get_everything() {
+    let mut env = TestEnv::new().await;
+    env.vars.insert("UPDATES_SEND_QUEUE".into(), "8".into());
+    let (_server, base) = env.start_server().await;
+    let mut reading = open(&base, &[]).await.expect("let in");
+    let mut stalled = open(&base, &[]).await.expect("let in");
+    let mut redis = killreport::events::connect(&env.redis_url)
+        .await
+        .expect("Redis");
+    // Far more than the sockets' buffers hold: the stalled client's queue fills.
+    let filler = "x".repeat(60_000);
+    let channel = env.bus_channel();
+    for n in 0..300 {
+        send_event(
+            &mut redis,
+            &channel,
+            "statistics",
+            json!({"n": n, "filler": filler}),
+        )
+        .await
+        .expect("sent");
+        assert_eq!(next_json(&mut reading).await["data"]["n"], n);
+    }
+    // The stalled client finds some events, then the end of its connection.
+    let mut received = 0;
+    loop {
+        match tokio::time::timeout(PATIENCE, stalled.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => received += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                let frame = frame.expect("a close code");
+                assert_eq!(u16::from(frame.code), 1008, "{}", frame.reason);
+                assert!(frame.reason.contains("too slow"), "{}", frame.reason);
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) => break,
+            Err(_) => panic!("the stalled client is still connected after {received} events"),
+        }
+    }
+    assert!(received < 300, "the stalled client was not cut off");
     env.cleanup().await;
 }
