@@ -74,9 +74,10 @@ async fn main() -> anyhow::Result<()> {
         killreport::events::connect(redis_url)
     })
     .await?;
+    let websocket = Websocket::start(args.zkb_websocket.limits(), statics, &hub, shutdown.clone());
     let zkb_api = ZkbApi {
         redisq: Redisq::new(pool.clone(), commands.clone(), DEFAULT_KEY_PREFIX, &hub),
-        websocket: Websocket::start(args.zkb_websocket.limits(), statics, &hub, shutdown.clone()),
+        websocket: websocket.clone(),
     };
     let management = Management {
         redis: commands,
@@ -105,6 +106,6 @@ async fn main() -> anyhow::Result<()> {
     );
     served?;
     managed.context("serving the management API")?;
-    tokio::join!(ws.closed(), updates.closed());
+    tokio::join!(ws.closed(), updates.closed(), websocket.closed());
     Ok(())
 }

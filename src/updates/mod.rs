@@ -18,23 +18,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tungstenite::protocol::WebSocketConfig;
 
 use crate::backoff::Backoff;
 use crate::bus::{Event, check_type};
 use crate::filter::Filter;
 use crate::live::Hub;
 use crate::ws::accept;
-use crate::ws::push::{self, Audience};
+use crate::ws::push::{self, Audience, Gate};
 
 use self::peer::Peers;
-
-/// The largest message a client may send (it is ignored anyway).
-const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
-/// How long a closing connection may take to say goodbye to a client that does not read.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -56,7 +49,7 @@ pub struct Updates {
 struct Inner {
     settings: Settings,
     audience: Audience,
-    connections: Arc<Semaphore>,
+    gate: Gate,
     shutdown: CancellationToken,
 }
 
@@ -74,7 +67,7 @@ impl Updates {
         pubsub.subscribe(channel).await?;
         let updates = Self {
             inner: Arc::new(Inner {
-                connections: Arc::new(Semaphore::new(settings.max_connections)),
+                gate: Gate::new(settings.max_connections),
                 settings,
                 audience: Audience::default(),
                 shutdown,
@@ -169,11 +162,9 @@ impl Updates {
         }
     }
 
-    /// Waits until every connection has said goodbye (after shutdown), at most `CLOSE_GRACE`.
+    /// Waits until every connection has said goodbye (see [`Gate::closed`]).
     pub async fn closed(&self) {
-        let all = u32::try_from(self.inner.settings.max_connections).unwrap_or(u32::MAX);
-        let wait = self.inner.connections.acquire_many(all);
-        let _ = tokio::time::timeout(CLOSE_GRACE, wait).await;
+        self.inner.gate.closed().await;
     }
 
     /// Upgrades a request from `socket` to an `/updates` connection, unless its client is not
@@ -192,24 +183,14 @@ impl Updates {
             )
                 .into_response();
         }
-        let Ok(permit) = Arc::clone(&self.inner.connections).try_acquire_owned() else {
-            let reason = format!(
-                "too many connections: this server holds at most {}",
-                self.inner.settings.max_connections
-            );
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "error": reason })),
-            )
-                .into_response();
+        let permit = match self.inner.gate.enter() {
+            Ok(permit) => permit,
+            Err(full) => return full.into_response(),
         };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_CLIENT_MESSAGE))
-            .max_frame_size(Some(MAX_CLIENT_MESSAGE));
         // Registered before the handshake is answered: every event after it reaches the client.
         let listener = self.inner.audience.join(self.inner.settings.send_queue);
         let (idle, shutdown) = (self.inner.settings.idle, self.inner.shutdown.clone());
-        accept(request, config, None, move |socket| async move {
+        accept(request, push::config(), None, move |socket| async move {
             // What the client says is ignored; that it speaks shows it lives.
             push::run(socket, listener, idle, shutdown, |_| None).await;
             drop(permit);

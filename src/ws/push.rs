@@ -3,18 +3,22 @@
 //! whose queue is full is cut off with 1008, and nobody else waits for it), and [`run`], one
 //! connection's loop: it writes the queue to the socket, pings, drops a client silent for the
 //! idle time (1001), answers what the client says through a callback, and closes with 1001 at
-//! shutdown.
+//! shutdown; a [`Gate`] holds their number and waits for their goodbyes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -22,6 +26,59 @@ use super::Socket;
 
 /// How long a closing connection may take to say goodbye to a client that does not read.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The largest message a client may send to a pushed socket.
+const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+
+/// A pushed socket's settings: what clients send is small.
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+}
+
+/// How many connections an endpoint holds at once; clone it freely.
+#[derive(Clone)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Gate {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A place for one more connection, held until dropped.
+    pub fn enter(&self) -> Result<OwnedSemaphorePermit, Full> {
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| Full(self.max))
+    }
+
+    /// Waits until every connection has said goodbye (after shutdown: its 1001 is sent), at
+    /// most `CLOSE_GRACE`; the HTTP server's graceful shutdown does not wait for upgraded
+    /// connections.
+    pub async fn closed(&self) {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.permits.acquire_many(all)).await;
+    }
+}
+
+/// No place left at a [`Gate`] holding this many: answered 503 with the reason.
+#[derive(Debug)]
+pub struct Full(usize);
+
+impl IntoResponse for Full {
+    fn into_response(self) -> Response {
+        let reason = format!("too many connections: this server holds at most {}", self.0);
+        let body = axum::Json(json!({ "error": reason }));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
 
 /// Every connected client's queue; clone it freely.
 #[derive(Clone, Default)]

@@ -13,25 +13,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tungstenite::protocol::WebSocketConfig;
 
-use super::{refusal, zkb_with_hash};
+use super::zkb_with_hash;
 use crate::events::KillmailAdded;
 use crate::filter::Filter;
 use crate::live::Hub;
 use crate::statics::Statics;
 use crate::ws::accept;
-use crate::ws::push::{self, Audience};
-
-/// The largest message a client may send.
-const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+use crate::ws::push::{self, Audience, Gate};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -176,7 +170,7 @@ struct Inner {
     audience: Audience,
     /// Subscribed connections by channel.
     index: Mutex<HashMap<Channel, HashSet<u64>>>,
-    connections: Arc<Semaphore>,
+    gate: Gate,
     shutdown: CancellationToken,
 }
 
@@ -197,7 +191,7 @@ impl Websocket {
     ) -> Self {
         let websocket = Self {
             inner: Arc::new(Inner {
-                connections: Arc::new(Semaphore::new(limits.max_connections)),
+                gate: Gate::new(limits.max_connections),
                 limits,
                 statics,
                 audience: Audience::default(),
@@ -241,21 +235,20 @@ impl Websocket {
         }
     }
 
+    /// Waits until every connection has said goodbye (see [`Gate::closed`]).
+    pub async fn closed(&self) {
+        self.inner.gate.closed().await;
+    }
+
     /// Upgrades a request to a zKillboard websocket connection, unless the server is full
     /// (503) or it is no WebSocket handshake (400).
     pub fn upgrade(&self, request: Request) -> Response {
-        let Ok(permit) = Arc::clone(&self.inner.connections).try_acquire_owned() else {
-            let reason = format!(
-                "too many connections: this server holds at most {}",
-                self.inner.limits.max_connections
-            );
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, &reason);
+        let permit = match self.inner.gate.enter() {
+            Ok(permit) => permit,
+            Err(full) => return full.into_response(),
         };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_CLIENT_MESSAGE))
-            .max_frame_size(Some(MAX_CLIENT_MESSAGE));
         let websocket = self.clone();
-        accept(request, config, None, move |socket| async move {
+        accept(request, push::config(), None, move |socket| async move {
             let listener = websocket
                 .inner
                 .audience

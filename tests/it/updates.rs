@@ -275,3 +275,30 @@ async fn a_client_that_does_not_read_is_cut_off_and_the_others_get_everything() 
     assert!(received < 300, "the stalled client was not cut off");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn sigterm_closes_updates_and_zkillboard_websockets_with_going_away() {
+    let mut env = TestEnv::new().await;
+    let (mut server, base) = env.start_server().await;
+    let mut browser = open(&base, &[]).await.expect("let in");
+    let url = format!("{}/websocket/", base.replace("http://", "ws://"));
+    let (mut bot, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("a websocket");
+    let stopped = crate::support::terminate(&mut server, Duration::from_secs(15)).await;
+    assert!(
+        stopped.is_some_and(|status| status.success()),
+        "{stopped:?}"
+    );
+    for socket in [&mut browser, &mut bot] {
+        let close = loop {
+            match tokio::time::timeout(PATIENCE, socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
+    }
+    env.cleanup().await;
+}
