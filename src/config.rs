@@ -273,8 +273,13 @@ pub struct UpdatesArgs {
     #[arg(long, env = "UPDATES_IDLE_SECS", default_value_t = 120)]
     pub updates_idle_secs: u64,
     /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDRs, comma-separated.
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::updates::peer::parse_net)]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        default_value = "",
+        value_parser = crate::updates::peer::parse_proxies
+    )]
+    pub trusted_proxies: crate::updates::peer::Peers,
     /// Events queued for one `/updates` client; a client this far behind is cut off (1008).
     #[arg(long, env = "UPDATES_SEND_QUEUE", default_value_t = 256)]
     pub updates_send_queue: usize,
@@ -289,7 +294,7 @@ impl UpdatesArgs {
             idle: Duration::from_secs(self.updates_idle_secs.max(1)),
             send_queue: self.updates_send_queue.max(1),
             max_connections: self.updates_max_connections,
-            peers: crate::updates::peer::Peers::new(self.trusted_proxies.clone()),
+            peers: self.trusted_proxies.clone(),
         }
     }
 }

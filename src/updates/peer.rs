@@ -78,6 +78,16 @@ fn internal_v6(address: Ipv6Addr) -> bool {
     address.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
 }
 
+/// `TRUSTED_PROXIES`: addresses and networks separated by commas or spaces; empty, none.
+pub fn parse_proxies(text: &str) -> Result<Peers, String> {
+    let entries = text
+        .split([',', ' '])
+        .filter(|entry| !entry.trim().is_empty());
+    Ok(Peers::new(
+        entries.map(parse_net).collect::<Result<_, _>>()?,
+    ))
+}
+
 /// A `TRUSTED_PROXIES` entry: an address (`10.0.0.5`) or a network (`10.0.0.0/8`).
 pub fn parse_net(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
@@ -181,5 +191,9 @@ mod tests {
         assert!(parse_net("10.0.0.0/8").is_ok());
         assert!(parse_net(" ::1 ").is_ok());
         assert!(parse_net("proxy.local").is_err());
+        let peers = parse_proxies("10.0.0.0/8, 192.168.1.1 ::1").expect("a list");
+        assert_eq!(peers.trusted.len(), 3);
+        assert!(parse_proxies("").expect("none").trusted.is_empty());
+        assert!(parse_proxies("10.0.0.1,proxy.local").is_err());
     }
 }
