@@ -283,3 +283,76 @@ pub struct LogArgs {
     )]
     pub log_format: LogFormat,
 }
+
+/// The event bus (see `bus`): the Redis channel events beyond killmails travel on.
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// The pub/sub channel of the event bus (`POST /events`, `send_event`, `/updates`).
+    #[arg(long, env = "BUS_CHANNEL", default_value = crate::bus::DEFAULT_CHANNEL)]
+    pub bus_channel: String,
+}
+
+/// The server's `/updates` WebSocket and its management API.
+#[derive(Debug, Clone, Args)]
+pub struct UpdatesArgs {
+    /// Where the management API (`POST /events`) listens; keep it on loopback or an internal
+    /// network.
+    #[arg(long, env = "MANAGEMENT_ADDR", default_value = "127.0.0.1:3001")]
+    pub management_addr: String,
+    /// Seconds an `/updates` client may stay silent (no answer to pings) before it is dropped.
+    #[arg(long, env = "UPDATES_IDLE_SECS", default_value_t = 120)]
+    pub updates_idle_secs: u64,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDRs, comma-separated.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        default_value = "",
+        value_parser = crate::updates::peer::parse_proxies
+    )]
+    pub trusted_proxies: crate::updates::peer::Peers,
+    /// Events queued for one `/updates` client; a client this far behind is cut off (1008).
+    #[arg(long, env = "UPDATES_SEND_QUEUE", default_value_t = 256)]
+    pub updates_send_queue: usize,
+    /// `/updates` connections held at once; more are refused with 503.
+    #[arg(long, env = "UPDATES_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub updates_max_connections: usize,
+}
+
+impl UpdatesArgs {
+    pub fn settings(&self) -> crate::updates::Settings {
+        crate::updates::Settings {
+            idle: Duration::from_secs(self.updates_idle_secs.max(1)),
+            send_queue: self.updates_send_queue.max(1),
+            max_connections: self.updates_max_connections,
+            peers: self.trusted_proxies.clone(),
+        }
+    }
+}
+
+/// zKillboard's websocket (`/websocket/`) on the server.
+#[derive(Debug, Clone, Args)]
+pub struct ZkbWebsocketArgs {
+    /// Channels one `/websocket/` connection may subscribe to.
+    #[arg(long, env = "ZKB_WS_MAX_CHANNELS", default_value_t = 100)]
+    pub zkb_ws_max_channels: usize,
+    /// Messages queued for one `/websocket/` client; one this far behind is cut off (1008).
+    #[arg(long, env = "ZKB_WS_SEND_QUEUE", default_value_t = 256)]
+    pub zkb_ws_send_queue: usize,
+    /// `/websocket/` connections held at once; more are refused with 503.
+    #[arg(long, env = "ZKB_WS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub zkb_ws_max_connections: usize,
+    /// Seconds a `/websocket/` client may stay silent (no answer to pings) before it is dropped.
+    #[arg(long, env = "ZKB_WS_IDLE_SECS", default_value_t = 120)]
+    pub zkb_ws_idle_secs: u64,
+}
+
+impl ZkbWebsocketArgs {
+    pub fn limits(&self) -> crate::zkb_api::websocket::Limits {
+        crate::zkb_api::websocket::Limits {
+            max_channels: self.zkb_ws_max_channels,
+            send_queue: self.zkb_ws_send_queue.max(1),
+            max_connections: self.zkb_ws_max_connections,
+            idle: Duration::from_secs(self.zkb_ws_idle_secs.max(1)),
+        }
+    }
+}

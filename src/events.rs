@@ -26,6 +26,18 @@ pub struct KillmailAdded {
     pub names: BTreeMap<String, String>,
 }
 
+/// A connection that reconnects by itself, for publishing: while Redis is away a command fails
+/// within a few seconds (two reconnection attempts of a second each) rather than waiting on
+/// it, and the next one tries again.
+pub async fn connect(redis_url: &str) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(redis_url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(2)
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(3)));
+    ConnectionManager::new_with_config(client, config).await
+}
+
 /// Publishes events on one channel over a connection that reconnects by itself.
 #[derive(Clone)]
 pub struct EventPublisher {
@@ -34,17 +46,10 @@ pub struct EventPublisher {
 }
 
 impl EventPublisher {
-    /// Connects; while Redis is away a command fails within a few seconds (two reconnection
-    /// attempts of a second each) rather than waiting on it, and the next one tries again.
+    /// Connects (see [`connect`]).
     pub async fn connect(redis_url: &str, channel: &str) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(3)));
-        let redis = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
-            redis,
+            redis: connect(redis_url).await?,
             channel: channel.to_owned(),
         })
     }

@@ -1,10 +1,13 @@
 //! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
-//! assets, and `/healthz`, `/readyz` and `/metrics` (see `health`). Every request is counted
-//! and timed by the route it matched (`telemetry::HTTP_REQUESTS`).
+//! assets, `/updates` (see `updates`), zKillboard's RedisQ, R2Z2 and websocket (see `zkb_api`),
+//! and `/healthz`, `/readyz` and `/metrics` (see `health`). Every request is counted and timed by
+//! the route it matched (`telemetry::HTTP_REQUESTS`).
+
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
 use crate::telemetry;
+use crate::updates::Updates;
 use crate::ws::WsService;
+use crate::zkb_api::ZkbApi;
 
 /// Largest POST body accepted on `/graphql`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -29,9 +34,14 @@ pub struct AppState {
     pub schema: KillreportSchema,
     /// Subscriptions over WebSocket; closes every socket with 1001 (going away) at shutdown.
     pub ws: WsService,
+    /// The event bus's WebSocket for the local network.
+    pub updates: Updates,
+    /// zKillboard's RedisQ queues and websocket (R2Z2 needs only the store).
+    pub zkb_api: ZkbApi,
 }
 
 pub fn router(state: AppState, readiness: Readiness, metrics: PrometheusHandle) -> Router {
+    let zkb_api = crate::zkb_api::routes(state.zkb_api.clone());
     Router::new()
         .route(
             "/graphql",
@@ -39,7 +49,9 @@ pub fn router(state: AppState, readiness: Readiness, metrics: PrometheusHandle) 
                 .post(graphql_post)
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+        .route("/updates", get(updates_get))
         .with_state(state)
+        .merge(zkb_api)
         .merge(readiness.routes(metrics))
         .merge(crate::graphiql::assets())
         .layer(middleware::from_fn(count_request))
@@ -103,6 +115,15 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     state.ws.upgrade(request, protocol)
 }
 
+/// The peer is the socket's: see `updates::peer` for when `X-Forwarded-For` counts.
+async fn updates_get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    state.updates.upgrade(peer.ip(), request)
+}
+
 /// Runs one query; the body is a GraphQL-over-HTTP JSON request.
 async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
@@ -116,13 +137,15 @@ async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
     Json(state.schema.execute(request).await).into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// Serves `router` on `listener` until `shutdown` is cancelled; handlers may ask for the peer's
+/// address (`ConnectInfo<SocketAddr>`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

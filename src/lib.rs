@@ -8,6 +8,8 @@
 //! src/main.rs (server), src/bin/queue.rs, workers/*.rs   parse config, connect, call in
 //! config    clap argument groups with DESIGN.md's defaults; starts nothing
 //! http      axum: /graphql (graphiql, WebSocket, POST) beside health's routes    server
+//!   updates   /updates (the event bus to local browsers), the management API    server
+//!   zkb_api   zKillboard's RedisQ and R2Z2, served from the store
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols
 //!   graphql   schema, queries, killmailAdded, filters, loaders
 //!   live      one Redis subscription per process, in order, fanned out
@@ -20,6 +22,7 @@
 //!   health    /healthz and /readyz for every process
 //!     db        PostgreSQL: migrate, killmails (and their events), outbox, names, cursors
 //!     queue     RabbitMQ: topology, jobs, confirms, retries, dead letters, the job runner
+//!     bus       Redis pub/sub: events of any type, send_event for every process
 //!     events    Redis pub/sub: the killmail-added event
 //!     esi       ESI over HTTP, its error limit shared by a process
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
@@ -30,6 +33,7 @@
 
 pub mod announce;
 pub mod backoff;
+pub mod bus;
 pub mod config;
 pub mod db;
 pub mod esi;
@@ -48,5 +52,7 @@ pub mod queue;
 pub mod shutdown;
 pub mod statics;
 pub mod telemetry;
+pub mod updates;
 pub mod ws;
 pub mod zkb;
+pub mod zkb_api;

@@ -5,18 +5,24 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
-use killreport::config::{DatabaseArgs, HttpArgs, RedisArgs};
+use killreport::config::{
+    BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
+};
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;
+use killreport::updates::Updates;
+use killreport::updates::management::{self, Management};
 use killreport::ws::WsService;
+use killreport::zkb_api::redisq::DEFAULT_KEY_PREFIX;
+use killreport::zkb_api::{Redisq, Websocket, ZkbApi};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serves killreport over HTTP: /graphql, /healthz, /readyz, /metrics"
+    about = "Serves killreport over HTTP: /graphql, /updates, RedisQ, R2Z2, /websocket/, /healthz, /readyz, /metrics; POST /events on MANAGEMENT_ADDR"
 )]
 struct Args {
     #[command(flatten)]
@@ -27,6 +33,12 @@ struct Args {
     database: DatabaseArgs,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    bus: BusArgs,
+    #[command(flatten)]
+    updates: UpdatesArgs,
+    #[command(flatten)]
+    zkb_websocket: ZkbWebsocketArgs,
 }
 
 #[tokio::main]
@@ -48,18 +60,54 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("subscribing to killmail events on Redis")?;
-    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), statics);
+    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), Arc::clone(&statics));
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
+    let bus_channel = &args.bus.bus_channel;
+    let updates = until_up("Redis", &shutdown, || {
+        let settings = args.updates.settings();
+        Updates::start(settings, redis_url, bus_channel, &hub, shutdown.clone())
+    })
+    .await
+    .context("subscribing to the event bus on Redis")?;
+    let commands = until_up("Redis", &shutdown, || {
+        killreport::events::connect(redis_url)
+    })
+    .await?;
+    let websocket = Websocket::start(args.zkb_websocket.limits(), statics, &hub, shutdown.clone());
+    let zkb_api = ZkbApi {
+        redisq: Redisq::new(pool.clone(), commands.clone(), DEFAULT_KEY_PREFIX, &hub),
+        websocket: websocket.clone(),
+    };
+    let management = Management {
+        redis: commands,
+        channel: bus_channel.clone(),
+    };
+    let management_listener = tokio::net::TcpListener::bind(&args.updates.management_addr)
+        .await
+        .with_context(|| format!("listening on {}", args.updates.management_addr))?;
+    tracing::info!(addr = %management_listener.local_addr()?, "management API listening");
     let ws = WsService::new(schema.clone(), hub, args.http.ws_limits(), shutdown.clone());
     let readiness = Readiness::default().postgres(pool).redis(redis);
     let state = AppState {
         schema,
         ws: ws.clone(),
+        updates: updates.clone(),
+        zkb_api,
     };
-    serve(listener, router(state, readiness, metrics), shutdown).await?;
-    ws.closed().await;
+    let management = serve(
+        management_listener,
+        management::router(management),
+        shutdown.clone(),
+    );
+    let (served, managed) = tokio::join!(
+        serve(listener, router(state, readiness, metrics), shutdown),
+        management
+    );
+    served?;
+    managed.context("serving the management API")?;
+    tokio::join!(ws.closed(), updates.closed(), websocket.closed());
     Ok(())
 }

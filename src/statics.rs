@@ -1,6 +1,7 @@
-//! CCP's static data in memory: every solar system (name, security, region), region and item
-//! type, loaded once from the store at startup. Names of systems, regions and types come from
-//! here; the live hub uses it to know each killmail's region.
+//! CCP's static data in memory: every solar system (name, security, constellation, region),
+//! region and item type (with its group), loaded once from the store at startup. Names of
+//! systems, regions and types come from here; the live hub uses it to know each killmail's
+//! region, zKillboard's websocket its constellation and the ships' groups.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,8 @@ pub struct Statics {
     pub regions: HashMap<i64, String>,
     /// Type id → (name, group name).
     pub types: HashMap<i64, (Option<String>, Option<String>)>,
+    /// Type id → group id.
+    pub groups: HashMap<i64, i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -20,6 +23,7 @@ pub struct System {
     pub name: String,
     pub security_status: Option<f64>,
     pub region_id: i64,
+    pub constellation_id: i64,
 }
 
 impl Statics {
@@ -34,6 +38,7 @@ impl Statics {
                         name: s.name,
                         security_status: s.security_status,
                         region_id: s.region_id,
+                        constellation_id: s.constellation_id,
                     },
                 )
             })
@@ -42,20 +47,35 @@ impl Statics {
             .await?
             .into_iter()
             .collect();
-        let types = crate::db::statics::item_types(pool)
-            .await?
+        let item_types = crate::db::statics::item_types(pool).await?;
+        let groups = item_types
+            .iter()
+            .map(|(id, .., group)| (*id, *group))
+            .collect();
+        let types = item_types
             .into_iter()
-            .map(|(id, name, group)| (id, (name, group)))
+            .map(|(id, name, group, _)| (id, (name, group)))
             .collect();
         Ok(Self {
             systems,
             regions,
             types,
+            groups,
         })
     }
 
     pub fn region_of(&self, solar_system_id: i64) -> Option<i64> {
         self.systems.get(&solar_system_id).map(|s| s.region_id)
+    }
+
+    pub fn group_of(&self, type_id: i64) -> Option<i64> {
+        self.groups.get(&type_id).copied()
+    }
+
+    pub fn constellation_of(&self, solar_system_id: i64) -> Option<i64> {
+        self.systems
+            .get(&solar_system_id)
+            .map(|s| s.constellation_id)
     }
 
     pub fn type_name(&self, type_id: i64) -> Option<&str> {

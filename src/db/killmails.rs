@@ -515,3 +515,10 @@ pub async fn latest_seq(db: impl PgExecutor<'_>) -> sqlx::Result<Seq> {
         .await?;
     Ok(Seq(seq))
 }
+
+/// When the killmail of ingest sequence `seq` was stored; `None` when none has it.
+pub async fn ingested_at(db: impl PgExecutor<'_>, seq: Seq) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar!("SELECT ingested_at FROM killmails WHERE seq = $1", seq.0)
+        .fetch_optional(db)
+        .await
+}

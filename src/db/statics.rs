@@ -7,12 +7,14 @@ pub struct SystemRow {
     pub name: String,
     pub security_status: Option<f64>,
     pub region_id: i64,
+    pub constellation_id: i64,
 }
 
 pub async fn solar_systems(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<SystemRow>> {
     sqlx::query_as!(
         SystemRow,
-        "SELECT solar_system_id AS id, name, security_status, region_id FROM solar_systems"
+        "SELECT solar_system_id AS id, name, security_status, region_id, constellation_id
+         FROM solar_systems"
     )
     .fetch_all(db)
     .await
@@ -26,18 +28,18 @@ pub async fn regions(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i64, String)>
     Ok(rows.into_iter().map(|r| (r.region_id, r.name)).collect())
 }
 
-/// (type id, name, group name).
+/// (type id, name, group name, group id).
 pub async fn item_types(
     db: impl PgExecutor<'_>,
-) -> sqlx::Result<Vec<(i64, Option<String>, Option<String>)>> {
+) -> sqlx::Result<Vec<(i64, Option<String>, Option<String>, i64)>> {
     let rows = sqlx::query!(
-        r#"SELECT t.type_id, t.name, g.name AS "group_name?"
+        r#"SELECT t.type_id, t.name, g.name AS "group_name?", t.group_id
            FROM item_types t LEFT JOIN item_groups g ON g.group_id = t.group_id"#
     )
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.type_id, r.name, r.group_name))
+        .map(|r| (r.type_id, r.name, r.group_name, r.group_id))
         .collect())
 }

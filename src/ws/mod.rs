@@ -8,6 +8,7 @@
 mod executions;
 mod outbox;
 pub mod protocol;
+pub mod push;
 mod sharing;
 
 use std::collections::HashMap;
@@ -69,7 +70,7 @@ pub struct WsService {
 
 /// A client's connection once upgraded: tungstenite's own socket, not axum's wrapper of it, so
 /// that long messages can go out in fragments (see `protocol::FRAGMENT`).
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// How long a closing connection may take to say goodbye to a client that does not read.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -104,13 +105,9 @@ impl WsService {
         let _ = tokio::time::timeout(CLOSE_GRACE, self.connections.acquire_many(all)).await;
     }
 
-    /// Accepts a WebSocket handshake (HTTP/1.1) speaking `protocol`, unless it is not a valid
-    /// one (400) or the server already holds as many connections as it may (503).
-    pub fn upgrade(&self, mut request: Request, protocol: Protocol) -> Response {
-        let key = match handshake_key(&request) {
-            Ok(key) => key,
-            Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
-        };
+    /// Accepts a WebSocket handshake (HTTP/1.1) speaking `protocol`, unless the server already
+    /// holds as many connections as it may (503) or it is not a valid one (400).
+    pub fn upgrade(&self, request: Request, protocol: Protocol) -> Response {
         let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
             let message = format!(
                 "too many connections: this server holds at most {}",
@@ -118,38 +115,21 @@ impl WsService {
             );
             return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
         };
-        let upgrading = hyper::upgrade::on(&mut request);
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(self.limits.max_message_bytes))
             .max_frame_size(Some(self.limits.max_message_bytes));
         let service = self.clone();
-        tokio::spawn(async move {
-            match upgrading.await {
-                Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config));
-                    service.serve(socket.await, protocol).await;
-                }
-                Err(error) => tracing::debug!(%error, "a WebSocket upgrade did not complete"),
-            }
-            drop(permit);
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header(
-                header::SEC_WEBSOCKET_ACCEPT,
-                derive_accept_key(key.as_bytes()),
-            )
-            .header(
-                header::SEC_WEBSOCKET_PROTOCOL,
-                protocol.sec_websocket_protocol(),
-            )
-            .body(Body::empty())
-            .expect("a valid 101 response")
+        accept(
+            request,
+            config,
+            Some(protocol.sec_websocket_protocol()),
+            move |socket| async move {
+                service.serve(socket, protocol).await;
+                drop(permit);
+            },
+        )
     }
 
     async fn serve(self, socket: Socket, protocol: Protocol) {
@@ -395,6 +375,48 @@ impl Session {
             Err(error) => tracing::error!(%error, "a query result did not serialize"),
         }
     }
+}
+
+/// Answers a WebSocket handshake (HTTP/1.1) with 101 and `subprotocol`, then hands the socket
+/// to `serve` on a task of its own; a request that is not a valid handshake gets 400 with the
+/// reason. The one handshake of every WebSocket endpoint (`/graphql`, `updates`).
+pub fn accept<F, Fut>(
+    mut request: Request,
+    config: WebSocketConfig,
+    subprotocol: Option<&'static str>,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Socket) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let key = match handshake_key(&request) {
+        Ok(key) => key,
+        Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
+    };
+    let upgrading = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrading.await {
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config));
+                serve(socket.await).await;
+            }
+            Err(error) => tracing::debug!(%error, "a WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        );
+    if let Some(subprotocol) = subprotocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, subprotocol);
+    }
+    response.body(Body::empty()).expect("a valid 101 response")
 }
 
 /// The client's `Sec-WebSocket-Key`, once `request` is checked to be a WebSocket handshake.

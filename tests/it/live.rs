@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use killreport::events::{EventPublisher, KillmailAdded};
-use killreport::killmail::{Received, Seq, Source};
+use killreport::killmail::{Received, Seq};
 use killreport::live::Hub;
 use tokio_util::sync::CancellationToken;
 
@@ -17,15 +17,7 @@ use crate::support::{PATIENCE, TestEnv, fixtures, redis_url};
 type Event = anyhow::Result<Arc<KillmailAdded>>;
 
 fn received(range: std::ops::Range<usize>) -> Vec<Received> {
-    fixtures::killmails()[range]
-        .iter()
-        .map(|(killmail, hash)| Received {
-            killmail: killmail.clone(),
-            hash: hash.clone(),
-            zkb: None,
-            source: Source::Import,
-        })
-        .collect()
+    fixtures::received(range, None)
 }
 
 /// Stores the killmails and returns their events, without publishing them.

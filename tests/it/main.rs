@@ -20,3 +20,5 @@ mod subscriptions;
 mod support;
 mod telemetry;
 mod tls;
+mod updates;
+mod zkb_api;

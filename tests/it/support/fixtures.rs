@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use killreport::killmail::{Killmail, Source, Zkb};
+use killreport::killmail::{Killmail, Received, Source, Zkb};
 use killreport::queue::IngestJob;
 use serde_json::Value;
 
@@ -121,4 +121,17 @@ pub fn job_with(killmail: Killmail, hash: String, zkb: Option<Zkb>, with_body: b
         zkb,
         source: Source::Redisq,
     }
+}
+
+/// Fixture killmails `range` as the store receives them from an import, each with `zkb`.
+pub fn received(range: std::ops::Range<usize>, zkb: Option<Zkb>) -> Vec<Received> {
+    killmails()[range]
+        .iter()
+        .map(|(killmail, hash)| Received {
+            killmail: killmail.clone(),
+            hash: hash.clone(),
+            zkb: zkb.clone(),
+            source: Source::Import,
+        })
+        .collect()
 }

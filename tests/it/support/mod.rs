@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use killreport::config::RabbitArgs;
 use killreport::events::{EventPublisher, KillmailAdded};
+use killreport::killmail::Received;
 use killreport::queue::{Publisher, Topology};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use sqlx::PgPool;
@@ -188,6 +189,18 @@ impl TestEnv {
         }
     }
 
+    /// This test's event bus channel (`BUS_CHANNEL`).
+    pub fn bus_channel(&self) -> String {
+        format!("killreport:test:{}:bus", self.id)
+    }
+
+    /// The management API's `http://127.0.0.1:port` of the server [`Self::start_server`]
+    /// started.
+    pub fn management_url(&self) -> String {
+        let addr = self.vars.get("MANAGEMENT_ADDR").expect("a started server");
+        format!("http://{addr}")
+    }
+
     pub fn topology(&self) -> Topology {
         self.rabbit.topology()
     }
@@ -224,6 +237,8 @@ impl TestEnv {
         let port = free_port();
         self.vars
             .insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
+        let management = format!("127.0.0.1:{}", free_port());
+        self.vars.insert("MANAGEMENT_ADDR".into(), management);
         let server = self.start_server_again().await;
         (server, format!("http://127.0.0.1:{port}"))
     }
@@ -283,6 +298,7 @@ impl TestEnv {
             .env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", &self.redis_url)
             .env("EVENTS_CHANNEL", &self.channel)
+            .env("BUS_CHANNEL", self.bus_channel())
             .env("RABBITMQ_URL", &self.rabbit.rabbitmq_url)
             .env("RABBITMQ_EXCHANGE", &self.rabbit.rabbitmq_exchange)
             .env("INGEST_QUEUE", &self.rabbit.ingest_queue)
@@ -324,6 +340,36 @@ impl TestEnv {
             }
         });
         rx
+    }
+
+    /// Stores `batch` and announces what was new on this test's channel, as worker-killmails
+    /// does (without names); returns the events.
+    pub async fn store_and_announce(&self, batch: &[Received]) -> Vec<KillmailAdded> {
+        let stored = killreport::ingest::store(&self.pool, batch)
+            .await
+            .expect("store");
+        let events: Vec<KillmailAdded> = stored
+            .iter()
+            .filter_map(|s| {
+                let received = batch
+                    .iter()
+                    .find(|r| r.killmail.killmail_id == s.killmail_id)?;
+                Some(KillmailAdded {
+                    seq: s.seq,
+                    killmail: received.killmail.clone(),
+                    zkb: received.zkb.clone(),
+                    hash: Some(received.hash.clone()),
+                    names: Default::default(),
+                })
+            })
+            .collect();
+        EventPublisher::connect(&self.redis_url, &self.channel)
+            .await
+            .expect("connecting to Redis")
+            .publish(&events)
+            .await
+            .expect("publishing");
+        events
     }
 
     pub async fn killmail_count(&self) -> i64 {

@@ -314,3 +314,23 @@ impl Drop for ResumingSubscriber {
 fn lock(received: &Mutex<Deliveries>) -> std::sync::MutexGuard<'_, Deliveries> {
     received.lock().expect("the subscriber's record")
 }
+
+/// A plain WebSocket client's socket (no GraphQL protocol), as browsers and bots hold one.
+pub type PlainSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The next text message on `socket`, as JSON (pings are answered by the client library);
+/// fails the test after [`PATIENCE`] or on anything else.
+pub async fn next_json(socket: &mut PlainSocket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("a message within PATIENCE")
+            .expect("the socket open")
+            .expect("a frame");
+        match frame {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("not a text message: {other:?}"),
+        }
+    }
+}
