@@ -9,7 +9,7 @@
 //! config    clap argument groups with DESIGN.md's defaults; starts nothing
 //! http      axum: /graphql (graphiql, WebSocket, POST) beside health's routes    server
 //!   updates   /updates (the event bus to local browsers), the management API    server
-//!   zkb_api   zKillboard's RedisQ and R2Z2, served from the store
+//!   zkb_api   zKillboard's RedisQ, R2Z2 and websocket, served from the store
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols
 //!   graphql   schema, queries, killmailAdded, filters, loaders
 //!   live      one Redis subscription per process, in order, fanned out
@@ -19,7 +19,7 @@
 //!   announce  outbox, names and sweep: stored killmails → Redis
 //!   filter, statics   killmail filters and the static universe they need
 //!   zkb       zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
-//!   health    /healthz and /readyz for every process
+//!   health    /healthz, /readyz and /metrics for every process
 //!     db        PostgreSQL: migrate, killmails (and their events), outbox, names, cursors
 //!     queue     RabbitMQ: topology, jobs, confirms, retries, dead letters, the job runner
 //!     bus       Redis pub/sub: events of any type, send_event for every process
