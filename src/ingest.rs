@@ -15,10 +15,20 @@ use crate::killmail::Received;
 use crate::queue::IngestJob;
 use crate::queue::runner::{Failure, Handler, Outcome};
 
-/// Stores a batch in one transaction and returns what was new.
+/// Stores a batch in one transaction and returns what was new, its announcements queued.
 pub async fn store(pool: &PgPool, batch: &[Received]) -> sqlx::Result<Vec<Stored>> {
+    store_with(pool, batch, true).await
+}
+
+/// [`store`], with the announcements of what was new queued only when `announced` (a backfill's
+/// history is stored without any).
+pub async fn store_with(
+    pool: &PgPool,
+    batch: &[Received],
+    announced: bool,
+) -> sqlx::Result<Vec<Stored>> {
     let mut tx = pool.begin().await?;
-    let stored = db::killmails::store_batch(&mut tx, batch).await?;
+    let stored = db::killmails::store_batch(&mut tx, batch, announced).await?;
     tx.commit().await?;
     Ok(stored)
 }

@@ -44,10 +44,15 @@ impl StoredKillmail {
 }
 
 /// Stores every killmail of `batch` that the store does not hold yet, queues its announcement
-/// (see `db::announcements`), and returns those, in ingest order. A killmail already held is
-/// left as it is, except that a `zkb` block is added when it had none. Run it in a
-/// transaction: the lock it takes is released at commit.
-pub async fn store_batch(tx: &mut PgConnection, batch: &[Received]) -> sqlx::Result<Vec<Stored>> {
+/// (see `db::announcements`) unless `announced` is false (history, which is not news), and
+/// returns those, in ingest order. A killmail already held is left as it is, except that a
+/// `zkb` block is added when it had none. Run it in a transaction: the lock it takes is
+/// released at commit.
+pub async fn store_batch(
+    tx: &mut PgConnection,
+    batch: &[Received],
+    announced: bool,
+) -> sqlx::Result<Vec<Stored>> {
     let mut seen = HashSet::new();
     let batch: Vec<&Received> = batch
         .iter()
@@ -146,16 +151,18 @@ pub async fn store_batch(tx: &mut PgConnection, batch: &[Received]) -> sqlx::Res
     let (new, known): (Vec<&Received>, Vec<&Received>) = batch
         .into_iter()
         .partition(|r| new_ids.contains(&r.killmail.killmail_id));
-    let seqs: Vec<i64> = stored.iter().map(|s| s.seq.0).collect();
-    let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
-    sqlx::query!(
-        "INSERT INTO pending_announcements (seq, killmail_id)
-         SELECT * FROM UNNEST($1::int8[], $2::int8[])",
-        &seqs,
-        &stored_ids
-    )
-    .execute(&mut *tx)
-    .await?;
+    if announced {
+        let seqs: Vec<i64> = stored.iter().map(|s| s.seq.0).collect();
+        let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
+        sqlx::query!(
+            "INSERT INTO pending_announcements (seq, killmail_id)
+             SELECT * FROM UNNEST($1::int8[], $2::int8[])",
+            &seqs,
+            &stored_ids
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     insert_attackers(tx, &new).await?;
     insert_items(tx, &new).await?;
     add_missing_zkb(tx, &known).await?;

@@ -1,6 +1,7 @@
 //! Local fakes of the outside HTTP services, each a small axum app on 127.0.0.1:0.
 
 pub mod esi;
+pub mod everef;
 pub mod r2z2;
 pub mod redisq;
 
