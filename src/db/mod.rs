@@ -4,6 +4,7 @@
 
 pub mod announcements;
 pub mod backfill_days;
+pub mod copy;
 pub mod cursors;
 pub mod entities;
 pub mod killmails;
