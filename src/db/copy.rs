@@ -105,7 +105,9 @@ mod tests {
         let body = &rows.buf[19..];
         assert_eq!(
             body,
-            [0, 3, 0, 0, 0, 4, 0, 0, 0, 7, 255, 255, 255, 255, 0, 0, 0, 1, 1]
+            [
+                0, 3, 0, 0, 0, 4, 0, 0, 0, 7, 255, 255, 255, 255, 0, 0, 0, 1, 1
+            ]
         );
         let mut time = BinaryRows::with_capacity(0);
         let epoch = DateTime::parse_from_rfc3339("2000-01-01T00:00:01Z")
