@@ -356,3 +356,40 @@ impl ZkbWebsocketArgs {
         }
     }
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct EverefArgs {
+    /// EVE Ref's base URL; daily archives are at
+    /// {base}/killmails/{yyyy}/killmails-{yyyy-mm-dd}.tar.bz2.
+    #[arg(
+        long,
+        env = "EVEREF_BASE_URL",
+        default_value = "https://data.everef.net"
+    )]
+    pub everef_base_url: String,
+    /// Where archives are downloaded to (created if missing) and kept; a partial download
+    /// left there is resumed.
+    #[arg(long, env = "BACKFILL_DIR", default_value = "data/everef")]
+    pub backfill_dir: std::path::PathBuf,
+    /// Tries of a download that is cut off or answered 5xx, each resuming where the last
+    /// stopped.
+    #[arg(long, env = "BACKFILL_DOWNLOAD_ATTEMPTS", default_value_t = 3)]
+    pub download_attempts: u32,
+    /// Seconds without a byte from EVE Ref before a download is given up (and tried again).
+    #[arg(long, env = "BACKFILL_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub read_timeout_secs: u64,
+}
+
+impl EverefArgs {
+    /// An HTTP client for downloads: killreport's User-Agent, bounded connects and silences,
+    /// no bound on a whole (large) download.
+    pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        let silence = Duration::from_secs(self.read_timeout_secs.max(1));
+        reqwest::Client::builder()
+            .user_agent(crate::esi::USER_AGENT)
+            .connect_timeout(Duration::from_secs(10).min(silence))
+            .read_timeout(silence)
+            .build()
+            .map_err(Into::into)
+    }
+}

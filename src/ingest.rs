@@ -19,11 +19,21 @@ use crate::queue::IngestJob;
 use crate::queue::runner::{Failure, Handler, Outcome};
 use crate::telemetry;
 
-/// Stores a batch in one transaction and returns what was new, counted with how long after
-/// its fight each new killmail was stored.
+/// Stores a batch in one transaction and returns what was new, its announcements queued,
+/// counted with how long after its fight each new killmail was stored.
 pub async fn store(pool: &PgPool, batch: &[Received]) -> sqlx::Result<Vec<Stored>> {
+    store_with(pool, batch, true).await
+}
+
+/// [`store`], with the announcements of what was new queued only when `announced` (a backfill's
+/// history is stored without any).
+pub async fn store_with(
+    pool: &PgPool,
+    batch: &[Received],
+    announced: bool,
+) -> sqlx::Result<Vec<Stored>> {
     let mut tx = pool.begin().await?;
-    let stored = db::killmails::store_batch(&mut tx, batch).await?;
+    let stored = db::killmails::store_batch(&mut tx, batch, announced).await?;
     tx.commit().await?;
     let now = Utc::now();
     let new: HashSet<KillmailId> = stored.iter().map(|s| s.killmail_id).collect();

@@ -13,6 +13,7 @@
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols
 //!   graphql   schema, queries, killmailAdded, filters, loaders
 //!   live      one Redis subscription per process, in order, fanned out
+//! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
 //! import    archives and files → store → announce                                queue import
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
 //! feed      the live feeds (R2Z2, RedisQ) → jobs                                 worker-redisq
@@ -32,6 +33,7 @@
 //! ```
 
 pub mod announce;
+pub mod backfill;
 pub mod backoff;
 pub mod bus;
 pub mod config;

@@ -3,14 +3,16 @@
 //! what it needs and calls into the library, where the work itself lives.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use killreport::announce::Announcer;
-use killreport::config::{DatabaseArgs, RabbitArgs, RedisArgs};
+use killreport::backfill::Backfill;
+use killreport::config::{DatabaseArgs, EverefArgs, RabbitArgs, RedisArgs};
 use killreport::events::EventPublisher;
-use killreport::import::Importer;
+use killreport::import::{Announce, Importer};
 use killreport::queue::{Publisher, dlq};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Import(ImportArgs),
+    Backfill(BackfillArgs),
     /// Inspect, replay or purge the dead-letter queue (jobs that failed for good).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -99,12 +102,56 @@ struct ImportArgs {
     rabbit: RabbitArgs,
 }
 
+/// Backfill a range of days from EVE Ref's daily archives, straight into PostgreSQL.
+///
+/// Each day from --from to --to (both included, YYYY-MM-DD, UTC) is downloaded from
+/// EVEREF_BASE_URL into BACKFILL_DIR (a cut-off download is resumed with an HTTP Range request,
+/// in this run or the next) and imported as `queue import` would. A day imported whole is
+/// recorded in the store and skipped by later backfills; a day EVE Ref does not have (404) or
+/// whose file is not a bzip2 archive is reported with its reason, and the other days go on.
+/// One line is printed per day as it ends, and a summary at the end. Backfilled killmails are
+/// history: stored and queryable, but not announced to live subscribers unless --announce is
+/// given.
+#[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 when every day was imported (now or before); 1 when a day \
+                        was missing upstream or failed (the summary lists them with their \
+                        reasons; run again to retry them), or when PostgreSQL or Redis fails; \
+                        130 when interrupted (SIGINT or SIGTERM), once the batch in hand is \
+                        stored and the summary printed."
+)]
+struct BackfillArgs {
+    /// The first day, YYYY-MM-DD.
+    #[arg(long, value_name = "DATE")]
+    from: chrono::NaiveDate,
+    /// The last day, YYYY-MM-DD (included).
+    #[arg(long, value_name = "DATE")]
+    to: chrono::NaiveDate,
+    /// Announce the killmails stored to live subscribers (Redis), as new ones are. Without
+    /// it, history is stored silently: nothing is announced, now or later.
+    #[arg(long)]
+    announce: bool,
+    /// Killmails stored per transaction.
+    #[arg(long, env = "IMPORT_BATCH_SIZE", default_value_t = 1000)]
+    batch_size: usize,
+    /// How many rejections the summary lists with their reason; the rest are only counted.
+    #[arg(long, default_value_t = 20)]
+    show_rejections: usize,
+    #[command(flatten)]
+    everef: EverefArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten, next_help_heading = "Redis (only with --announce)")]
+    redis: RedisArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = killreport::config::init_process(|cli| &cli.log);
     let shutdown = killreport::shutdown::on_signal();
     match cli.command {
         Command::Import(args) => import(args, shutdown).await,
+        Command::Backfill(args) => backfill(args, shutdown).await,
         Command::Dlq(command) => dlq(command).await,
     }
 }
@@ -181,20 +228,13 @@ async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result
     };
     let importer = Importer {
         pool: pool.clone(),
-        announcer: Some(Announcer::new(pool.clone(), events, None)),
+        announce: Announce::Now(Announcer::new(pool.clone(), events, None)),
         publisher: rabbit.as_ref().map(|(_, publisher)| publisher.clone()),
         batch_size: args.batch_size,
         max_reasons: args.show_rejections,
     };
 
-    let progress = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} (eta {eta}) {msg}",
-        )
-        .context("progress bar template")?
-        .progress_chars("=> "),
-    );
+    let progress = progress_bar("")?;
     let summary = importer.import(&args.files, &progress, &shutdown).await;
     progress.finish_and_clear();
     let summary = summary?;
@@ -207,5 +247,76 @@ async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result
         // What a shell reports for a process SIGINT ended: the import did not finish.
         std::process::exit(INTERRUPTED_EXIT_CODE);
     }
+    Ok(())
+}
+
+/// A progress bar on stderr (drawn only when it is a terminal), in bytes of input read, after
+/// `prefix`.
+fn progress_bar(prefix: &str) -> anyhow::Result<ProgressBar> {
+    let progress = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    progress.set_style(
+        ProgressStyle::with_template(&format!(
+            "{prefix}{{elapsed_precise}} [{{bar:30}}] {{bytes}}/{{total_bytes}} (eta {{eta}}) \
+             {{msg}}"
+        ))
+        .context("progress bar template")?
+        .progress_chars("=> "),
+    );
+    Ok(progress)
+}
+
+async fn backfill(args: BackfillArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.from <= args.to,
+        "--from {} is after --to {}",
+        args.from,
+        args.to
+    );
+    let pool = args
+        .database
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let announce = if args.announce {
+        let events = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
+            .await
+            .context("connecting to Redis")?;
+        Announce::Now(Announcer::new(pool.clone(), events, None))
+    } else {
+        Announce::Never
+    };
+    let backfill = Backfill {
+        importer: Importer {
+            pool: pool.clone(),
+            announce,
+            publisher: None,
+            batch_size: args.batch_size,
+            max_reasons: args.show_rejections,
+        },
+        http: args.everef.http_client()?,
+        base_url: args.everef.everef_base_url.clone(),
+        download_dir: args.everef.backfill_dir.clone(),
+        download_attempts: args.everef.download_attempts,
+        retry_pause: Duration::from_secs(1),
+    };
+    let progress = progress_bar("{prefix} ")?;
+    let summary = backfill
+        .run(args.from, args.to, &progress, &shutdown, |day| {
+            progress.suspend(|| println!("{day}"));
+        })
+        .await;
+    progress.finish_and_clear();
+    let summary = summary?;
+    println!("{summary}");
+    pool.close().await;
+    if summary.interrupted {
+        std::process::exit(INTERRUPTED_EXIT_CODE);
+    }
+    anyhow::ensure!(
+        summary.not_imported() == 0,
+        "{} of {} days were not imported",
+        summary.not_imported(),
+        summary.days.len()
+    );
     Ok(())
 }

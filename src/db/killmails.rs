@@ -1,11 +1,13 @@
-//! The killmail store: set-based writes of whole batches (one statement per table), and the
-//! exact ESI killmail rebuilt from the rows.
+//! The killmail store: set-based writes of whole batches (one statement per table: the
+//! killmail rows by `UNNEST … ON CONFLICT`, which tells the new ones; their attackers and items,
+//! which cannot conflict, by binary COPY), and the exact ESI killmail rebuilt from the rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
+use super::copy::BinaryRows;
 use crate::events::KillmailAdded;
 use crate::killmail::{Attacker, Item, Killmail, KillmailId, Position, Received, Seq, Victim, Zkb};
 
@@ -44,10 +46,15 @@ impl StoredKillmail {
 }
 
 /// Stores every killmail of `batch` that the store does not hold yet, queues its announcement
-/// (see `db::announcements`), and returns those, in ingest order. A killmail already held is
-/// left as it is, except that a `zkb` block is added when it had none. Run it in a
-/// transaction: the lock it takes is released at commit.
-pub async fn store_batch(tx: &mut PgConnection, batch: &[Received]) -> sqlx::Result<Vec<Stored>> {
+/// (see `db::announcements`) unless `announced` is false (history, which is not news), and
+/// returns those, in ingest order. A killmail already held is left as it is, except that a
+/// `zkb` block is added when it had none. Run it in a transaction: the lock it takes is
+/// released at commit.
+pub async fn store_batch(
+    tx: &mut PgConnection,
+    batch: &[Received],
+    announced: bool,
+) -> sqlx::Result<Vec<Stored>> {
     let mut seen = HashSet::new();
     let batch: Vec<&Received> = batch
         .iter()
@@ -146,134 +153,87 @@ pub async fn store_batch(tx: &mut PgConnection, batch: &[Received]) -> sqlx::Res
     let (new, known): (Vec<&Received>, Vec<&Received>) = batch
         .into_iter()
         .partition(|r| new_ids.contains(&r.killmail.killmail_id));
-    let seqs: Vec<i64> = stored.iter().map(|s| s.seq.0).collect();
-    let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
-    sqlx::query!(
-        "INSERT INTO pending_announcements (seq, killmail_id)
-         SELECT * FROM UNNEST($1::int8[], $2::int8[])",
-        &seqs,
-        &stored_ids
-    )
-    .execute(&mut *tx)
-    .await?;
+    if announced {
+        let seqs: Vec<i64> = stored.iter().map(|s| s.seq.0).collect();
+        let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
+        sqlx::query!(
+            "INSERT INTO pending_announcements (seq, killmail_id)
+             SELECT * FROM UNNEST($1::int8[], $2::int8[])",
+            &seqs,
+            &stored_ids
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     insert_attackers(tx, &new).await?;
     insert_items(tx, &new).await?;
     add_missing_zkb(tx, &known).await?;
     Ok(stored)
 }
 
+/// Attackers and items belong to killmails this transaction has just added, so nothing can
+/// conflict: they go straight into their tables by binary COPY.
 async fn insert_attackers(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Result<()> {
-    let rows: Vec<(&Killmail, usize, &Attacker)> = new
-        .iter()
-        .flat_map(|r| {
-            r.killmail
-                .attackers
-                .iter()
-                .enumerate()
-                .map(|(index, a)| (&r.killmail, index, a))
-        })
-        .collect();
+    let mut rows = BinaryRows::with_capacity(new.len() * 4 * 120);
+    for received in new {
+        let killmail = &received.killmail;
+        for (index, a) in killmail.attackers.iter().enumerate() {
+            rows.row(12)
+                .int8(killmail.killmail_id.0)
+                .int4(index_i32(index))
+                .timestamptz(killmail.killmail_time)
+                .opt_int8(a.character_id)
+                .opt_int8(a.corporation_id)
+                .opt_int8(a.alliance_id)
+                .opt_int8(a.faction_id)
+                .opt_int8(a.ship_type_id)
+                .opt_int8(a.weapon_type_id)
+                .int8(a.damage_done)
+                .bool(a.final_blow)
+                .float8(a.security_status);
+        }
+    }
     if rows.is_empty() {
         return Ok(());
     }
-    let column =
-        |f: fn(&Attacker) -> Option<i64>| rows.iter().map(|(_, _, a)| f(a)).collect::<Vec<_>>();
-    sqlx::query!(
-        r#"
-        INSERT INTO attackers (
-            killmail_id, attacker_index, killmail_time, character_id, corporation_id, alliance_id,
-            faction_id, ship_type_id, weapon_type_id, damage_done, final_blow, security_status)
-        SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::timestamptz[], $4::int8[], $5::int8[],
-                             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                             $11::bool[], $12::float8[])
-        "#,
-        &rows
-            .iter()
-            .map(|(k, _, _)| k.killmail_id.0)
-            .collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(_, i, _)| index_i32(*i))
-            .collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(k, _, _)| k.killmail_time)
-            .collect::<Vec<_>>(),
-        &column(|a| a.character_id) as &[Option<i64>],
-        &column(|a| a.corporation_id) as &[Option<i64>],
-        &column(|a| a.alliance_id) as &[Option<i64>],
-        &column(|a| a.faction_id) as &[Option<i64>],
-        &column(|a| a.ship_type_id) as &[Option<i64>],
-        &column(|a| a.weapon_type_id) as &[Option<i64>],
-        &rows
-            .iter()
-            .map(|(_, _, a)| a.damage_done)
-            .collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(_, _, a)| a.final_blow)
-            .collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(_, _, a)| a.security_status)
-            .collect::<Vec<_>>(),
+    rows.send(
+        tx,
+        "COPY attackers (
+             killmail_id, attacker_index, killmail_time, character_id, corporation_id,
+             alliance_id, faction_id, ship_type_id, weapon_type_id, damage_done, final_blow,
+             security_status)
+         FROM STDIN (FORMAT binary)",
     )
-    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 async fn insert_items(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Result<()> {
-    let rows: Vec<(KillmailId, usize, Option<usize>, &Item)> = new
-        .iter()
-        .flat_map(|r| {
-            let id = r.killmail.killmail_id;
-            r.killmail
-                .items_preorder()
-                .into_iter()
-                .enumerate()
-                .map(move |(index, (parent, item))| (id, index, parent, item))
-        })
-        .collect();
+    let mut rows = BinaryRows::with_capacity(new.len() * 16 * 90);
+    for received in new {
+        let id = received.killmail.killmail_id.0;
+        for (index, (parent, item)) in received.killmail.items_preorder().into_iter().enumerate() {
+            rows.row(8)
+                .int8(id)
+                .int4(index_i32(index))
+                .opt_int4(parent.map(index_i32))
+                .int8(item.item_type_id)
+                .int4(item.flag)
+                .int4(item.singleton)
+                .opt_int8(item.quantity_destroyed)
+                .opt_int8(item.quantity_dropped);
+        }
+    }
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query!(
-        r#"
-        INSERT INTO items (
-            killmail_id, item_index, parent_index, item_type_id, flag, singleton,
-            quantity_destroyed, quantity_dropped)
-        SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::int4[], $4::int8[], $5::int4[],
-                             $6::int4[], $7::int8[], $8::int8[])
-        "#,
-        &rows.iter().map(|(id, ..)| id.0).collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(_, i, ..)| index_i32(*i))
-            .collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(_, _, p, _)| p.map(index_i32))
-            .collect::<Vec<_>>() as &[Option<i32>],
-        &rows
-            .iter()
-            .map(|(.., item)| item.item_type_id)
-            .collect::<Vec<_>>(),
-        &rows.iter().map(|(.., item)| item.flag).collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(.., item)| item.singleton)
-            .collect::<Vec<_>>(),
-        &rows
-            .iter()
-            .map(|(.., item)| item.quantity_destroyed)
-            .collect::<Vec<_>>() as &[Option<i64>],
-        &rows
-            .iter()
-            .map(|(.., item)| item.quantity_dropped)
-            .collect::<Vec<_>>() as &[Option<i64>],
+    rows.send(
+        tx,
+        "COPY items (
+             killmail_id, item_index, parent_index, item_type_id, flag, singleton,
+             quantity_destroyed, quantity_dropped)
+         FROM STDIN (FORMAT binary)",
     )
-    .execute(&mut *tx)
     .await?;
     Ok(())
 }

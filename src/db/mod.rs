@@ -3,6 +3,8 @@
 //! caller owns, so one commit can span several of them.
 
 pub mod announcements;
+pub mod backfill_days;
+pub mod copy;
 pub mod cursors;
 pub mod entities;
 pub mod killmails;

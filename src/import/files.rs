@@ -161,6 +161,8 @@ pub(super) struct Chunk {
     pub(super) rejections: Vec<Rejection>,
     /// Files finished since the last chunk.
     pub(super) files_done: usize,
+    /// Of those, files that broke off before their end (truncated or corrupt).
+    pub(super) files_broken: usize,
     /// Bytes of input read up to the end of this chunk, over all files: the progress made
     /// once it is written.
     pub(super) position: u64,
@@ -330,6 +332,7 @@ fn read_file(file: &InputFile, collector: &mut Collector<'_>) -> Result<(), Read
     };
     if let Some(error) = broken {
         collector.reject(place, format!("unreadable from here on: {error}"));
+        collector.chunk.files_broken += 1;
     }
     Ok(())
 }

@@ -36,9 +36,8 @@ use files::Reader;
 #[derive(Clone)]
 pub struct Importer {
     pub pool: PgPool,
-    /// Announces what was new after each commit; `None` leaves it pending in the store, for
-    /// worker-killmails' overdue sweep.
-    pub announcer: Option<Announcer>,
+    /// Whether and when what was new is announced.
+    pub announce: Announce,
     /// Where records without a killmail body (RedisQ packages carrying only `zkb`) are sent as
     /// `killmail.ingest` jobs, for worker-killmails to fetch from ESI. Without it they are
     /// rejected.
@@ -49,11 +48,26 @@ pub struct Importer {
     pub max_reasons: usize,
 }
 
+/// Whether and when an import announces the killmails it stored.
+#[derive(Clone)]
+pub enum Announce {
+    /// After each commit, by this announcer.
+    Now(Announcer),
+    /// Left pending in the store's outbox, for worker-killmails' overdue sweep.
+    BySweep,
+    /// Never: history is not news. Stored and queryable, but nothing is queued in the outbox,
+    /// so no live subscriber hears of it.
+    Never,
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     /// Files read: every archive, JSON and JSONL file, those found in directories included.
     pub files: usize,
+    /// Of those, files that broke off before their end (truncated or corrupt): what was read
+    /// of them is imported, the rest is one rejection.
+    pub broken_files: usize,
     /// Records read that claimed to be killmails: `stored + already_present + queued + rejected`.
     pub read: usize,
     pub stored: usize,
@@ -89,6 +103,9 @@ impl fmt::Display for Summary {
             )?;
         }
         writeln!(f, "files read:       {}", self.files)?;
+        if self.broken_files > 0 {
+            writeln!(f, "files broken off: {}", self.broken_files)?;
+        }
         writeln!(f, "killmails read:   {}", self.read)?;
         writeln!(f, "stored:           {}", self.stored)?;
         writeln!(f, "already present:  {}", self.already_present)?;

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::files::{Chunk, Reader};
-use super::{Importer, Rejection, Summary};
+use super::{Announce, Importer, Rejection, Summary};
 use crate::ingest;
 use crate::killmail::Received;
 
@@ -78,6 +78,7 @@ impl Importer {
         announcing: &mut Option<JoinHandle<()>>,
     ) -> anyhow::Result<()> {
         summary.files += chunk.files_done;
+        summary.broken_files += chunk.files_broken;
         summary.read += chunk.rejections.len();
         for rejection in chunk.rejections {
             self.reject(summary, rejection);
@@ -109,7 +110,7 @@ impl Importer {
         for rejection in refused {
             self.reject(summary, rejection);
         }
-        if let Some(announcer) = &self.announcer
+        if let Announce::Now(announcer) = &self.announce
             && !stored.is_empty()
         {
             // Announced while the next batch is written, but one batch at a time, so events go
@@ -148,7 +149,7 @@ impl Importer {
         Vec<crate::db::killmails::Stored>,
         Vec<Rejection>,
     )> {
-        match ingest::store(&self.pool, &batch).await {
+        match ingest::store_with(&self.pool, &batch, self.queues_announcements()).await {
             Ok(stored) => return Ok((batch, stored, Vec::new())),
             Err(error) if !crate::db::is_data_error(&error) => {
                 return Err(error).context("storing a batch of killmails");
@@ -163,7 +164,7 @@ impl Importer {
         let mut refused = Vec::new();
         for received in batch {
             let alone = std::slice::from_ref(&received);
-            match ingest::store(&self.pool, alone).await {
+            match ingest::store_with(&self.pool, alone, self.queues_announcements()).await {
                 Ok(new) => {
                     stored.extend(new);
                     kept.push(received);
@@ -176,6 +177,10 @@ impl Importer {
             }
         }
         Ok((kept, stored, refused))
+    }
+
+    fn queues_announcements(&self) -> bool {
+        !matches!(self.announce, Announce::Never)
     }
 
     fn reject(&self, summary: &mut Summary, rejection: Rejection) {

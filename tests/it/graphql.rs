@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_graphql::{Request, Variables};
 use indicatif::ProgressBar;
 use killreport::graphql::KillreportSchema;
-use killreport::import::Importer;
+use killreport::import::{Announce, Importer};
 use killreport::live::Hub;
 use killreport::statics::Statics;
 use serde_json::{Value, json};
@@ -45,7 +45,7 @@ async fn data(schema: &KillreportSchema, query: &str, variables: Value) -> Value
 async fn import_day(env: &TestEnv) {
     let importer = Importer {
         pool: env.pool.clone(),
-        announcer: None,
+        announce: Announce::BySweep,
         publisher: None,
         batch_size: 1000,
         max_reasons: 5,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use killreport::import::{Importer, Summary};
+use killreport::import::{Announce, Importer, Summary};
 use killreport::killmail::{Item, KillmailId, Source, Zkb};
 use killreport::queue::IngestJob;
 use killreport::queue::runner::Job;
@@ -52,7 +52,7 @@ fn path_arg(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
 
-async fn stored_ids(env: &TestEnv) -> BTreeSet<i64> {
+pub async fn stored_ids(env: &TestEnv) -> BTreeSet<i64> {
     sqlx::query_scalar("SELECT killmail_id FROM killmails")
         .fetch_all(&env.pool)
         .await
@@ -219,7 +219,7 @@ async fn a_mix_of_file_shapes_imports_and_bad_records_are_rejected_with_their_pl
 
     let importer = Importer {
         pool: env.pool.clone(),
-        announcer: None,
+        announce: Announce::BySweep,
         publisher: None,
         batch_size: 5,
         max_reasons: 10,
@@ -256,6 +256,7 @@ async fn a_mix_of_file_shapes_imports_and_bad_records_are_rejected_with_their_pl
     }
     let expected = Summary {
         files: 8 + 3,
+        broken_files: 0,
         read: 8 + 3 + 9 + 1,
         stored: 8 + 3 + 5,
         already_present: 2,
