@@ -2,7 +2,10 @@
 //! cause is fixed, or drop it.
 
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
 
 use super::{Publisher, REASON_HEADER, Topology, header_text};
 
@@ -54,12 +57,26 @@ pub async fn list(
 }
 
 /// Moves up to `limit` dead letters back onto the work queue, each removed only after the
-/// broker confirmed its copy. Returns how many moved.
+/// broker confirmed its copy. Returns how many moved. Only the letters there when it starts
+/// are moved: a job that fails again while the replay runs (a worker is consuming) lands
+/// behind them and stays, rather than going round for ever.
 pub async fn replay(
     channel: &Channel,
     publisher: &Publisher,
     limit: usize,
 ) -> anyhow::Result<usize> {
+    let waiting = channel
+        .queue_declare(
+            &publisher.topology().dead_letter_queue(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count();
+    let limit = limit.min(usize::try_from(waiting).unwrap_or(usize::MAX));
     let mut moved = 0;
     while moved < limit {
         let Some(message) = channel
