@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::ws::{Protocol, WsClient};
+use crate::support::ws::{Protocol, WsClient, graphql_url};
 use crate::support::{PATIENCE, TestEnv, fixtures, free_port, readyz, started_late, terminate};
 
 /// One scrape of a `/metrics` endpoint.
@@ -160,7 +160,7 @@ async fn a_dependency_down_shows_as_0_until_it_is_up() {
 async fn the_servers_metrics_follow_websocket_connections_subscriptions_and_deliveries() {
     let mut env = TestEnv::new().await;
     let (_server, base) = env.start_server().await;
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
+    let ws_url = graphql_url(&base);
     let document = "subscription { killmailAdded { killmailId } }";
     let mut clients = Vec::new();
     for protocol in [Protocol::TransportWs, Protocol::LegacyWs] {

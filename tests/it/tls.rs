@@ -9,7 +9,7 @@ use std::time::Duration;
 use killreport::events::EventPublisher;
 use tokio::process::{Child, Command};
 
-use crate::support::ws::{Protocol, WsClient};
+use crate::support::ws::{Protocol, WsClient, graphql_url};
 use crate::support::{PATIENCE, TestEnv, fixtures, free_port, readyz, wait_until};
 
 /// A Redis on a free port of 127.0.0.1 that speaks TLS only, its certificate for `localhost`
@@ -116,8 +116,7 @@ async fn killmails_flow_through_a_redis_that_speaks_tls_with_a_certificate_the_p
     let (_server, base) = env.start_server().await;
     let (status, states) = readyz(&format!("{base}/readyz")).await.expect("readyz");
     assert_eq!((status, states["redis"].as_str()), (200, Some("up")));
-    let ws_url = format!("{}/graphql", base.replace("http://", "ws://"));
-    let mut client = WsClient::connect(&ws_url, Protocol::TransportWs).await;
+    let mut client = WsClient::connect(&graphql_url(&base), Protocol::TransportWs).await;
     client
         .subscribe(
             "1",
