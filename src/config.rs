@@ -10,6 +10,7 @@ use crate::backoff::Backoff;
 use crate::feed::{Followed, R2z2Settings, RedisqSettings};
 use crate::queue::runner::{Consuming, Job};
 use crate::queue::{Broker, Connector, IngestJob};
+use crate::status::heartbeat::Keys;
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -290,6 +291,28 @@ pub struct BusArgs {
     /// The pub/sub channel of the event bus (`POST /events`, `send_event`, `/updates`).
     #[arg(long, env = "BUS_CHANNEL", default_value = crate::bus::DEFAULT_CHANNEL)]
     pub bus_channel: String,
+}
+
+/// The status view (`workerStatus`): where every process writes its heartbeat, and how often.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Prefix of the Redis keys heartbeats are kept under.
+    #[arg(long, env = "STATUS_KEY", default_value = "killreport:status")]
+    pub status_key: String,
+    /// Seconds between heartbeats, and between the server's workings-out of the status.
+    #[arg(long, env = "STATUS_INTERVAL_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub status_interval_secs: u64,
+}
+
+impl StatusArgs {
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.status_key)
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.status_interval_secs)
+    }
 }
 
 /// The server's `/updates` WebSocket and its management API.

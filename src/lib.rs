@@ -13,6 +13,7 @@
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols
 //!   graphql   schema, queries, killmailAdded, filters, loaders
 //!   live      one Redis subscription per process, in order, fanned out
+//!   status    workerStatus: heartbeats of every process, queues, feeds, once per interval
 //! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
 //! import    archives and files → store → announce                                queue import
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
@@ -53,6 +54,7 @@ pub mod live;
 pub mod queue;
 pub mod shutdown;
 pub mod statics;
+pub mod status;
 pub mod telemetry;
 pub mod updates;
 pub mod ws;

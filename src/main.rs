@@ -6,13 +6,16 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, HttpArgs, RabbitArgs, RedisArgs, StatusArgs, UpdatesArgs,
+    ZkbWebsocketArgs,
 };
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;
+use killreport::status::heartbeat;
+use killreport::status::{Monitor, Sources};
 use killreport::updates::Updates;
 use killreport::updates::management::{self, Management};
 use killreport::ws::WsService;
@@ -39,6 +42,11 @@ struct Args {
     updates: UpdatesArgs,
     #[command(flatten)]
     zkb_websocket: ZkbWebsocketArgs,
+    /// The queues `workerStatus` reports on.
+    #[command(flatten)]
+    rabbit: RabbitArgs,
+    #[command(flatten)]
+    status: StatusArgs,
 }
 
 #[tokio::main]
@@ -60,12 +68,28 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("subscribing to killmail events on Redis")?;
-    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), Arc::clone(&statics));
+    let bus_channel = &args.bus.bus_channel;
+    let status = Monitor::start(
+        Sources {
+            pool: pool.clone(),
+            redis: until_up("Redis", &shutdown, || {
+                killreport::events::connect(redis_url)
+            })
+            .await?,
+            keys: args.status.keys(),
+            rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
+            topology: args.rabbit.topology(),
+            bus_channel: bus_channel.clone(),
+            interval: args.status.interval(),
+        },
+        shutdown.clone(),
+    );
+    let schema =
+        killreport::graphql::schema(pool.clone(), hub.clone(), Arc::clone(&statics), status);
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
-    let bus_channel = &args.bus.bus_channel;
     let updates = until_up("Redis", &shutdown, || {
         let settings = args.updates.settings();
         Updates::start(settings, redis_url, bus_channel, &hub, shutdown.clone())
@@ -91,6 +115,15 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %management_listener.local_addr()?, "management API listening");
     let ws = WsService::new(schema.clone(), hub, args.http.ws_limits(), shutdown.clone());
     let readiness = Readiness::default().postgres(pool).redis(redis);
+    let (keys, interval) = (args.status.keys(), args.status.interval());
+    heartbeat::start(
+        redis_url,
+        keys,
+        interval,
+        "server",
+        readiness.clone(),
+        &shutdown,
+    );
     let state = AppState {
         schema,
         ws: ws.clone(),

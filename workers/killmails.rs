@@ -5,12 +5,15 @@ use std::time::Duration;
 use clap::Parser;
 use killreport::announce::Announcer;
 use killreport::backoff::until_up;
-use killreport::config::{ConsumerArgs, DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs};
+use killreport::config::{
+    ConsumerArgs, DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs, StatusArgs,
+};
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::ingest::KillmailHandler;
 use killreport::queue::runner::{self, Handler};
 use killreport::shutdown::finish_within;
+use killreport::status::heartbeat;
 
 /// How long the batch in hand may take to finish after SIGTERM; then it is left to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -35,6 +38,8 @@ struct Args {
     esi: EsiArgs,
     #[command(flatten)]
     health: HealthArgs,
+    #[command(flatten)]
+    status: StatusArgs,
     /// Milliseconds an announcement may wait for ESI to name unknown characters and corporations.
     #[arg(long, env = "NAMES_BUDGET_MS", default_value_t = 1500)]
     names_budget_ms: u64,
@@ -63,6 +68,16 @@ async fn main() -> anyhow::Result<()> {
         .redis(events)
         .rabbitmq(consuming.connector.broker.clone());
     let health_addr = args.health.health_addr.as_deref();
+    let (keys, interval) = (args.status.keys(), args.status.interval());
+    let name = "worker-killmails";
+    heartbeat::start(
+        redis_url,
+        keys,
+        interval,
+        name,
+        readiness.clone(),
+        &shutdown,
+    );
     killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
     let handler = KillmailHandler {
         pool: pool.clone(),

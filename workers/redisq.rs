@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
-use killreport::config::{DatabaseArgs, FeedArgs, HealthArgs, RabbitArgs};
+use killreport::config::{DatabaseArgs, FeedArgs, HealthArgs, RabbitArgs, RedisArgs, StatusArgs};
 use killreport::health::Readiness;
 use killreport::queue::Publisher;
 use killreport::shutdown::finish_within;
+use killreport::status::heartbeat;
 
 /// How long the feed may take to stop after SIGTERM: publishing the job in hand and saving the
 /// cursor take well under a second unless RabbitMQ or PostgreSQL is stuck.
@@ -31,6 +32,11 @@ struct Args {
     feed: FeedArgs,
     #[command(flatten)]
     health: HealthArgs,
+    /// Where its heartbeat goes (its work needs no Redis).
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    status: StatusArgs,
 }
 
 #[tokio::main]
@@ -52,6 +58,16 @@ async fn main() -> anyhow::Result<()> {
         None => readiness,
     };
     let health_addr = args.health.health_addr.as_deref();
+    let (keys, interval) = (args.status.keys(), args.status.interval());
+    let (redis_url, name) = (&args.redis.redis_url, "worker-redisq");
+    heartbeat::start(
+        redis_url,
+        keys,
+        interval,
+        name,
+        readiness.clone(),
+        &shutdown,
+    );
     killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
     let followed = &args.feed.followed(pool)?;
     let grace = followed.grace(SHUTDOWN_GRACE);

@@ -19,3 +19,16 @@ pub async fn save(db: impl PgExecutor<'_>, feed: &str, sequence: i64) -> sqlx::R
     .await?;
     Ok(())
 }
+
+/// Every feed's cursor with when it last moved, by feed name.
+pub async fn all(
+    db: impl PgExecutor<'_>,
+) -> sqlx::Result<Vec<(String, i64, chrono::DateTime<chrono::Utc>)>> {
+    let rows = sqlx::query!("SELECT feed, sequence, updated_at FROM feed_cursors ORDER BY feed")
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.feed, row.sequence, row.updated_at))
+        .collect())
+}

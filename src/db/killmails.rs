@@ -476,6 +476,19 @@ pub async fn latest_seq(db: impl PgExecutor<'_>) -> sqlx::Result<Seq> {
     Ok(Seq(seq))
 }
 
+/// Killmails stored after ingest sequence `after`: the newest sequence (`after` when none)
+/// and how many there are.
+pub async fn stored_since(db: impl PgExecutor<'_>, after: Seq) -> sqlx::Result<(Seq, i64)> {
+    let row = sqlx::query!(
+        r#"SELECT coalesce(max(seq), $1) AS "newest!", count(*) AS "count!"
+           FROM killmails WHERE seq > $1"#,
+        after.0
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((Seq(row.newest), row.count))
+}
+
 /// When the killmail of ingest sequence `seq` was stored; `None` when none has it.
 pub async fn ingested_at(db: impl PgExecutor<'_>, seq: Seq) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar!("SELECT ingested_at FROM killmails WHERE seq = $1", seq.0)

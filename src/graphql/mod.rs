@@ -6,6 +6,7 @@ mod filter;
 mod limits;
 mod loaders;
 mod query;
+mod status;
 mod subscription;
 mod types;
 
@@ -22,6 +23,7 @@ use sqlx::PgPool;
 
 use crate::live::Hub;
 use crate::statics::Statics;
+use crate::status::Status;
 
 pub type KillreportSchema = Schema<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot>;
 
@@ -47,7 +49,7 @@ pub fn schema_builder()
 }
 
 /// The schema with what its resolvers need.
-pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>) -> KillreportSchema {
+pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>, status: Status) -> KillreportSchema {
     schema_builder()
         .data(DataLoader::new(
             loaders::NameLoader(pool.clone()),
@@ -56,6 +58,7 @@ pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>) -> KillreportSchema
         .data(pool)
         .data(hub)
         .data(statics)
+        .data(status)
         .finish()
 }
 

@@ -11,6 +11,7 @@ use super::types::{Alliance, Character, Corporation, SolarSystem, killmails_page
 use super::{KillmailFilter, KillmailNode, Statics, internal, parse_id};
 use crate::db;
 use crate::killmail::KillmailId;
+use crate::status::WorkerStatus;
 
 pub struct QueryRoot;
 
@@ -23,6 +24,12 @@ async fn known_name(ctx: &Context<'_>, id: i64) -> Result<bool> {
 
 #[Object(name = "Query")]
 impl QueryRoot {
+    /// The pipeline as the server last worked it out (every few seconds): processes alive,
+    /// queues, dead letters, feed cursors, the store's rate.
+    async fn worker_status(&self, ctx: &Context<'_>) -> Result<Arc<WorkerStatus>> {
+        super::status::current(ctx).await
+    }
+
     async fn killmail(&self, ctx: &Context<'_>, id: ID) -> Result<Option<KillmailNode>> {
         let id = KillmailId(parse_id(&id, "killmail")?);
         let mut connection = ctx.data::<PgPool>()?.acquire().await.map_err(internal)?;

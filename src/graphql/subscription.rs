@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use super::{KillmailFilter, KillmailNode, bad_input, hidden};
 use crate::killmail::Seq;
 use crate::live::Hub;
+use crate::status::WorkerStatus;
 
 pub struct SubscriptionRoot;
 
@@ -32,6 +33,14 @@ impl SeqTap {
 
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
+    /// The pipeline's status now, then each time the server works it out again.
+    async fn worker_status(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = Arc<WorkerStatus>>> {
+        super::status::updates(ctx)
+    }
+
     /// New killmails as they are stored; `after` replays what a reconnecting client missed.
     async fn killmail_added(
         &self,

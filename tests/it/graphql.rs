@@ -27,7 +27,7 @@ async fn schema(env: &TestEnv) -> KillreportSchema {
     )
     .await
     .expect("hub");
-    killreport::graphql::schema(env.pool.clone(), hub, statics)
+    killreport::graphql::schema(env.pool.clone(), hub, statics, env.status().await)
 }
 
 async fn run(schema: &KillreportSchema, query: &str, variables: Value) -> async_graphql::Response {

@@ -21,10 +21,13 @@ use killreport::config::RabbitArgs;
 use killreport::events::{EventPublisher, KillmailAdded};
 use killreport::killmail::Received;
 use killreport::queue::{Publisher, Topology};
+use killreport::status::heartbeat::Keys;
+use killreport::status::{Monitor, Sources, Status};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use self::database::TestDatabase;
 
@@ -194,6 +197,28 @@ impl TestEnv {
         format!("killreport:test:{}:bus", self.id)
     }
 
+    /// Where this test's processes keep their heartbeats (`STATUS_KEY`).
+    pub fn status_key(&self) -> String {
+        format!("killreport:test:{}:status", self.id)
+    }
+
+    /// A status monitor on this test's services, as the server runs one, every second.
+    pub async fn status(&self) -> Status {
+        let redis = killreport::events::connect(&self.redis_url)
+            .await
+            .expect("connecting to Redis");
+        let sources = Sources {
+            pool: self.pool.clone(),
+            redis,
+            keys: Keys::new(&self.status_key()),
+            rabbitmq_url: self.rabbit.rabbitmq_url.clone(),
+            topology: self.topology(),
+            bus_channel: self.bus_channel(),
+            interval: Duration::from_secs(1),
+        };
+        Monitor::start(sources, CancellationToken::new())
+    }
+
     /// The management API's `http://127.0.0.1:port` of the server [`Self::start_server`]
     /// started.
     pub fn management_url(&self) -> String {
@@ -299,6 +324,7 @@ impl TestEnv {
             .env("REDIS_URL", &self.redis_url)
             .env("EVENTS_CHANNEL", &self.channel)
             .env("BUS_CHANNEL", self.bus_channel())
+            .env("STATUS_KEY", self.status_key())
             .env("RABBITMQ_URL", &self.rabbit.rabbitmq_url)
             .env("RABBITMQ_EXCHANGE", &self.rabbit.rabbitmq_exchange)
             .env("INGEST_QUEUE", &self.rabbit.ingest_queue)
@@ -435,6 +461,15 @@ impl TestEnv {
                 lapin::options::ExchangeDeleteOptions::default(),
             )
             .await;
+        let keys = Keys::new(&self.status_key());
+        if let Ok(mut redis) = killreport::events::connect(&self.redis_url).await {
+            let _: redis::RedisResult<()> = redis::cmd("DEL")
+                .arg(&keys.beats)
+                .arg(&keys.seen)
+                .arg(&keys.lease)
+                .query_async(&mut redis)
+                .await;
+        }
         self.pool.close().await;
     }
 }
