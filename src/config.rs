@@ -285,6 +285,14 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// Whether the process keeps Prometheus metrics (served on `/metrics`).
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// `false`: record nothing, and `/metrics` answers 404 (for measuring what metrics cost).
+    #[arg(long, env = "METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+}
+
 /// The event bus (see `bus`): the Redis channel events beyond killmails travel on.
 #[derive(Debug, Clone, Args)]
 pub struct BusArgs {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -106,7 +106,7 @@ impl Readiness {
     }
 
     /// `/healthz`, `/readyz` and `/metrics`, the last rendering `metrics`.
-    pub fn routes(self, metrics: PrometheusHandle) -> Router {
+    pub fn routes(self, metrics: Option<PrometheusHandle>) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
@@ -116,7 +116,7 @@ impl Readiness {
 }
 
 async fn readyz(
-    State((readiness, _)): State<(Readiness, PrometheusHandle)>,
+    State((readiness, _)): State<(Readiness, Option<PrometheusHandle>)>,
 ) -> (StatusCode, Json<Map<String, Value>>) {
     let (ready, report) = readiness.check().await;
     let status = if ready {
@@ -129,8 +129,11 @@ async fn readyz(
 
 /// Prometheus' text format, the dependencies checked first so that their state is current.
 async fn scrape(
-    State((readiness, metrics)): State<(Readiness, PrometheusHandle)>,
-) -> impl IntoResponse {
+    State((readiness, metrics)): State<(Readiness, Option<PrometheusHandle>)>,
+) -> Response {
+    let Some(metrics) = metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are off (METRICS=false)\n").into_response();
+    };
     readiness.check().await;
     (
         [(
@@ -139,6 +142,7 @@ async fn scrape(
         )],
         metrics.render(),
     )
+        .into_response()
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `addr`, when a worker is given one
@@ -147,7 +151,7 @@ async fn scrape(
 pub async fn serve(
     addr: Option<&str>,
     readiness: Readiness,
-    metrics: PrometheusHandle,
+    metrics: Option<PrometheusHandle>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let Some(addr) = addr else {

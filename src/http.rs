@@ -40,7 +40,7 @@ pub struct AppState {
     pub zkb_api: ZkbApi,
 }
 
-pub fn router(state: AppState, readiness: Readiness, metrics: PrometheusHandle) -> Router {
+pub fn router(state: AppState, readiness: Readiness, metrics: Option<PrometheusHandle>) -> Router {
     let zkb_api = crate::zkb_api::routes(state.zkb_api.clone());
     Router::new()
         .route(

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, HttpArgs, RabbitArgs, RedisArgs, StatusArgs, UpdatesArgs,
+    BusArgs, DatabaseArgs, HttpArgs, MetricsArgs, RabbitArgs, RedisArgs, StatusArgs, UpdatesArgs,
     ZkbWebsocketArgs,
 };
 use killreport::events::EventPublisher;
@@ -47,13 +47,15 @@ struct Args {
     rabbit: RabbitArgs,
     #[command(flatten)]
     status: StatusArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
-    let metrics = killreport::telemetry::install()?;
+    let metrics = killreport::telemetry::install(args.metrics.metrics)?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let (redis_url, channel) = (&args.redis.redis_url, &args.redis.events_channel);

@@ -66,9 +66,13 @@ const LAG_BUCKETS: &[f64] = &[
 /// How often the recorder folds its histograms' recent samples in.
 const UPKEEP: Duration = Duration::from_secs(5);
 
-/// Installs this process's recorder and returns the handle `/metrics` renders. For binaries:
-/// once per process, inside its Tokio runtime.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+/// Installs this process's recorder and returns the handle `/metrics` renders, unless metrics
+/// are off (`METRICS=false`: nothing recorded, no `/metrics`). For binaries: once per process,
+/// inside its Tokio runtime.
+pub fn install(enabled: bool) -> anyhow::Result<Option<PrometheusHandle>> {
+    if !enabled {
+        return Ok(None);
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(STORE_LAG.to_owned()), LAG_BUCKETS)?
@@ -83,7 +87,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             upkeep.run_upkeep();
         }
     });
-    Ok(handle)
+    Ok(Some(handle))
 }
 
 fn describe() {

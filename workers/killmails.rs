@@ -6,7 +6,7 @@ use clap::Parser;
 use killreport::announce::Announcer;
 use killreport::backoff::until_up;
 use killreport::config::{
-    ConsumerArgs, DatabaseArgs, EsiArgs, HealthArgs, RabbitArgs, RedisArgs, StatusArgs,
+    ConsumerArgs, DatabaseArgs, EsiArgs, HealthArgs, MetricsArgs, RabbitArgs, RedisArgs, StatusArgs,
 };
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
@@ -40,6 +40,8 @@ struct Args {
     health: HealthArgs,
     #[command(flatten)]
     status: StatusArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Milliseconds an announcement may wait for ESI to name unknown characters and corporations.
     #[arg(long, env = "NAMES_BUDGET_MS", default_value_t = 1500)]
     names_budget_ms: u64,
@@ -49,7 +51,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
-    let metrics = killreport::telemetry::install()?;
+    let metrics = killreport::telemetry::install(args.metrics.metrics)?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let esi = args.esi.client()?;

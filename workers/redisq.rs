@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
-use killreport::config::{DatabaseArgs, FeedArgs, HealthArgs, RabbitArgs, RedisArgs, StatusArgs};
+use killreport::config::{
+    DatabaseArgs, FeedArgs, HealthArgs, MetricsArgs, RabbitArgs, RedisArgs, StatusArgs,
+};
 use killreport::health::Readiness;
 use killreport::queue::Publisher;
 use killreport::shutdown::finish_within;
@@ -37,13 +39,15 @@ struct Args {
     redis: RedisArgs,
     #[command(flatten)]
     status: StatusArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
-    let metrics = killreport::telemetry::install()?;
+    let metrics = killreport::telemetry::install(args.metrics.metrics)?;
 
     let http = args.feed.http_client()?;
     // Only R2Z2 keeps a cursor, so only R2Z2 needs the database.

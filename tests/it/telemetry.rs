@@ -157,6 +157,19 @@ async fn a_dependency_down_shows_as_0_until_it_is_up() {
 }
 
 #[tokio::test]
+async fn with_metrics_off_metrics_answers_404_and_the_server_serves_on() {
+    let mut env = TestEnv::new().await;
+    env.vars.insert("METRICS".into(), "false".into());
+    let (_server, base) = env.start_server().await;
+    let scrape = reqwest::get(format!("{base}/metrics")).await.expect("GET");
+    assert_eq!(scrape.status(), 404);
+    assert!(scrape.text().await.expect("text").contains("METRICS=false"));
+    let (status, _) = readyz(&format!("{base}/readyz")).await.expect("readyz");
+    assert_eq!(status, 200);
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn the_servers_metrics_follow_websocket_connections_subscriptions_and_deliveries() {
     let mut env = TestEnv::new().await;
     let (_server, base) = env.start_server().await;
