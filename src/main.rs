@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
 };
+use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
@@ -36,6 +37,8 @@ struct Args {
     #[command(flatten)]
     bus: BusArgs,
     #[command(flatten)]
+    event_log: EventLogArgs,
+    #[command(flatten)]
     updates: UpdatesArgs,
     #[command(flatten)]
     zkb_websocket: ZkbWebsocketArgs,
@@ -60,18 +63,27 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("subscribing to killmail events on Redis")?;
-    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), Arc::clone(&statics));
+    let bus_channel = &args.bus.bus_channel;
+    let log = until_up("Redis", &shutdown, || {
+        let (pool, hub) = (pool.clone(), hub.clone());
+        EventLog::start(pool, hub, redis_url, bus_channel, shutdown.clone())
+    })
+    .await
+    .context("subscribing to the event bus on Redis")?;
+    if let Some(retention) = args.event_log.retention() {
+        tokio::spawn(killreport::event_log::keep_for(
+            pool.clone(),
+            retention,
+            shutdown.clone(),
+        ));
+    }
+    let schema =
+        killreport::graphql::schema(pool.clone(), hub.clone(), log.clone(), Arc::clone(&statics));
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
-    let bus_channel = &args.bus.bus_channel;
-    let updates = until_up("Redis", &shutdown, || {
-        let settings = args.updates.settings();
-        Updates::start(settings, redis_url, bus_channel, &hub, shutdown.clone())
-    })
-    .await
-    .context("subscribing to the event bus on Redis")?;
+    let updates = Updates::start(args.updates.settings(), log, shutdown.clone());
     let commands = until_up("Redis", &shutdown, || {
         killreport::events::connect(redis_url)
     })
@@ -82,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         websocket: websocket.clone(),
     };
     let management = Management {
+        pool: pool.clone(),
         redis: commands,
         channel: bus_channel.clone(),
     };

@@ -20,6 +20,7 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{EmptyMutation, ErrorExtensions, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
+use crate::event_log::EventLog;
 use crate::live::Hub;
 use crate::statics::Statics;
 
@@ -47,7 +48,7 @@ pub fn schema_builder()
 }
 
 /// The schema with what its resolvers need.
-pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>) -> KillreportSchema {
+pub fn schema(pool: PgPool, hub: Hub, log: EventLog, statics: Arc<Statics>) -> KillreportSchema {
     schema_builder()
         .data(DataLoader::new(
             loaders::NameLoader(pool.clone()),
@@ -55,6 +56,7 @@ pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>) -> KillreportSchema
         ))
         .data(pool)
         .data(hub)
+        .data(log)
         .data(statics)
         .finish()
 }

@@ -208,12 +208,11 @@ async fn any_process_sends_events_with_the_library_and_a_bad_type_is_refused() {
         .expect("Redis");
     let channel = env.bus_channel();
     let backoff = killreport::backoff::Backoff::RECONNECT;
-    let refused = send_event_retrying(&mut redis, &channel, "", json!(1), 3, backoff).await;
-    assert!(
-        matches!(refused, Err(SendError::InvalidType(_))),
-        "{refused:?}"
-    );
+    let pool = &env.pool;
+    let refused = send_event_retrying(pool, &mut redis, &channel, "", json!(1), 3, backoff).await;
+    assert!(matches!(refused, Err(SendError::Invalid(_))), "{refused:?}");
     let sent = send_event_retrying(
+        pool,
         &mut redis,
         &channel,
         "entity-activity",
@@ -224,8 +223,8 @@ async fn any_process_sends_events_with_the_library_and_a_bad_type_is_refused() {
     .await
     .expect("sent");
     let event = next_json(&mut browser).await;
-    assert_eq!(event, serde_json::to_value(&sent).expect("JSON"));
-    send_event(&mut redis, &channel, "statistics", Value::Null)
+    assert_eq!(event, serde_json::to_value(&sent.event).expect("JSON"));
+    send_event(pool, &mut redis, &channel, "statistics", Value::Null)
         .await
         .expect("sent");
     assert_eq!(next_json(&mut browser).await["type"], "statistics");
@@ -247,6 +246,7 @@ async fn a_client_that_does_not_read_is_cut_off_and_the_others_get_everything() 
     let channel = env.bus_channel();
     for n in 0..300 {
         send_event(
+            &env.pool,
             &mut redis,
             &channel,
             "statistics",
