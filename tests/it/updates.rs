@@ -647,3 +647,45 @@ async fn events_past_their_retention_are_deleted_and_killmail_events_kept() {
     assert_eq!(replayed, [killmail, "statistics 3".to_owned()]);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn what_redis_says_is_not_delivered_and_an_event_whose_ring_was_lost_still_is() {
+    let mut env = TestEnv::new().await;
+    let (_server, base) = env.start_server().await;
+    let mut browser = open(&base, &[]).await.expect("let in");
+    let mut redis = killreport::events::connect(&env.redis_url)
+        .await
+        .expect("Redis");
+    // Anyone who can publish on the channel: an event in the old format, a ring for an event
+    // the log does not hold, a huge message.
+    let huge = "x".repeat(100_000);
+    for forged in [
+        r#"{"type": "forged", "data": 1, "timestamp": 1}"#,
+        r#"{"id": 999999999}"#,
+        huge.as_str(),
+    ] {
+        redis::cmd("PUBLISH")
+            .arg(env.bus_channel())
+            .arg(forged)
+            .query_async::<()>(&mut redis)
+            .await
+            .expect("published");
+    }
+    // An event in the log whose ring never came (Redis failed after the commit).
+    sqlx::query(
+        "INSERT INTO events (type, data, sent_at) VALUES ('statistics', '{\"n\": 1}', now())",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("an event");
+    let event = next_json(&mut browser).await;
+    assert_eq!(
+        (&event["type"], &event["data"]["n"]),
+        (&json!("statistics"), &json!(1))
+    );
+    let (status, _) = post_event(&env, r#"{"type": "statistics", "data": {"n": 2}}"#).await;
+    assert_eq!(status, 200);
+    let event = next_json(&mut browser).await;
+    assert_eq!(event["data"]["n"], 2, "{event}");
+    env.cleanup().await;
+}
