@@ -323,6 +323,23 @@ impl StatusArgs {
     }
 }
 
+/// The event log the server keeps (see `event_log`).
+#[derive(Debug, Clone, Args)]
+pub struct EventLogArgs {
+    /// Days events other than `killmail` are kept in the event log, for clients resuming with
+    /// a cursor (killmail events last as long as their killmails); 0 keeps them forever.
+    #[arg(long, env = "EVENT_RETENTION_DAYS", default_value_t = 30)]
+    pub event_retention_days: u32,
+}
+
+impl EventLogArgs {
+    /// How long events are kept; `None`: forever.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.event_retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(self.event_retention_days) * 86_400))
+    }
+}
+
 /// The server's `/updates` WebSocket and its management API.
 #[derive(Debug, Clone, Args)]
 pub struct UpdatesArgs {

@@ -115,13 +115,14 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     state.ws.upgrade(request, protocol)
 }
 
-/// The peer is the socket's: see `updates::peer` for when `X-Forwarded-For` counts.
+/// A WebSocket, or Server-Sent Events when asked for; the peer is the socket's: see
+/// `updates::peer` for when `X-Forwarded-For` counts.
 async fn updates_get(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    state.updates.upgrade(peer.ip(), request)
+    state.updates.serve(peer.ip(), request).await
 }
 
 /// Runs one query; the body is a GraphQL-over-HTTP JSON request.

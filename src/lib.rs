@@ -12,6 +12,7 @@
 //!   zkb_api   zKillboard's RedisQ, R2Z2 and websocket, served from the store
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols
 //!   graphql   schema, queries, killmailAdded, filters, loaders
+//!   event_log every event with its cursor: killmails (live) and the log's others; retention
 //!   live      one Redis subscription per process, in order, fanned out
 //!   status    workerStatus: heartbeats of every process, queues, feeds, once per interval
 //! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
@@ -22,9 +23,9 @@
 //!   filter, statics   killmail filters and the static universe they need
 //!   zkb       zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
 //!   health    /healthz, /readyz and /metrics for every process
-//!     db        PostgreSQL: migrate, killmails (and their events), outbox, names, cursors
+//!     bus       events of any type: send_event logs one (db) and rings Redis, for every process
+//!     db        PostgreSQL: migrate, killmails (and their events), the event log, outbox, names
 //!     queue     RabbitMQ: topology, jobs, confirms, retries, dead letters, the job runner
-//!     bus       Redis pub/sub: events of any type, send_event for every process
 //!     events    Redis pub/sub: the killmail-added event
 //!     esi       ESI over HTTP, its error limit shared by a process
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
@@ -40,6 +41,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod esi;
+pub mod event_log;
 pub mod events;
 pub mod feed;
 pub mod filter;

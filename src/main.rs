@@ -6,9 +6,10 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, HttpArgs, MetricsArgs, RabbitArgs, RedisArgs, StatusArgs, UpdatesArgs,
-    ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, MetricsArgs, RabbitArgs, RedisArgs, StatusArgs,
+    UpdatesArgs, ZkbWebsocketArgs,
 };
+use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
@@ -38,6 +39,8 @@ struct Args {
     redis: RedisArgs,
     #[command(flatten)]
     bus: BusArgs,
+    #[command(flatten)]
+    event_log: EventLogArgs,
     #[command(flatten)]
     updates: UpdatesArgs,
     #[command(flatten)]
@@ -71,6 +74,19 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("subscribing to killmail events on Redis")?;
     let bus_channel = &args.bus.bus_channel;
+    let log = until_up("Redis", &shutdown, || {
+        let (pool, hub) = (pool.clone(), hub.clone());
+        EventLog::start(pool, hub, redis_url, bus_channel, shutdown.clone())
+    })
+    .await
+    .context("subscribing to the event bus on Redis")?;
+    if let Some(retention) = args.event_log.retention() {
+        tokio::spawn(killreport::event_log::keep_for(
+            pool.clone(),
+            retention,
+            shutdown.clone(),
+        ));
+    }
     let status = Monitor::start(
         Sources {
             pool: pool.clone(),
@@ -86,18 +102,18 @@ async fn main() -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
-    let schema =
-        killreport::graphql::schema(pool.clone(), hub.clone(), Arc::clone(&statics), status);
+    let schema = killreport::graphql::schema(
+        pool.clone(),
+        hub.clone(),
+        log.clone(),
+        Arc::clone(&statics),
+        status,
+    );
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "server listening");
-    let updates = until_up("Redis", &shutdown, || {
-        let settings = args.updates.settings();
-        Updates::start(settings, redis_url, bus_channel, &hub, shutdown.clone())
-    })
-    .await
-    .context("subscribing to the event bus on Redis")?;
+    let updates = Updates::start(args.updates.settings(), log, shutdown.clone());
     let commands = until_up("Redis", &shutdown, || {
         killreport::events::connect(redis_url)
     })
@@ -108,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         websocket: websocket.clone(),
     };
     let management = Management {
+        pool: pool.clone(),
         redis: commands,
         channel: bus_channel.clone(),
     };

@@ -21,6 +21,7 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{EmptyMutation, ErrorExtensions, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
+use crate::event_log::EventLog;
 use crate::live::Hub;
 use crate::statics::Statics;
 use crate::status::Status;
@@ -49,7 +50,13 @@ pub fn schema_builder()
 }
 
 /// The schema with what its resolvers need.
-pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>, status: Status) -> KillreportSchema {
+pub fn schema(
+    pool: PgPool,
+    hub: Hub,
+    log: EventLog,
+    statics: Arc<Statics>,
+    status: Status,
+) -> KillreportSchema {
     schema_builder()
         .data(DataLoader::new(
             loaders::NameLoader(pool.clone()),
@@ -57,6 +64,7 @@ pub fn schema(pool: PgPool, hub: Hub, statics: Arc<Statics>, status: Status) -> 
         ))
         .data(pool)
         .data(hub)
+        .data(log)
         .data(statics)
         .data(status)
         .finish()

@@ -2,14 +2,19 @@
 //! subscriptions whose filter it passes, before any resolver runs; `after` replays from the
 //! store first (see `live::Hub::subscribe`). The WebSocket layer shares one execution of this
 //! between all subscribers of the same document and variables (`ws::executions`).
+//! `Subscription.events`: the event log (see `event_log`), the stream `/updates` gives, each
+//! event with its cursor; `after` replays what the log holds after it first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use async_graphql::{Context, Result, Subscription};
+use async_graphql::{Context, Json, Result, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
-use super::{KillmailFilter, KillmailNode, bad_input, hidden};
+use super::{KillmailFilter, KillmailNode, bad_input, hidden, internal};
+use crate::bus::Event;
+use crate::event_log::{Cursor, EventLog, ResumeError};
 use crate::killmail::Seq;
 use crate::live::Hub;
 use crate::status::WorkerStatus;
@@ -28,6 +33,33 @@ pub struct SeqTap(Arc<AtomicI64>);
 impl SeqTap {
     pub fn get(&self) -> Seq {
         Seq(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// An event of the log, as `/updates` gives it, with its place in the log.
+#[derive(SimpleObject)]
+#[graphql(name = "Event")]
+pub struct EventNode {
+    /// `killmail` for each stored killmail; `statistics`, `entity-activity`, or any type sent
+    /// to the bus.
+    #[graphql(name = "type")]
+    kind: String,
+    /// The payload, as it was sent.
+    data: Json<serde_json::Value>,
+    /// When it was sent.
+    timestamp: DateTime<Utc>,
+    /// Give it as `after` to resume right after this event.
+    cursor: String,
+}
+
+impl EventNode {
+    fn new(cursor: Cursor, event: Event) -> Self {
+        Self {
+            kind: event.kind,
+            data: Json(event.data),
+            timestamp: DateTime::from_timestamp_millis(event.timestamp).unwrap_or_default(),
+            cursor: cursor.to_string(),
+        }
     }
 }
 
@@ -79,6 +111,34 @@ impl SubscriptionRoot {
                 tap.0.store(event.seq.0, Ordering::SeqCst);
             }
             Ok(KillmailNode::from(event))
+        }))
+    }
+
+    /// Every event as it is sent (the stream `/updates` gives): `killmail` for each stored
+    /// killmail, and every other type sent to the bus; only those of `types` when given.
+    /// `after` (an event's `cursor`) replays what was sent after it first, then goes on live.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        types: Option<Vec<String>>,
+        after: Option<String>,
+    ) -> Result<impl Stream<Item = Result<EventNode>>> {
+        let types = crate::event_log::types(types).map_err(bad_input)?;
+        let log = ctx.data::<EventLog>()?;
+        let after = match after {
+            None => None,
+            Some(after) => match log.cursor(&after).await {
+                Ok(cursor) => Some(cursor),
+                Err(ResumeError::Cursor(reason)) => return Err(bad_input(reason)),
+                Err(error @ ResumeError::Store(_)) => return Err(internal(error)),
+            },
+        };
+        Ok(log.subscribe(types, after).map(|event| {
+            let (cursor, event) = event.map_err(|error| {
+                tracing::error!(error = format!("{error:#}"), "replay from the log failed");
+                hidden("internal error: the replay failed; resume with `after`")
+            })?;
+            Ok(EventNode::new(cursor, event))
         }))
     }
 }

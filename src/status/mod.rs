@@ -333,7 +333,7 @@ impl Monitor {
 
     /// Sends `status` as a `worker-status` event, if this server holds the interval's lease.
     async fn send_event(&mut self, status: &WorkerStatus) {
-        let redis = &mut self.sources.redis;
+        let (pool, redis) = (&self.sources.pool, &mut self.sources.redis);
         let lease_ms = (self.sources.interval.as_millis() as u64).max(1) * 9 / 10;
         let leased: redis::RedisResult<Option<String>> = redis::cmd("SET")
             .arg(&self.sources.keys.lease)
@@ -347,7 +347,8 @@ impl Monitor {
             return;
         }
         let data = serde_json::to_value(status).expect("a status always serializes");
-        let sent = crate::bus::send_event(redis, &self.sources.bus_channel, EVENT_TYPE, data).await;
+        let sent =
+            crate::bus::send_event(pool, redis, &self.sources.bus_channel, EVENT_TYPE, data).await;
         if let Err(error) = sent {
             tracing::debug!(%error, "the worker-status event was not sent");
         }

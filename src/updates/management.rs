@@ -1,5 +1,6 @@
-//! The management API on `MANAGEMENT_ADDR` (loopback by default): `POST /events` puts an event
-//! on the bus, so it reaches the `/updates` clients of every server process. Anything else is
+//! The management API on `MANAGEMENT_ADDR` (loopback by default): `POST /events` sends an event
+//! (into the event log, then the bus rung), so it reaches the `/updates` clients of every
+//! server process. Anything else is
 //! 404, so the port shows nothing beyond that one door.
 
 use axum::Router;
@@ -10,15 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 
 use crate::bus::{SendError, send_event};
 
 /// The largest event body accepted; larger ones get 413.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
-/// Where posted events go: a Redis connection and the bus channel.
+/// Where posted events go: the event log's store, a Redis connection and the bus channel.
 #[derive(Clone)]
 pub struct Management {
+    pub pool: PgPool,
     pub redis: ConnectionManager,
     pub channel: String,
 }
@@ -64,12 +67,13 @@ async fn post_event(State(mut management): State<Management>, body: Bytes) -> Re
     };
     let data = body.get("data").cloned().unwrap_or(Value::Null);
     let channel = management.channel.clone();
-    match send_event(&mut management.redis, &channel, kind, data).await {
+    let pool = management.pool.clone();
+    match send_event(&pool, &mut management.redis, &channel, kind, data).await {
         Ok(_) => axum::Json(json!({ "success": true })).into_response(),
-        Err(SendError::InvalidType(message)) => reason(StatusCode::BAD_REQUEST, &message),
-        Err(error @ SendError::Redis(_)) => {
-            tracing::error!(%error, "an event could not be published");
-            let message = "the event bus is unavailable; try again";
+        Err(SendError::Invalid(message)) => reason(StatusCode::BAD_REQUEST, &message),
+        Err(error @ SendError::Store(_)) => {
+            tracing::error!(%error, "an event could not be logged");
+            let message = "the event log is unavailable; try again";
             reason(StatusCode::SERVICE_UNAVAILABLE, message)
         }
     }

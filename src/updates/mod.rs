@@ -1,29 +1,28 @@
-//! `/updates`: every event of the bus (see `bus`) pushed to browsers on the local network, as
-//! `{"type", "data", "timestamp"}` text messages. One Redis subscription per server process
-//! brings the posted events; the `killmail` events are made here, from the live hub's killmails,
-//! so every server process gives them in `seq` order with any gap filled from the store, and no
-//! worker publishes a killmail twice. The socket only emits: what clients send is ignored but
-//! shows they live; a client silent for the idle time is dropped. Each client has a bounded
-//! queue: one that falls that far behind is cut off (1008), and nobody else waits for it.
+//! `/updates`: every event of the event log (see `event_log`: posted events and every stored
+//! killmail as a `killmail` event) pushed to browsers on the local network. Over a WebSocket,
+//! as `{"type", "data", "timestamp"}` text messages: the socket only emits; what clients send
+//! is ignored but shows they live; a client silent for the idle time is dropped; each client
+//! has a bounded queue, and one that falls that far behind is cut off (1008) while nobody else
+//! waits for it. Asked for `text/event-stream`, as Server-Sent Events (see `sse`), each with
+//! its cursor as the `id`, resuming after `Last-Event-ID`.
 
 pub mod management;
 pub mod peer;
+mod sse;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::bus::{Event, check_type};
-use crate::filter::Filter;
-use crate::live::Hub;
+use crate::bus::Event;
+use crate::event_log::EventLog;
 use crate::ws::accept;
 use crate::ws::push::{self, Audience, Gate};
 
@@ -48,41 +47,30 @@ pub struct Updates {
 
 struct Inner {
     settings: Settings,
+    log: EventLog,
     audience: Audience,
     gate: Gate,
     shutdown: CancellationToken,
 }
 
 impl Updates {
-    /// Starts passing on the events of `channel` and the hub's killmails until `shutdown`.
-    pub async fn start(
-        settings: Settings,
-        redis_url: &str,
-        channel: &str,
-        hub: &Hub,
-        shutdown: CancellationToken,
-    ) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
+    /// Starts passing on the events of `log` to WebSocket clients until `shutdown`.
+    pub fn start(settings: Settings, log: EventLog, shutdown: CancellationToken) -> Self {
         let updates = Self {
             inner: Arc::new(Inner {
                 gate: Gate::new(settings.max_connections),
                 settings,
+                log,
                 audience: Audience::default(),
                 shutdown,
             }),
         };
-        tokio::spawn(
-            updates
-                .clone()
-                .relay_bus(client, channel.to_owned(), pubsub),
-        );
-        tokio::spawn(updates.clone().relay_killmails(hub.clone()));
-        Ok(updates)
+        tokio::spawn(updates.clone().relay());
+        updates
     }
 
-    /// Hands `event` to every client, serialized once; a client whose queue is full is cut off.
+    /// Hands `event` to every WebSocket client, serialized once; a client whose queue is full
+    /// is cut off.
     pub fn broadcast(&self, event: &Event) {
         let text: Arc<str> = serde_json::to_string(event)
             .expect("an event always serializes")
@@ -90,72 +78,15 @@ impl Updates {
         self.inner.audience.send_all(&text);
     }
 
-    /// Passes on the bus channel's events, resubscribing after each outage.
-    async fn relay_bus(self, client: redis::Client, channel: String, first: redis::aio::PubSub) {
-        let shutdown = self.inner.shutdown.clone();
-        let mut pubsub = Some(first);
-        let mut failures = 0;
-        loop {
-            let subscribed = match pubsub.take() {
-                Some(pubsub) => Ok(pubsub),
-                None => {
-                    async {
-                        let mut pubsub = client.get_async_pubsub().await?;
-                        pubsub.subscribe(&channel).await?;
-                        Ok::<_, redis::RedisError>(pubsub)
-                    }
-                    .await
-                }
-            };
-            match subscribed {
-                Ok(pubsub) => {
-                    if failures > 0 {
-                        tracing::info!("the event bus subscription is back");
-                    }
-                    failures = 0;
-                    let mut messages = pubsub.into_on_message();
-                    loop {
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            message = messages.next() => match message {
-                                Some(message) => self.relay(message.get_payload_bytes()),
-                                None => break,
-                            },
-                        }
-                    }
-                    tracing::warn!("the event bus subscription was lost; resubscribing");
-                }
+    /// Passes every event of the log on to the WebSocket clients, live.
+    async fn relay(self) {
+        let events = self.inner.log.subscribe(None, None);
+        tokio::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok((_, event)) => self.broadcast(&event),
                 Err(error) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(%error, "subscribing to the event bus failed; retrying");
-                    }
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Backoff::RECONNECT.delay(failures.max(1))) => {}
-            }
-        }
-    }
-
-    /// One bus message: an event someone published, passed on if it is one.
-    fn relay(&self, payload: &[u8]) {
-        match serde_json::from_slice::<Event>(payload) {
-            Ok(event) if check_type(&event.kind).is_ok() => self.broadcast(&event),
-            Ok(_) | Err(_) => tracing::warn!("ignoring a malformed message on the event bus"),
-        }
-    }
-
-    /// Gives every killmail the hub passes on as a `killmail` event.
-    async fn relay_killmails(self, hub: Hub) {
-        let killmails = hub.subscribe(Arc::new(Filter::default()), None);
-        tokio::pin!(killmails);
-        while let Some(added) = killmails.next().await {
-            match added {
-                Ok(added) => self.broadcast(&Event::killmail(&added)),
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "killmail events stopped");
+                    tracing::error!(error = format!("{error:#}"), "/updates events stopped");
                     return;
                 }
             }
@@ -167,9 +98,11 @@ impl Updates {
         self.inner.gate.closed().await;
     }
 
-    /// Upgrades a request from `socket` to an `/updates` connection, unless its client is not
-    /// an internal peer (403), the server is full (503) or it is no WebSocket handshake (400).
-    pub fn upgrade(&self, socket: IpAddr, request: Request) -> Response {
+    /// Answers a request from `socket`: refused unless its client is an internal peer (403)
+    /// or while the server is full (503); Server-Sent Events when its `Accept` asks for
+    /// `text/event-stream` (and it is no WebSocket handshake); otherwise a WebSocket upgrade
+    /// (400 if it is no handshake).
+    pub async fn serve(&self, socket: IpAddr, request: Request) -> Response {
         if let Err(client) = self.inner.settings.peers.admit(socket, request.headers()) {
             let reason = match client {
                 Some(client) => format!("/updates is for the local network; {client} is not on it"),
@@ -177,16 +110,15 @@ impl Updates {
                     "/updates is for the local network; X-Forwarded-For is unreadable".to_owned()
                 }
             };
-            return (
-                StatusCode::FORBIDDEN,
-                axum::Json(json!({ "error": reason })),
-            )
-                .into_response();
+            return refusal(StatusCode::FORBIDDEN, &reason);
         }
         let permit = match self.inner.gate.enter() {
             Ok(permit) => permit,
             Err(full) => return full.into_response(),
         };
+        if sse::asked_for(request.headers()) && !request.headers().contains_key(header::UPGRADE) {
+            return sse::serve(self, permit, request.headers()).await;
+        }
         // Registered before the handshake is answered: every event after it reaches the client.
         let listener = self.inner.audience.join(self.inner.settings.send_queue);
         let (idle, shutdown) = (self.inner.settings.idle, self.inner.shutdown.clone());
@@ -196,4 +128,9 @@ impl Updates {
             drop(permit);
         })
     }
+}
+
+/// A refusal with its reason as JSON.
+fn refusal(status: StatusCode, reason: &str) -> Response {
+    (status, axum::Json(json!({ "error": reason }))).into_response()
 }

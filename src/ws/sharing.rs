@@ -76,8 +76,13 @@ impl Sharing {
                 });
             match variables.get(&variable) {
                 None | Some(async_graphql::Value::Null) if !defaulted => {}
-                // A cursor that is not one is left to the resolver to refuse.
-                Some(async_graphql::Value::String(cursor)) if !defaulted && root.len() == 1 => {
+                // A cursor that is not one is left to the resolver to refuse. Only
+                // `killmailAdded` resumes on a shared execution (`events` runs alone).
+                Some(async_graphql::Value::String(cursor))
+                    if !defaulted
+                        && root.len() == 1
+                        && field.node.name.node.as_str() == "killmailAdded" =>
+                {
                     match cursor.parse::<i64>() {
                         Ok(after) if after >= 0 => resume = Some((variable.clone(), Seq(after))),
                         _ => return Sharing::Alone,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_graphql::{Request, Variables};
 use indicatif::ProgressBar;
+use killreport::event_log::EventLog;
 use killreport::graphql::KillreportSchema;
 use killreport::import::{Announce, Importer};
 use killreport::live::Hub;
@@ -27,7 +28,16 @@ async fn schema(env: &TestEnv) -> KillreportSchema {
     )
     .await
     .expect("hub");
-    killreport::graphql::schema(env.pool.clone(), hub, statics, env.status().await)
+    let log = EventLog::start(
+        env.pool.clone(),
+        hub.clone(),
+        &redis_url(),
+        &env.bus_channel(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("event log");
+    killreport::graphql::schema(env.pool.clone(), hub, log, statics, env.status().await)
 }
 
 async fn run(schema: &KillreportSchema, query: &str, variables: Value) -> async_graphql::Response {

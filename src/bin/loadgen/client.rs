@@ -1,10 +1,13 @@
-//! One benchmark subscriber: a graphql-transport-ws connection holding one subscription, which
-//! notes the first receipt of every killmail it was meant to get and counts the rest
-//! (duplicates, killmails it should not have got) without a lock shared with other clients.
+//! One benchmark subscriber, which notes the first receipt of every killmail it was meant to get
+//! and counts the rest (duplicates, killmails it should not have got) without a lock shared with
+//! other clients. It speaks what its URL's path says ([`Protocol::of`]): a graphql-transport-ws
+//! connection holding one subscription (`/graphql`), zKillboard's websocket subscribed to
+//! `killstream` (`/websocket/`), or killreport's `/updates`, which sends every event.
 //!
 //! Messages are not parsed as JSON on the hot path: a `next` payload of a 600-attacker fight is
 //! about 100 KB and arrives at every subscriber, so the killmail id is read straight out of the
-//! text (every document of the mix selects `killmailId` first). Each connection holds exactly one
+//! text (every document of the mix selects `killmailId` first; a `killmail` event of `/updates`
+//! carries `killmailId`, a killstream message `killmail_id`). Each connection holds exactly one
 //! subscription, so which subscription a message belongs to is known without reading its id.
 
 use std::collections::HashMap;
@@ -37,11 +40,47 @@ pub struct Shared {
     pub arrived: AtomicUsize,
 }
 
+/// What a subscriber speaks, told by its URL's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// graphql-transport-ws on `/graphql`: the subscription document of the mix.
+    Graphql,
+    /// zKillboard's websocket on `/websocket/`: the `killstream` channel, every killmail.
+    Zkillboard,
+    /// killreport's `/updates`: every event, each killmail as a `killmail` event.
+    Updates,
+}
+
+impl Protocol {
+    pub fn of(url: &str) -> Self {
+        let path = url.trim_end_matches('/');
+        if path.ends_with("/websocket") {
+            Protocol::Zkillboard
+        } else if path.ends_with("/updates") {
+            Protocol::Updates
+        } else {
+            Protocol::Graphql
+        }
+    }
+
+    /// The key whose number is a delivery's killmail id.
+    fn id_key(self) -> &'static str {
+        match self {
+            Protocol::Graphql | Protocol::Updates => "\"killmailId\":",
+            Protocol::Zkillboard => "\"killmail_id\":",
+        }
+    }
+}
+
+/// What zKillboard's websocket clients send to get every killmail.
+pub(crate) const KILLSTREAM: &str = r#"{"action":"sub","channel":"killstream"}"#;
+
 /// What one subscriber must send and receive.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub url: String,
-    /// The `subscribe` message.
+    pub protocol: Protocol,
+    /// The `subscribe` message (for `/updates`, none is sent).
     pub subscribe: Arc<str>,
     /// Per event index, whether this subscriber should receive it.
     pub expected: Arc<[bool]>,
@@ -91,10 +130,10 @@ pub(crate) enum Incoming {
 }
 
 impl Incoming {
-    pub(crate) fn classify(text: &str) -> Self {
+    pub(crate) fn classify(text: &str, protocol: Protocol) -> Self {
         // A data payload is found by its first `killmailId` (selected first by every
         // document, so near the start) and is not otherwise read.
-        if let Some(id) = killmail_id(text) {
+        if let Some(id) = number_after(text, protocol.id_key()) {
             return Incoming::Killmail {
                 id,
                 errors: text.contains("\"errors\""),
@@ -104,6 +143,10 @@ impl Incoming {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(text) else {
             return Incoming::Refusal(format!("not JSON: {}", clip(text)));
         };
+        if message["action"] == "error" {
+            // zKillboard's websocket refusing what the client sent.
+            return Incoming::Refusal(clip(text));
+        }
         match message["type"].as_str() {
             Some("ping") => Incoming::Ping,
             Some("pong") => Incoming::Other,
@@ -114,10 +157,9 @@ impl Incoming {
     }
 }
 
-/// The number after the first `"killmailId":`, quoted (an `ID`) or not.
-pub(crate) fn killmail_id(text: &str) -> Option<i64> {
-    const KEY: &str = "\"killmailId\":";
-    let start = text.find(KEY)? + KEY.len();
+/// The number after the first `key`, quoted (an `ID`) or not.
+pub(crate) fn number_after(text: &str, key: &str) -> Option<i64> {
+    let start = text.find(key)? + key.len();
     let rest = text[start..].trim_start();
     let rest = rest.strip_prefix('"').unwrap_or(rest);
     let digits = rest
@@ -134,10 +176,11 @@ fn clip(text: &str) -> String {
     }
 }
 
-/// Opens a connection and its subscription: WebSocket handshake with the
+/// Opens a connection and its subscription. `/graphql`: WebSocket handshake with the
 /// `graphql-transport-ws` subprotocol, `connection_init`, wait for `connection_ack`, then
-/// `subscribe`. The subscription is registered some time after this returns (the protocol has
-/// no acknowledgement for it).
+/// `subscribe`; `/websocket/`: handshake, then `sub` to `killstream`; `/updates`: the handshake
+/// alone. The subscription is registered some time after this returns (neither protocol
+/// acknowledges it), except on `/updates`, before the handshake is answered.
 pub async fn connect(subscriber: &Subscriber, timeout: Duration) -> Result<Socket, String> {
     let opening = async {
         let mut request = subscriber
@@ -145,9 +188,12 @@ pub async fn connect(subscriber: &Subscriber, timeout: Duration) -> Result<Socke
             .as_str()
             .into_client_request()
             .map_err(|e| e.to_string())?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
+        let graphql = subscriber.protocol == Protocol::Graphql;
+        if graphql {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
+        }
         // Tens of thousands of sockets: keep each one's buffers small; a big payload grows the
         // read buffer for the time it takes.
         let mut config = WebSocketConfig::default();
@@ -157,6 +203,14 @@ pub async fn connect(subscriber: &Subscriber, timeout: Duration) -> Result<Socke
             tokio_tungstenite::connect_async_with_config(request, Some(config), true)
                 .await
                 .map_err(|e| e.to_string())?;
+        match subscriber.protocol {
+            Protocol::Graphql => {}
+            Protocol::Zkillboard => {
+                send(&mut socket, subscriber.subscribe.as_ref().into()).await?;
+                return Ok(socket);
+            }
+            Protocol::Updates => return Ok(socket),
+        }
         let chosen = response
             .headers()
             .get("Sec-WebSocket-Protocol")
@@ -171,7 +225,8 @@ pub async fn connect(subscriber: &Subscriber, timeout: Duration) -> Result<Socke
         .await?;
         loop {
             match socket.next().await {
-                Some(Ok(Message::Text(text))) => match Incoming::classify(&text) {
+                Some(Ok(Message::Text(text))) => match Incoming::classify(&text, Protocol::Graphql)
+                {
                     Incoming::ConnectionAck => break,
                     Incoming::Ping => send(&mut socket, PONG.into()).await?,
                     Incoming::Refusal(message) => return Err(message),
@@ -223,7 +278,13 @@ pub async fn receive(
             biased;
             frame = socket.next() => frame,
             () = next_ping(&mut pings) => {
-                if let Err(e) = send(&mut socket, PING.into()).await {
+                // The other protocols have no ping message: a WebSocket ping shows the client
+                // lives.
+                let ping = match subscriber.protocol {
+                    Protocol::Graphql => Message::Text(PING.into()),
+                    Protocol::Zkillboard | Protocol::Updates => Message::Ping(Default::default()),
+                };
+                if let Err(e) = socket.send(ping).await.map_err(|e| e.to_string()) {
                     outcome.ending = Some(Ending::Failed(e));
                     return outcome;
                 }
@@ -265,7 +326,7 @@ pub async fn receive(
                 return outcome;
             }
         };
-        match Incoming::classify(&text) {
+        match Incoming::classify(&text, subscriber.protocol) {
             Incoming::Killmail { id, errors } => {
                 outcome.errors += usize::from(errors);
                 let Some(&event) = shared.events.get(&id) else {
@@ -315,7 +376,7 @@ mod tests {
     fn the_killmail_id_is_read_without_parsing() {
         let next = r#"{"type":"next","id":"1","payload":{"data":{"killmailAdded":{"killmailId":"97089202","attackers":[{"character":{"id":"5"}}]}}}}"#;
         assert_eq!(
-            Incoming::classify(next),
+            Incoming::classify(next, Protocol::Graphql),
             Incoming::Killmail {
                 id: 97089202,
                 errors: false
@@ -324,34 +385,75 @@ mod tests {
         // graphql-ws puts the id first; a number instead of an ID string is read too.
         let peer =
             r#"{"id":"1","type":"next","payload":{"data":{"killmailAdded":{"killmailId": 42}}}}"#;
-        assert_eq!(killmail_id(peer), Some(42));
+        assert_eq!(number_after(peer, Protocol::Graphql.id_key()), Some(42));
         let partial = r#"{"id":"1","type":"next","payload":{"errors":[{"message":"x"}],"data":{"killmailAdded":{"killmailId":"7","finalBlow":null}}}}"#;
         assert_eq!(
-            Incoming::classify(partial),
+            Incoming::classify(partial, Protocol::Graphql),
             Incoming::Killmail {
                 id: 7,
                 errors: true
             }
         );
-        assert_eq!(killmail_id(r#"{"killmailId":"x"}"#), None);
+        assert_eq!(
+            number_after(r#"{"killmailId":"x"}"#, "\"killmailId\":"),
+            None
+        );
+        let update = r#"{"type":"killmail","data":{"attackerCount":3,"killmailId":97089202}}"#;
+        assert_eq!(
+            Incoming::classify(update, Protocol::Updates),
+            Incoming::Killmail {
+                id: 97089202,
+                errors: false
+            }
+        );
+        let killstream = r#"{"attackers":[{"character_id":5}],"killmail_id":42,"zkb":{}}"#;
+        assert_eq!(
+            Incoming::classify(killstream, Protocol::Zkillboard),
+            Incoming::Killmail {
+                id: 42,
+                errors: false
+            }
+        );
+    }
+
+    #[test]
+    fn the_protocol_is_told_by_the_path() {
+        assert_eq!(Protocol::of("ws://h:4000/graphql"), Protocol::Graphql);
+        assert_eq!(Protocol::of("ws://h:4000/websocket/"), Protocol::Zkillboard);
+        assert_eq!(Protocol::of("ws://h:4000/updates"), Protocol::Updates);
     }
 
     #[test]
     fn small_messages_are_parsed() {
-        assert_eq!(Incoming::classify(r#"{"type":"ping"}"#), Incoming::Ping);
         assert_eq!(
-            Incoming::classify(r#"{"type":"connection_ack","payload":{}}"#),
+            Incoming::classify(r#"{"type":"ping"}"#, Protocol::Graphql),
+            Incoming::Ping
+        );
+        assert_eq!(
+            Incoming::classify(
+                r#"{"type":"connection_ack","payload":{}}"#,
+                Protocol::Graphql
+            ),
             Incoming::ConnectionAck
         );
-        assert_eq!(Incoming::classify(r#"{"type":"pong"}"#), Incoming::Other);
+        assert_eq!(
+            Incoming::classify(r#"{"type":"pong"}"#, Protocol::Graphql),
+            Incoming::Other
+        );
         let error = r#"{"id":"1","type":"error","payload":[{"message":"Unknown field"}]}"#;
         assert_eq!(
-            Incoming::classify(error),
+            Incoming::classify(error, Protocol::Graphql),
             Incoming::Refusal(error.to_owned())
         );
         let null = r#"{"id":"1","type":"next","payload":{"data":null,"errors":[]}}"#;
-        assert!(matches!(Incoming::classify(null), Incoming::Refusal(_)));
-        assert!(matches!(Incoming::classify("nope"), Incoming::Refusal(_)));
+        assert!(matches!(
+            Incoming::classify(null, Protocol::Graphql),
+            Incoming::Refusal(_)
+        ));
+        assert!(matches!(
+            Incoming::classify("nope", Protocol::Graphql),
+            Incoming::Refusal(_)
+        ));
     }
 
     #[test]

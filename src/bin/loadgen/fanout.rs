@@ -15,7 +15,7 @@ use killreport::queue::Publisher;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, Ending, Outcome, Shared, Subscriber};
+use crate::client::{self, Ending, Outcome, Protocol, Shared, Subscriber};
 use crate::documents::Document;
 use crate::latency::Percentiles;
 use crate::process::{self, PeakSampler};
@@ -88,6 +88,8 @@ pub struct Plan {
     pub client_ping: Option<Duration>,
     subscribe: Vec<Arc<str>>,
     expected: Vec<Arc<[bool]>>,
+    /// What a client of `/websocket/` (killstream) or `/updates` should get: every killmail.
+    everything: Arc<[bool]>,
 }
 
 impl Plan {
@@ -108,7 +110,6 @@ impl Plan {
         Ok(Self {
             clients,
             documents,
-            killmails,
             rate,
             patience: Duration::from_secs(60),
             settle: Duration::from_secs(2),
@@ -117,6 +118,8 @@ impl Plan {
             client_ping: Some(Duration::from_secs(10)),
             subscribe,
             expected,
+            everything: vec![true; killmails.len()].into(),
+            killmails,
         })
     }
 
@@ -131,13 +134,33 @@ impl Plan {
         (i / self.documents.len()) % target.urls.len()
     }
 
+    /// Which killmails client `i` of `target` should get: its document's on `/graphql`, every
+    /// one on `/websocket/` (killstream) and `/updates`.
+    fn expected_of(&self, target: &Target, i: usize) -> &Arc<[bool]> {
+        match Protocol::of(&target.urls[self.server_of(i, target)]) {
+            Protocol::Graphql => &self.expected[i % self.documents.len()],
+            Protocol::Zkillboard | Protocol::Updates => &self.everything,
+        }
+    }
+
+    /// How many killmails client `i` of `target` should get.
+    fn expected_count(&self, target: &Target, i: usize) -> usize {
+        self.expected_of(target, i).iter().filter(|&&e| e).count()
+    }
+
     /// Client `i`'s subscription on `target`.
     fn subscriber(&self, target: &Target, i: usize) -> Subscriber {
-        let document = i % self.documents.len();
+        let url = target.urls[self.server_of(i, target)].clone();
+        let protocol = Protocol::of(&url);
+        let subscribe = match protocol {
+            Protocol::Graphql => self.subscribe[i % self.documents.len()].clone(),
+            Protocol::Zkillboard | Protocol::Updates => Arc::from(client::KILLSTREAM),
+        };
         Subscriber {
-            url: target.urls[self.server_of(i, target)].clone(),
-            subscribe: self.subscribe[document].clone(),
-            expected: self.expected[document].clone(),
+            url,
+            protocol,
+            subscribe,
+            expected: self.expected_of(target, i).clone(),
             // Spread over the interval, so pings do not come in waves.
             ping: self.client_ping.map(|every| {
                 let offset = every.mul_f64((i % 1000) as f64 / 1000.0);
@@ -182,10 +205,7 @@ pub async fn run(
         .iter()
         .filter_map(|(i, result)| result.is_ok().then_some(*i))
         .collect();
-    let expected: usize = held
-        .iter()
-        .map(|&i| plan.matching(i % plan.documents.len()))
-        .sum();
+    let expected: usize = held.iter().map(|&i| plan.expected_count(target, i)).sum();
     let connect_failures = tally(connected.into_iter().filter_map(|(_, r)| r.err()));
 
     if held.is_empty() {
@@ -244,7 +264,7 @@ pub async fn run(
             latencies.push(at.saturating_duration_since(sent_at[event as usize]));
             last_receipt = last_receipt.max(at);
         }
-        let expected = plan.matching(i % plan.documents.len());
+        let expected = plan.expected_count(target, *i);
         let tally = &mut per_url[plan.server_of(*i, target)];
         tally.held += 1;
         tally.expected += expected;

@@ -4,16 +4,17 @@
 //!   its publish to its event on Redis, through a running worker-killmails.
 //! - `loadgen query`: latency of the `killmails` query.
 //! - `loadgen fanout`: killmails (events on Redis, or jobs through the whole pipeline) to N
-//!   WebSocket subscribers with a mix of filtered documents, every delivery checked and timed,
-//!   with the servers' CPU and memory; several targets (killreport, the Node peer, two servers
-//!   sharing the clients) in one run, side by side.
+//!   WebSocket subscribers with a mix of filtered documents (or zKillboard's `killstream` on
+//!   `/websocket/`, or every event on `/updates`), every delivery checked and timed, with the
+//!   servers' CPU and memory; several targets (killreport, the Node peer, two servers sharing the
+//!   clients, other protocols of the same server) in one run, side by side.
 //!
 //! The benchmark is this binary's own, not the library's; its modules, callers above callees:
 //!
 //! ```text
 //! main        the commands and their arguments; plans a fan-out run and prints its figures
 //!   fanout    one run against one target: connect, settle, inject, wait, count
-//!     client      one graphql-transport-ws subscriber, every delivery checked and timed
+//!     client      one subscriber (GraphQL, zKillboard's websocket, /updates), checked and timed
 //!     documents   the subscription mix and which killmails each document should receive
 //!     process     a server's CPU and memory from /proc; this process's open-files limit
 //!     report      one target's figures, and several side by side
@@ -83,7 +84,9 @@ struct FanoutArgs {
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// A server to measure, NAME=WS_URL[+WS_URL…][,pid=PID[+PID…]]; repeat for several, run in
-    /// turn. With several URLs the clients are dealt round-robin over them (in whole rounds of
+    /// turn. The URL's path says what its clients speak: `/graphql` (graphql-transport-ws, the
+    /// document mix), `/websocket/` (zKillboard's, each client on `killstream`) or `/updates`
+    /// (killreport's event bus); the last two get every killmail. With several URLs the clients are dealt round-robin over them (in whole rounds of
     /// the mix); CPU and memory are summed over the pids. The ratios are the first target's
     /// figures over each other's.
     #[arg(long = "target", value_name = "TARGET")]
