@@ -1,5 +1,6 @@
 //! Feed cursors: the last sequence of a live feed whose job RabbitMQ has confirmed.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 pub async fn load(db: impl PgExecutor<'_>, feed: &str) -> sqlx::Result<Option<i64>> {
@@ -18,4 +19,11 @@ pub async fn save(db: impl PgExecutor<'_>, feed: &str, sequence: i64) -> sqlx::R
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// When the cursor of `feed` last moved; `None` when it has none.
+pub async fn moved_at(db: impl PgExecutor<'_>, feed: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar!("SELECT updated_at FROM feed_cursors WHERE feed = $1", feed)
+        .fetch_optional(db)
+        .await
 }

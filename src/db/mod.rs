@@ -7,6 +7,7 @@ pub mod backfill_days;
 pub mod copy;
 pub mod cursors;
 pub mod entities;
+pub mod feed_gaps;
 pub mod killmails;
 pub mod names;
 pub mod sde;
