@@ -1,36 +1,70 @@
 #!/usr/bin/env bash
-# Import speed against decompression speed, in the same run: `queue import` of EVE Ref archives
-# into an empty store (one day, 2021-12-01: 10,671 killmails; three days, 2021-12-01..03: 25,767)
-# beside `bzip2 -dc` of the same files on one core, run after run. The import's time is the one
-# its summary prints (reading, storing and announcing; not connecting or migrating). Uses the
-# local PostgreSQL and Redis; creates and drops its own database. QUEUE names another build of
-# queue (to compare commits); figures go in BENCHMARKS.md.
+# Backfill speed against decompression speed, in the same run. For one day (2021-12-01: 10,671
+# killmails) and three (2021-12-01..03: 25,767), each into an empty store:
+#   - `bzip2 -dc` of the archives on one core (the yardstick);
+#   - `queue backfill`: the archives fetched from a local EVE Ref (python3's http.server over a
+#     copy of the fixtures in EVE Ref's layout), downloaded, decompressed and stored;
+#   - `queue import` of the same killmails as uncompressed JSONL (made once with tar and jq).
+# Each time is the summary's `elapsed`: for the backfill, downloading, reading and storing every
+# day; for the import, reading and storing (neither counts connecting, nor migrating the empty
+# store and loading its static data, done beforehand). Uses the local PostgreSQL; creates and
+# drops its own database. QUEUE names another build of queue (to compare commits). Figures
+# go in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
 queue=${QUEUE:-./target/release/queue}
 runs=${RUNS:-3}
+port=${BENCH_EVEREF_PORT:-8765}
 db=killreport_bench_backfill
-dir=tests/it/fixtures/everef
-one=("$dir/killmails-2021-12-01.tar.bz2")
-three=("$dir/killmails-2021-12-01.tar.bz2" "$dir/killmails-2021-12-02.tar.bz2" "$dir/killmails-2021-12-03.tar.bz2")
-export EVENTS_CHANNEL=killreport:bench:backfill RUST_LOG=warn
-reset() { psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"; }
+fixtures=tests/it/fixtures/everef
+work=$(mktemp -d)
+trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"; psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null' EXIT
+
+mkdir -p "$work/everef/killmails/2021" "$work/jsonl"
+for day in 01 02 03; do
+  cp "$fixtures/killmails-2021-12-$day.tar.bz2" "$work/everef/killmails/2021/"
+  bzip2 -dc "$fixtures/killmails-2021-12-$day.tar.bz2" | tar -xO | jq -c . \
+    > "$work/jsonl/killmails-2021-12-$day.jsonl"
+done
+python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/everef" >/dev/null 2>&1 &
+server=$!
+sleep 1
+export EVEREF_BASE_URL="http://127.0.0.1:$port" RUST_LOG=warn
+
+touch "$work/empty.jsonl"
+reset() {
+  psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+  DATABASE_URL="$base/$db" "$queue" import "$work/empty.jsonl" >/dev/null
+}
+seconds() { echo "$2 - $1" | bc; }
 measure() {
-  local label=$1; shift
-  local start end bzip import read
-  start=$(date +%s.%N); bzip2 -dc "$@" >/dev/null; end=$(date +%s.%N)
-  bzip=$(echo "$end - $start" | bc)
+  local label=$1 to=$2; shift 2
+  local archives=() jsonl=() start end bzip backfill import count
+  for day in "$@"; do
+    archives+=("$fixtures/killmails-2021-12-$day.tar.bz2")
+    jsonl+=("$work/jsonl/killmails-2021-12-$day.jsonl")
+  done
+  start=$(date +%s.%N); bzip2 -dc "${archives[@]}" >/dev/null; end=$(date +%s.%N)
+  bzip=$(seconds "$start" "$end")
+
   reset
-  out=$(DATABASE_URL="$base/$db" "$queue" import "$@")
+  rm -rf "$work/downloads"
+  out=$(DATABASE_URL="$base/$db" BACKFILL_DIR="$work/downloads" "$queue" backfill --from 2021-12-01 --to "$to")
+  backfill=$(echo "$out" | sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p')
+  count=$(echo "$out" | sed -n 's/^stored: *//p')
+
+  reset
+  out=$(DATABASE_URL="$base/$db" "$queue" import "${jsonl[@]}")
   import=$(echo "$out" | sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p')
-  read=$(echo "$out" | sed -n 's/^stored: *//p')
-  printf '%-10s bzip2 -dc %6.2f s | queue import %6.2f s, %s stored, %6.0f killmails/s | ratio %.2f\n' \
-    "$label" "$bzip" "$import" "$read" "$(echo "$read / $import" | bc -l)" "$(echo "$import / $bzip" | bc -l)"
+
+  printf '%-10s load %s | bzip2 -dc %5.2f s | backfill %5.2f s, %s stored, %6.0f /s, ratio %.2f | JSONL import %5.2f s, %6.0f /s\n' \
+    "$label" "$(cut -d' ' -f1 /proc/loadavg)" "$bzip" "$backfill" "$count" \
+    "$(echo "$count / $backfill" | bc -l)" "$(echo "$backfill / $bzip" | bc -l)" \
+    "$import" "$(echo "$count / $import" | bc -l)"
 }
 for run in $(seq "$runs"); do
   echo "run $run"
-  measure "one day" "${one[@]}"
-  measure "three days" "${three[@]}"
+  measure "one day" 2021-12-01 01
+  measure "three days" 2021-12-03 01 02 03
 done
-psql "$base/postgres" -qc "DROP DATABASE $db"

@@ -163,6 +163,13 @@ pub struct FeedArgs {
     /// Seconds before a feed request is abandoned (for RedisQ, beyond its ttw) and retried.
     #[arg(long, env = "FEED_TIMEOUT_SECS", default_value_t = 20)]
     pub feed_timeout_secs: u64,
+    /// Hours R2Z2 keeps its files, or a little less: when the cursor has not moved for longer
+    /// and its next file is gone, the poller resynchronises to the newest sequence and repairs
+    /// the hours it lost from zKillboard's history.
+    #[arg(long, env = "R2Z2_RETENTION_HOURS", default_value_t = 20)]
+    pub r2z2_retention_hours: u64,
+    #[command(flatten)]
+    pub zkb: ZkbArgs,
 }
 
 impl FeedArgs {
@@ -191,6 +198,8 @@ impl FeedArgs {
         R2z2Settings {
             idle_wait: Duration::from_millis(self.r2z2_idle_wait_ms),
             min_interval: Duration::from_millis(self.r2z2_min_interval_ms),
+            retention: Duration::from_secs(self.r2z2_retention_hours * 3600),
+            zkb_base_url: Some(self.zkb.zkb_base_url.clone()),
             ..R2z2Settings::default()
         }
     }
@@ -440,4 +449,12 @@ impl EverefArgs {
             .build()
             .map_err(Into::into)
     }
+}
+
+/// zKillboard's site, whose daily history (`/api/history/YYYYMMDD.json`, killmail id → hash)
+/// repairs gaps in the store.
+#[derive(Debug, Clone, Args)]
+pub struct ZkbArgs {
+    #[arg(long, env = "ZKB_BASE_URL", default_value = "https://zkillboard.com")]
+    pub zkb_base_url: String,
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcer;
 use crate::db;
-use crate::db::killmails::Stored;
+use crate::db::killmails::{Encoded, Stored};
 use crate::esi::{Esi, EsiError};
 use crate::killmail::{KillmailId, Received};
 use crate::queue::IngestJob;
@@ -32,8 +32,19 @@ pub async fn store_with(
     batch: &[Received],
     announced: bool,
 ) -> sqlx::Result<Vec<Stored>> {
+    store_encoded(pool, batch, Encoded::new(batch), announced).await
+}
+
+/// [`store_with`] of a batch whose rows were encoded already (`encoded` made of `batch`), as an
+/// import encodes the next batch while the last one is written.
+pub async fn store_encoded(
+    pool: &PgPool,
+    batch: &[Received],
+    encoded: Encoded,
+    announced: bool,
+) -> sqlx::Result<Vec<Stored>> {
     let mut tx = pool.begin().await?;
-    let stored = db::killmails::store_batch(&mut tx, batch, announced).await?;
+    let stored = db::killmails::store_encoded(&mut tx, encoded, announced).await?;
     tx.commit().await?;
     let now = Utc::now();
     let new: HashSet<KillmailId> = stored.iter().map(|s| s.killmail_id).collect();

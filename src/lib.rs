@@ -19,6 +19,7 @@
 //! import    archives and files → store → announce                                queue import
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
 //! feed      the live feeds (R2Z2, RedisQ) → jobs                                 worker-redisq
+//!   repair    zKillboard's daily history against the store → missing as jobs     queue repair
 //!   announce  outbox, names and sweep: stored killmails → Redis
 //!   filter, statics   killmail filters and the static universe they need
 //!   zkb       zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
@@ -54,6 +55,7 @@ pub mod ingest;
 pub mod killmail;
 pub mod live;
 pub mod queue;
+pub mod repair;
 pub mod shutdown;
 pub mod statics;
 pub mod status;

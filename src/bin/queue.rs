@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use killreport::announce::Announcer;
 use killreport::backfill::Backfill;
-use killreport::config::{DatabaseArgs, EverefArgs, RabbitArgs, RedisArgs};
+use killreport::config::{DatabaseArgs, EverefArgs, RabbitArgs, RedisArgs, ZkbArgs};
 use killreport::events::EventPublisher;
 use killreport::import::{Announce, Importer};
 use killreport::queue::{Publisher, dlq};
+use killreport::repair::Repair;
 use tokio_util::sync::CancellationToken;
 
 /// The exit code of an import stopped by SIGINT or SIGTERM after its batch in hand.
@@ -35,6 +36,7 @@ struct Cli {
 enum Command {
     Import(ImportArgs),
     Backfill(BackfillArgs),
+    Repair(RepairArgs),
     /// Inspect, replay or purge the dead-letter queue (jobs that failed for good).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -145,6 +147,40 @@ struct BackfillArgs {
     redis: RedisArgs,
 }
 
+/// Queue the killmails zKillboard's daily history lists and the store lacks, for
+/// worker-killmails to fetch from ESI.
+///
+/// For each day from --from to --to (both included, YYYY-MM-DD, UTC), zKillboard's history
+/// (ZKB_BASE_URL/api/history/YYYYMMDD.json, killmail id → hash) is compared with the store, and
+/// every killmail it lists that the store does not hold is published as a killmail.ingest job
+/// of its id and hash, which worker-killmails completes from ESI. One line is printed per day
+/// as it ends, and a summary at the end. A day zKillboard has no history for, or whose history
+/// is malformed, is reported with its reason and the other days go on.
+#[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 when every day's history was compared with the store; 1 when \
+                        a day was missing or failed (the summary lists them with their \
+                        reasons), or when PostgreSQL or RabbitMQ fails; 130 when interrupted \
+                        (SIGINT or SIGTERM)."
+)]
+struct RepairArgs {
+    /// The first day, YYYY-MM-DD.
+    #[arg(long, value_name = "DATE")]
+    from: chrono::NaiveDate,
+    /// The last day, YYYY-MM-DD (included).
+    #[arg(long, value_name = "DATE")]
+    to: chrono::NaiveDate,
+    /// Seconds before a request for a day's history is abandoned (and tried again).
+    #[arg(long, env = "ZKB_TIMEOUT_SECS", default_value_t = 60)]
+    zkb_timeout_secs: u64,
+    #[command(flatten)]
+    zkb: ZkbArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    rabbit: RabbitArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = killreport::config::init_process(|cli| &cli.log);
@@ -152,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Import(args) => import(args, shutdown).await,
         Command::Backfill(args) => backfill(args, shutdown).await,
+        Command::Repair(args) => repair(args, shutdown).await,
         Command::Dlq(command) => dlq(command).await,
     }
 }
@@ -316,6 +353,49 @@ async fn backfill(args: BackfillArgs, shutdown: CancellationToken) -> anyhow::Re
         summary.not_imported() == 0,
         "{} of {} days were not imported",
         summary.not_imported(),
+        summary.days.len()
+    );
+    Ok(())
+}
+
+async fn repair(args: RepairArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.from <= args.to,
+        "--from {} is after --to {}",
+        args.from,
+        args.to
+    );
+    let pool = args
+        .database
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "queue repair")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let publisher = Publisher::new(&connection, args.rabbit.topology())
+        .await
+        .context("declaring the RabbitMQ topology")?;
+    let repair = Repair {
+        http: killreport::feed::http_client(Duration::from_secs(args.zkb_timeout_secs.max(1)))?,
+        base_url: args.zkb.zkb_base_url.clone(),
+        pool: pool.clone(),
+        publisher,
+        retry_pause: Duration::from_secs(2),
+    };
+    let summary = repair
+        .run(args.from, args.to, &shutdown, |day| println!("{day}"))
+        .await?;
+    println!("{summary}");
+    connection.close(200, "done").await.ok();
+    pool.close().await;
+    if summary.interrupted {
+        std::process::exit(INTERRUPTED_EXIT_CODE);
+    }
+    anyhow::ensure!(
+        summary.not_compared() == 0,
+        "{} of {} days were not compared",
+        summary.not_compared(),
         summary.days.len()
     );
     Ok(())

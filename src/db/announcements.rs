@@ -1,4 +1,4 @@
-//! The announcement outbox (table `pending_announcements`): filled by `killmails::store_batch`
+//! The announcement outbox (table `pending_announcements`): filled by `killmails::store_encoded`
 //! in the killmail's own transaction, emptied by whoever publishes the event. Claiming deletes
 //! the rows inside the publisher's transaction, so two publishers never both announce one
 //! killmail, and a failed publish (rolled back) leaves the rows for the next attempt.

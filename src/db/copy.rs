@@ -8,6 +8,13 @@ use sqlx::PgConnection;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// A place between rows of a [`BinaryRows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    byte: usize,
+    rows: usize,
+}
+
 /// Rows in binary COPY format, built field by field.
 pub struct BinaryRows {
     buf: Vec<u8>,
@@ -63,6 +70,27 @@ impl BinaryRows {
         self.int8(value.timestamp_micros() - PG_EPOCH_MICROS)
     }
 
+    pub fn text(&mut self, value: &str) -> &mut Self {
+        self.field(value.as_bytes())
+    }
+
+    /// A `jsonb` field: its binary form is a version byte (1) and the JSON text.
+    pub fn jsonb(&mut self, value: &serde_json::Value) -> &mut Self {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0, 1]);
+        serde_json::to_writer(&mut self.buf, value).expect("a JSON value always serializes");
+        let len = i32::try_from(self.buf.len() - at - 4).unwrap_or(i32::MAX);
+        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        self
+    }
+
+    pub fn opt_float8(&mut self, value: Option<f64>) -> &mut Self {
+        match value {
+            Some(value) => self.float8(value),
+            None => self.null(),
+        }
+    }
+
     pub fn opt_int8(&mut self, value: Option<i64>) -> &mut Self {
         match value {
             Some(value) => self.int8(value),
@@ -79,6 +107,26 @@ impl BinaryRows {
 
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// Where the rows so far end: two marks delimit a run of rows for [`BinaryRows::select`].
+    pub fn mark(&self) -> Mark {
+        Mark {
+            byte: self.buf.len(),
+            rows: self.rows,
+        }
+    }
+
+    /// New rows made of the runs `(from, to)` of these, in the order given.
+    pub fn select(&self, runs: impl IntoIterator<Item = (Mark, Mark)>) -> Self {
+        let mut selected = Self::with_capacity(self.buf.len());
+        for (from, to) in runs {
+            selected
+                .buf
+                .extend_from_slice(&self.buf[from.byte..to.byte]);
+            selected.rows += to.rows - from.rows;
+        }
+        selected
     }
 
     /// Sends the rows with `statement` (`COPY table (columns…) FROM STDIN (FORMAT binary)`);

@@ -1,13 +1,14 @@
-//! The killmail store: set-based writes of whole batches (one statement per table: the
-//! killmail rows by `UNNEST … ON CONFLICT`, which tells the new ones; their attackers and items,
-//! which cannot conflict, by binary COPY), and the exact ESI killmail rebuilt from the rows.
+//! The killmail store: set-based writes of whole batches (the killmail rows by binary COPY into
+//! an unindexed staging table, then one `INSERT … SELECT … ON CONFLICT`, which tells the new
+//! ones; their attackers and items, which cannot conflict, by binary COPY), and the exact ESI
+//! killmail rebuilt from the rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
-use super::copy::BinaryRows;
+use super::copy::{BinaryRows, Mark};
 use crate::events::KillmailAdded;
 use crate::killmail::{Attacker, Item, Killmail, KillmailId, Position, Received, Seq, Victim, Zkb};
 
@@ -45,140 +46,87 @@ impl StoredKillmail {
     }
 }
 
-/// Stores every killmail of `batch` that the store does not hold yet, queues its announcement
-/// (see `db::announcements`) unless `announced` is false (history, which is not news), and
-/// returns those, in ingest order. A killmail already held is left as it is, except that a
-/// `zkb` block is added when it had none. Run it in a transaction: the lock it takes is
-/// released at commit.
-pub async fn store_batch(
-    tx: &mut PgConnection,
-    batch: &[Received],
-    announced: bool,
-) -> sqlx::Result<Vec<Stored>> {
-    let mut seen = HashSet::new();
-    let batch: Vec<&Received> = batch
-        .iter()
-        .filter(|r| seen.insert(r.killmail.killmail_id))
-        .collect();
-    if batch.is_empty() {
-        return Ok(Vec::new());
-    }
-
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", SEQ_LOCK)
-        .execute(&mut *tx)
-        .await?;
-
-    let ids: Vec<i64> = batch.iter().map(|r| r.killmail.killmail_id.0).collect();
-    let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = batch.iter().map(|r| r.killmail.killmail_time).collect();
-    let systems: Vec<i64> = batch.iter().map(|r| r.killmail.solar_system_id).collect();
-    let moons: Vec<Option<i64>> = batch.iter().map(|r| r.killmail.moon_id).collect();
-    let wars: Vec<Option<i64>> = batch.iter().map(|r| r.killmail.war_id).collect();
-    let victims: Vec<&Victim> = batch.iter().map(|r| &r.killmail.victim).collect();
-    let characters: Vec<Option<i64>> = victims.iter().map(|v| v.character_id).collect();
-    let corporations: Vec<Option<i64>> = victims.iter().map(|v| v.corporation_id).collect();
-    let alliances: Vec<Option<i64>> = victims.iter().map(|v| v.alliance_id).collect();
-    let factions: Vec<Option<i64>> = victims.iter().map(|v| v.faction_id).collect();
-    let ships: Vec<i64> = victims.iter().map(|v| v.ship_type_id).collect();
-    let damage: Vec<i64> = victims.iter().map(|v| v.damage_taken).collect();
-    let xs: Vec<Option<f64>> = victims.iter().map(|v| v.position.map(|p| p.x)).collect();
-    let ys: Vec<Option<f64>> = victims.iter().map(|v| v.position.map(|p| p.y)).collect();
-    let zs: Vec<Option<f64>> = victims.iter().map(|v| v.position.map(|p| p.z)).collect();
-    let attacker_counts: Vec<i32> = batch
-        .iter()
-        .map(|r| i32::try_from(r.killmail.attackers.len()).unwrap_or(i32::MAX))
-        .collect();
-    let zkbs: Vec<Option<serde_json::Value>> = batch
-        .iter()
-        .map(|r| r.zkb.as_ref().map(|z| z.0.clone()))
-        .collect();
-    let sources: Vec<&str> = batch.iter().map(|r| r.source.as_str()).collect();
-
-    let inserted = sqlx::query!(
-        r#"
-        INSERT INTO killmails (
-            killmail_id, hash, killmail_time, solar_system_id, region_id, moon_id, war_id,
-            victim_character_id, victim_corporation_id, victim_alliance_id, victim_faction_id,
-            victim_ship_type_id, victim_damage_taken,
-            victim_position_x, victim_position_y, victim_position_z,
-            attacker_count, zkb, source)
-        SELECT u.killmail_id, u.hash, u.killmail_time, u.solar_system_id, s.region_id, u.moon_id,
-               u.war_id, u.character_id, u.corporation_id, u.alliance_id, u.faction_id,
-               u.ship_type_id, u.damage_taken, u.x, u.y, u.z, u.attacker_count, u.zkb, u.source
-        FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::int8[], $5::int8[], $6::int8[],
-                    $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-                    $13::float8[], $14::float8[], $15::float8[], $16::int4[], $17::jsonb[],
-                    $18::text[])
-             WITH ORDINALITY AS u(killmail_id, hash, killmail_time, solar_system_id, moon_id,
-                                  war_id, character_id, corporation_id, alliance_id, faction_id,
-                                  ship_type_id, damage_taken, x, y, z, attacker_count, zkb,
-                                  source, ord)
-        LEFT JOIN solar_systems s ON s.solar_system_id = u.solar_system_id
-        ORDER BY u.ord
-        ON CONFLICT (killmail_id) DO NOTHING
-        RETURNING killmail_id, seq
-        "#,
-        &ids,
-        &hashes as &[&str],
-        &times,
-        &systems,
-        &moons as &[Option<i64>],
-        &wars as &[Option<i64>],
-        &characters as &[Option<i64>],
-        &corporations as &[Option<i64>],
-        &alliances as &[Option<i64>],
-        &factions as &[Option<i64>],
-        &ships,
-        &damage,
-        &xs as &[Option<f64>],
-        &ys as &[Option<f64>],
-        &zs as &[Option<f64>],
-        &attacker_counts,
-        &zkbs as &[Option<serde_json::Value>],
-        &sources as &[&str],
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-
-    let mut stored: Vec<Stored> = inserted
-        .into_iter()
-        .map(|row| Stored {
-            killmail_id: KillmailId(row.killmail_id),
-            seq: Seq(row.seq),
-        })
-        .collect();
-    stored.sort_by_key(|s| s.seq);
-
-    let new_ids: HashSet<KillmailId> = stored.iter().map(|s| s.killmail_id).collect();
-    let (new, known): (Vec<&Received>, Vec<&Received>) = batch
-        .into_iter()
-        .partition(|r| new_ids.contains(&r.killmail.killmail_id));
-    if announced {
-        let seqs: Vec<i64> = stored.iter().map(|s| s.seq.0).collect();
-        let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
-        sqlx::query!(
-            "INSERT INTO pending_announcements (seq, killmail_id)
-             SELECT * FROM UNNEST($1::int8[], $2::int8[])",
-            &seqs,
-            &stored_ids
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    insert_attackers(tx, &new).await?;
-    insert_items(tx, &new).await?;
-    add_missing_zkb(tx, &known).await?;
-    Ok(stored)
+/// A batch of killmails encoded for the store: the killmail rows for the staging table, and
+/// each killmail's attackers and items as rows of their own tables, of which those of the
+/// killmails the store turns out not to hold are sent. Encoding is most of the work on this
+/// side of the store, so an import does it while the batch before is being written.
+pub struct Encoded {
+    /// The killmails, each once, in the batch's order.
+    ids: Vec<KillmailId>,
+    staged: BinaryRows,
+    attackers: BinaryRows,
+    items: BinaryRows,
+    /// Where each killmail's attackers and items begin and end, in `ids`' order.
+    spans: Vec<[(Mark, Mark); 2]>,
+    /// Whether any killmail carries a zkb block (which one the store holds without may gain).
+    with_zkb: bool,
 }
 
-/// Attackers and items belong to killmails this transaction has just added, so nothing can
-/// conflict: they go straight into their tables by binary COPY.
-async fn insert_attackers(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Result<()> {
-    let mut rows = BinaryRows::with_capacity(new.len() * 4 * 120);
-    for received in new {
+impl Encoded {
+    pub fn new(batch: &[Received]) -> Self {
+        let mut seen = HashSet::new();
+        let batch: Vec<&Received> = batch
+            .iter()
+            .filter(|r| seen.insert(r.killmail.killmail_id))
+            .collect();
+        let mut encoded = Self {
+            ids: Vec::with_capacity(batch.len()),
+            staged: BinaryRows::with_capacity(batch.len() * 300),
+            attackers: BinaryRows::with_capacity(batch.len() * 4 * 120),
+            items: BinaryRows::with_capacity(batch.len() * 16 * 90),
+            spans: Vec::with_capacity(batch.len()),
+            with_zkb: false,
+        };
+        for (ord, received) in batch.into_iter().enumerate() {
+            encoded.add(index_i32(ord), received);
+        }
+        encoded
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn add(&mut self, ord: i32, received: &Received) {
         let killmail = &received.killmail;
+        let victim = &killmail.victim;
+        let position = victim.position;
+        self.ids.push(killmail.killmail_id);
+        self.with_zkb |= received.zkb.is_some();
+        let row = self
+            .staged
+            .row(19)
+            .int4(ord)
+            .int8(killmail.killmail_id.0)
+            .text(&received.hash)
+            .timestamptz(killmail.killmail_time)
+            .int8(killmail.solar_system_id)
+            .opt_int8(killmail.moon_id)
+            .opt_int8(killmail.war_id)
+            .opt_int8(victim.character_id)
+            .opt_int8(victim.corporation_id)
+            .opt_int8(victim.alliance_id)
+            .opt_int8(victim.faction_id)
+            .int8(victim.ship_type_id)
+            .int8(victim.damage_taken)
+            .opt_float8(position.map(|p| p.x))
+            .opt_float8(position.map(|p| p.y))
+            .opt_float8(position.map(|p| p.z))
+            .int4(index_i32(killmail.attackers.len()));
+        match &received.zkb {
+            Some(zkb) => row.jsonb(&zkb.0),
+            None => row.null(),
+        }
+        .text(received.source.as_str());
+
+        let attackers_from = self.attackers.mark();
         for (index, a) in killmail.attackers.iter().enumerate() {
-            rows.row(12)
+            self.attackers
+                .row(12)
                 .int8(killmail.killmail_id.0)
                 .int4(index_i32(index))
                 .timestamptz(killmail.killmail_time)
@@ -192,29 +140,11 @@ async fn insert_attackers(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Res
                 .bool(a.final_blow)
                 .float8(a.security_status);
         }
-    }
-    if rows.is_empty() {
-        return Ok(());
-    }
-    rows.send(
-        tx,
-        "COPY attackers (
-             killmail_id, attacker_index, killmail_time, character_id, corporation_id,
-             alliance_id, faction_id, ship_type_id, weapon_type_id, damage_done, final_blow,
-             security_status)
-         FROM STDIN (FORMAT binary)",
-    )
-    .await?;
-    Ok(())
-}
-
-async fn insert_items(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Result<()> {
-    let mut rows = BinaryRows::with_capacity(new.len() * 16 * 90);
-    for received in new {
-        let id = received.killmail.killmail_id.0;
-        for (index, (parent, item)) in received.killmail.items_preorder().into_iter().enumerate() {
-            rows.row(8)
-                .int8(id)
+        let items_from = self.items.mark();
+        for (index, (parent, item)) in killmail.items_preorder().into_iter().enumerate() {
+            self.items
+                .row(8)
+                .int8(killmail.killmail_id.0)
                 .int4(index_i32(index))
                 .opt_int4(parent.map(index_i32))
                 .int8(item.item_type_id)
@@ -223,44 +153,152 @@ async fn insert_items(tx: &mut PgConnection, new: &[&Received]) -> sqlx::Result<
                 .opt_int8(item.quantity_destroyed)
                 .opt_int8(item.quantity_dropped);
         }
+        self.spans.push([
+            (attackers_from, self.attackers.mark()),
+            (items_from, self.items.mark()),
+        ]);
     }
-    if rows.is_empty() {
-        return Ok(());
-    }
-    rows.send(
-        tx,
-        "COPY items (
-             killmail_id, item_index, parent_index, item_type_id, flag, singleton,
-             quantity_destroyed, quantity_dropped)
-         FROM STDIN (FORMAT binary)",
-    )
-    .await?;
-    Ok(())
 }
 
-async fn add_missing_zkb(tx: &mut PgConnection, known: &[&Received]) -> sqlx::Result<()> {
-    let with_zkb: Vec<(i64, serde_json::Value)> = known
-        .iter()
-        .filter_map(|r| {
-            r.zkb
-                .as_ref()
-                .map(|z| (r.killmail.killmail_id.0, z.0.clone()))
+/// Stores every killmail of a batch that the store does not hold yet, queues its announcement
+/// (see `db::announcements`) unless `announced` is false (history, which is not news), and
+/// returns those, in ingest order. A killmail already held is left as it is, except that a
+/// `zkb` block is added when it had none. Run it in a transaction: the lock it takes is
+/// released at commit.
+///
+/// The killmail rows go by binary COPY into the unindexed staging table and from there into
+/// `killmails` by one `INSERT … SELECT … ON CONFLICT DO NOTHING`, which tells the new ones;
+/// their attackers and items, which cannot conflict, go straight into their tables by binary
+/// COPY.
+pub async fn store_encoded(
+    tx: &mut PgConnection,
+    encoded: Encoded,
+    announced: bool,
+) -> sqlx::Result<Vec<Stored>> {
+    let Encoded {
+        ids,
+        staged,
+        attackers,
+        items,
+        spans,
+        with_zkb,
+    } = encoded;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Held to the commit: it orders the sequence numbers, and makes the staging table this
+    // transaction's alone.
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", SEQ_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    staged
+        .send(
+            tx,
+            "COPY killmail_staging (
+                 ord, killmail_id, hash, killmail_time, solar_system_id, moon_id, war_id,
+                 victim_character_id, victim_corporation_id, victim_alliance_id,
+                 victim_faction_id, victim_ship_type_id, victim_damage_taken,
+                 victim_position_x, victim_position_y, victim_position_z, attacker_count, zkb,
+                 source)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let inserted = sqlx::query!(
+        r#"
+        INSERT INTO killmails (
+            killmail_id, hash, killmail_time, solar_system_id, region_id, moon_id, war_id,
+            victim_character_id, victim_corporation_id, victim_alliance_id, victim_faction_id,
+            victim_ship_type_id, victim_damage_taken,
+            victim_position_x, victim_position_y, victim_position_z,
+            attacker_count, zkb, source)
+        SELECT u.killmail_id, u.hash, u.killmail_time, u.solar_system_id, s.region_id, u.moon_id,
+               u.war_id, u.victim_character_id, u.victim_corporation_id, u.victim_alliance_id,
+               u.victim_faction_id, u.victim_ship_type_id, u.victim_damage_taken,
+               u.victim_position_x, u.victim_position_y, u.victim_position_z, u.attacker_count,
+               u.zkb, u.source
+        FROM killmail_staging u
+        LEFT JOIN solar_systems s ON s.solar_system_id = u.solar_system_id
+        ORDER BY u.ord
+        ON CONFLICT (killmail_id) DO NOTHING
+        RETURNING killmail_id, seq
+        "#
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if with_zkb && inserted.len() < ids.len() {
+        // A killmail held without zkb gains the one this batch brings.
+        sqlx::query!(
+            "UPDATE killmails k SET zkb = u.zkb
+             FROM killmail_staging u
+             WHERE k.killmail_id = u.killmail_id AND k.zkb IS NULL AND u.zkb IS NOT NULL"
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query!("TRUNCATE killmail_staging")
+        .execute(&mut *tx)
+        .await?;
+
+    let mut stored: Vec<Stored> = inserted
+        .into_iter()
+        .map(|row| Stored {
+            killmail_id: KillmailId(row.killmail_id),
+            seq: Seq(row.seq),
         })
         .collect();
-    if with_zkb.is_empty() {
-        return Ok(());
+    stored.sort_by_key(|s| s.seq);
+    if announced && !stored.is_empty() {
+        let seqs: Vec<i64> = stored.iter().map(|s| s.seq.0).collect();
+        let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
+        sqlx::query!(
+            "INSERT INTO pending_announcements (seq, killmail_id)
+             SELECT * FROM UNNEST($1::int8[], $2::int8[])",
+            &seqs,
+            &stored_ids
+        )
+        .execute(&mut *tx)
+        .await?;
     }
-    let (ids, zkbs): (Vec<i64>, Vec<serde_json::Value>) = with_zkb.into_iter().unzip();
-    sqlx::query!(
-        "UPDATE killmails k SET zkb = u.zkb
-         FROM UNNEST($1::int8[], $2::jsonb[]) AS u(killmail_id, zkb)
-         WHERE k.killmail_id = u.killmail_id AND k.zkb IS NULL",
-        &ids,
-        &zkbs,
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+
+    let (attackers, items) = if stored.len() == ids.len() {
+        (attackers, items)
+    } else {
+        let new: HashSet<KillmailId> = stored.iter().map(|s| s.killmail_id).collect();
+        let spans: Vec<&[(Mark, Mark); 2]> = ids
+            .iter()
+            .zip(&spans)
+            .filter(|(id, _)| new.contains(id))
+            .map(|(_, spans)| spans)
+            .collect();
+        (
+            attackers.select(spans.iter().map(|s| s[0])),
+            items.select(spans.iter().map(|s| s[1])),
+        )
+    };
+    if !attackers.is_empty() {
+        attackers
+            .send(
+                tx,
+                "COPY attackers (
+                     killmail_id, attacker_index, killmail_time, character_id, corporation_id,
+                     alliance_id, faction_id, ship_type_id, weapon_type_id, damage_done,
+                     final_blow, security_status)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+    }
+    if !items.is_empty() {
+        items
+            .send(
+                tx,
+                "COPY items (
+                     killmail_id, item_index, parent_index, item_type_id, flag, singleton,
+                     quantity_destroyed, quantity_dropped)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+    }
+    Ok(stored)
 }
 
 fn index_i32(index: usize) -> i32 {
@@ -494,4 +532,16 @@ pub async fn ingested_at(db: impl PgExecutor<'_>, seq: Seq) -> sqlx::Result<Opti
     sqlx::query_scalar!("SELECT ingested_at FROM killmails WHERE seq = $1", seq.0)
         .fetch_optional(db)
         .await
+}
+
+/// Of `ids`, those the store does not hold, in the order given.
+pub async fn missing(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar!(
+        r#"SELECT u.id AS "id!" FROM UNNEST($1::int8[]) WITH ORDINALITY AS u(id, ord)
+           WHERE NOT EXISTS (SELECT 1 FROM killmails k WHERE k.killmail_id = u.id)
+           ORDER BY u.ord"#,
+        ids
+    )
+    .fetch_all(db)
+    .await
 }

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod cursors;
 pub mod entities;
 pub mod events;
+pub mod feed_gaps;
 pub mod killmails;
 pub mod names;
 pub mod sde;

@@ -8,6 +8,7 @@
 
 pub mod r2z2;
 pub mod redisq;
+mod resync;
 
 pub use r2z2::{R2z2Poller, R2z2Settings};
 pub use redisq::{RedisqPoller, RedisqSettings};

@@ -1,7 +1,9 @@
 //! R2Z2, zKillboard's live feed as numbered files: `ephemeral/sequence.json` names the newest
 //! sequence and `ephemeral/{N}.json` holds the N-th killmail, 404 until it is produced. The
 //! cursor, the last sequence whose job RabbitMQ confirmed, lives in PostgreSQL, so a restart
-//! resumes at cursor + 1 and neither skips nor repeats a killmail.
+//! resumes at cursor + 1 and neither skips nor repeats a killmail. After an outage longer than
+//! R2Z2 keeps its files, the poller resynchronises to the present and repairs the hours it lost
+//! (see `resync`).
 
 use std::time::Duration;
 
@@ -32,6 +34,13 @@ pub struct R2z2Settings {
     pub min_interval: Duration,
     /// After 403/429 (refused) or a failure.
     pub backoff: Backoff,
+    /// How long R2Z2 keeps its files, or a little less: a cursor that has not moved for this
+    /// long, whose next file is gone while newer ones exist, was away longer than that, and
+    /// the poller resynchronises (see `resync`).
+    pub retention: Duration,
+    /// zKillboard, whose daily history repairs the hours such an outage lost; without it the
+    /// gap is only recorded.
+    pub zkb_base_url: Option<String>,
 }
 
 impl Default for R2z2Settings {
@@ -41,6 +50,8 @@ impl Default for R2z2Settings {
             idle_wait: Duration::from_secs(6),
             min_interval: Duration::from_millis(110),
             backoff: Backoff::default(),
+            retention: Duration::from_secs(20 * 3600),
+            zkb_base_url: None,
         }
     }
 }
@@ -104,6 +115,7 @@ impl R2z2Poller {
                 None => return Ok(()),
             },
         };
+        self.repair_unfinished(&shutdown).await?;
         // 404s in a row for `next` while a later sequence exists: see below.
         let mut misses = 0;
         loop {
@@ -129,6 +141,14 @@ impl R2z2Poller {
                         () = shutdown.cancelled() => return Ok(()),
                         newest = self.newest_once(&mut http) => newest,
                     };
+                    if let Some(newest) = newest.filter(|newest| *newest > next)
+                        && let Some(resumed) =
+                            self.resync_after_outage(next, newest, &shutdown).await?
+                    {
+                        next = resumed;
+                        misses = 0;
+                        continue;
+                    }
                     let behind = newest.is_some_and(|newest| newest > next);
                     misses = if behind { misses + 1 } else { 0 };
                     if misses >= 2 {
@@ -218,7 +238,7 @@ impl R2z2Poller {
         Ok(())
     }
 
-    async fn save_cursor(&self, sequence: i64) -> anyhow::Result<()> {
+    pub(super) async fn save_cursor(&self, sequence: i64) -> anyhow::Result<()> {
         const ATTEMPTS: u32 = 5;
         let backoff = Backoff {
             first: Duration::from_millis(500),

@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Rejection;
+use super::bz2::ParallelBzDecoder;
 use super::records::{Record, decode_record};
+use crate::db::killmails::Encoded;
 use crate::killmail::Received;
 use crate::queue::IngestJob;
 
@@ -118,7 +120,12 @@ pub fn input_files(paths: &[PathBuf]) -> anyhow::Result<Vec<InputFile>> {
 /// records that cannot be imported are left out.
 pub async fn read_killmails(paths: &[PathBuf]) -> anyhow::Result<Vec<Received>> {
     let files = input_files(paths)?;
-    let (reader, mut chunks) = Reader::spawn(files, 1000, false);
+    let settings = ReadSettings {
+        batch_size: 1000,
+        queue_missing: false,
+        encode: false,
+    };
+    let (reader, mut chunks) = Reader::spawn(files, settings);
     let mut killmails = Vec::new();
     while let Some(chunk) = chunks.recv().await {
         killmails.extend(chunk.killmails);
@@ -130,18 +137,27 @@ pub async fn read_killmails(paths: &[PathBuf]) -> anyhow::Result<Vec<Received>> 
 /// The thread that reads the files.
 pub(super) struct Reader(JoinHandle<anyhow::Result<()>>);
 
+/// How the reader reads.
+#[derive(Clone, Copy)]
+pub(super) struct ReadSettings {
+    /// Killmails per chunk.
+    pub(super) batch_size: usize,
+    /// Whether records without a body are passed on as jobs, or rejected.
+    pub(super) queue_missing: bool,
+    /// Whether each chunk's killmails are encoded for the store too.
+    pub(super) encode: bool,
+}
+
 impl Reader {
-    /// Starts reading `files` on a blocking thread, which sends a chunk through the channel
-    /// returned for every `batch_size` killmails, and one with the rest at the end. With
-    /// `queue_missing`, records without a body are passed on as jobs, else rejected.
+    /// Starts reading `files` on a blocking thread (decompressing on threads of its own),
+    /// which sends a chunk through the channel returned for every `batch_size` killmails, and
+    /// one with the rest at the end.
     pub(super) fn spawn(
         files: Vec<InputFile>,
-        batch_size: usize,
-        queue_missing: bool,
+        settings: ReadSettings,
     ) -> (Self, mpsc::Receiver<Chunk>) {
         let (tx, rx) = mpsc::channel(BATCHES_AHEAD);
-        let thread =
-            tokio::task::spawn_blocking(move || read_files(&files, batch_size, queue_missing, &tx));
+        let thread = tokio::task::spawn_blocking(move || read_files(&files, settings, &tx));
         (Self(thread), rx)
     }
 
@@ -156,6 +172,8 @@ impl Reader {
 #[derive(Default)]
 pub(super) struct Chunk {
     pub(super) killmails: Vec<Received>,
+    /// The killmails encoded for the store, when the reader was asked to.
+    pub(super) encoded: Option<Encoded>,
     /// Records without a body, to publish (only when there is a publisher).
     pub(super) jobs: Vec<IngestJob>,
     pub(super) rejections: Vec<Rejection>,
@@ -198,9 +216,7 @@ struct Collector<'a> {
     chunk: Chunk,
     /// Bytes of input read, files before the current one included.
     position: Arc<AtomicU64>,
-    batch_size: usize,
-    /// Whether records without a body are passed on as jobs, or rejected.
-    queue_missing: bool,
+    settings: ReadSettings,
     tx: &'a mpsc::Sender<Chunk>,
 }
 
@@ -212,7 +228,9 @@ impl Collector<'_> {
         match result {
             Ok(None) => {}
             Ok(Some(Record::Killmail(received))) => self.chunk.killmails.push(received),
-            Ok(Some(Record::NeedsEsi(job))) if self.queue_missing => self.chunk.jobs.push(job),
+            Ok(Some(Record::NeedsEsi(job))) if self.settings.queue_missing => {
+                self.chunk.jobs.push(job)
+            }
             Ok(Some(Record::NeedsEsi(job))) => self.reject(
                 place,
                 format!(
@@ -233,7 +251,7 @@ impl Collector<'_> {
     }
 
     fn send_if_full(&mut self) -> Result<(), WriterGone> {
-        if self.chunk.killmails.len() >= self.batch_size {
+        if self.chunk.killmails.len() >= self.settings.batch_size {
             self.send()?;
         }
         Ok(())
@@ -242,7 +260,10 @@ impl Collector<'_> {
     fn send(&mut self) -> Result<(), WriterGone> {
         let mut chunk = std::mem::take(&mut self.chunk);
         chunk.position = self.position.load(Ordering::Relaxed);
-        self.chunk.killmails.reserve(self.batch_size);
+        if self.settings.encode {
+            chunk.encoded = Some(Encoded::new(&chunk.killmails));
+        }
+        self.chunk.killmails.reserve(self.settings.batch_size);
         self.tx.blocking_send(chunk).map_err(|_| WriterGone)
     }
 }
@@ -250,18 +271,16 @@ impl Collector<'_> {
 /// The reader's side, on a blocking thread.
 fn read_files(
     files: &[InputFile],
-    batch_size: usize,
-    queue_missing: bool,
+    settings: ReadSettings,
     tx: &mpsc::Sender<Chunk>,
 ) -> anyhow::Result<()> {
     let mut collector = Collector {
         chunk: Chunk::default(),
         position: Arc::default(),
-        batch_size,
-        queue_missing,
+        settings,
         tx,
     };
-    collector.chunk.killmails.reserve(batch_size);
+    collector.chunk.killmails.reserve(settings.batch_size);
     for file in files {
         match read_file(file, &mut collector) {
             Ok(()) => {}
@@ -309,10 +328,8 @@ fn read_file(file: &InputFile, collector: &mut Collector<'_>) -> Result<(), Read
         count: Arc::clone(&collector.position),
     };
     let reader: Box<dyn Read> = if file.compressed {
-        Box::new(bzip2::read::MultiBzDecoder::new(BufReader::with_capacity(
-            1 << 16,
-            raw,
-        )))
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        Box::new(ParallelBzDecoder::new(raw, threads))
     } else {
         Box::new(raw)
     };

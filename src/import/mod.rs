@@ -14,6 +14,7 @@
 //!
 //! [`ingest::store`]: crate::ingest::store
 
+mod bz2;
 mod files;
 mod records;
 mod write;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcer;
 use crate::queue::Publisher;
-use files::Reader;
+use files::{ReadSettings, Reader};
 
 /// How to import, and where to.
 #[derive(Clone)]
@@ -154,8 +155,12 @@ impl Importer {
         let started = Instant::now();
         let files = input_files(paths)?;
         progress.set_length(files.iter().map(|f| f.size).sum());
-        let (reader, chunks) =
-            Reader::spawn(files, self.batch_size.max(1), self.publisher.is_some());
+        let settings = ReadSettings {
+            batch_size: self.batch_size.max(1),
+            queue_missing: self.publisher.is_some(),
+            encode: true,
+        };
+        let (reader, chunks) = Reader::spawn(files, settings);
         self.write_all(reader, chunks, started, progress, shutdown)
             .await
     }

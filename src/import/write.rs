@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::files::{Chunk, Reader};
 use super::{Announce, Importer, Rejection, Summary};
+use crate::db::killmails::{Encoded, Stored};
 use crate::ingest;
 use crate::killmail::Received;
 
@@ -98,7 +99,7 @@ impl Importer {
         }
         summary.read += chunk.killmails.len();
         let storing = Instant::now();
-        let (killmails, stored, refused) = self.store(chunk.killmails).await?;
+        let (killmails, stored, refused) = self.store(chunk.killmails, chunk.encoded).await?;
         tracing::debug!(
             killmails = killmails.len(),
             stored = stored.len(),
@@ -144,12 +145,11 @@ impl Importer {
     async fn store(
         &self,
         batch: Vec<Received>,
-    ) -> anyhow::Result<(
-        Vec<Received>,
-        Vec<crate::db::killmails::Stored>,
-        Vec<Rejection>,
-    )> {
-        match ingest::store_with(&self.pool, &batch, self.queues_announcements()).await {
+        encoded: Option<Encoded>,
+    ) -> anyhow::Result<(Vec<Received>, Vec<Stored>, Vec<Rejection>)> {
+        let encoded = encoded.unwrap_or_else(|| Encoded::new(&batch));
+        let announced = self.queues_announcements();
+        match ingest::store_encoded(&self.pool, &batch, encoded, announced).await {
             Ok(stored) => return Ok((batch, stored, Vec::new())),
             Err(error) if !crate::db::is_data_error(&error) => {
                 return Err(error).context("storing a batch of killmails");
