@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, HttpArgs, QueryArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
 };
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
@@ -31,6 +31,8 @@ struct Args {
     http: HttpArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    queries: QueryArgs,
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
@@ -60,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("subscribing to killmail events on Redis")?;
-    let schema = killreport::graphql::schema(pool.clone(), hub.clone(), Arc::clone(&statics));
+    let queries = args.queries.connect(&args.database).await?;
+    let schema = killreport::graphql::schema(queries, hub.clone(), Arc::clone(&statics));
     let listener = tokio::net::TcpListener::bind(&args.http.listen_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.listen_addr))?;
@@ -76,7 +79,13 @@ async fn main() -> anyhow::Result<()> {
         killreport::events::connect(redis_url)
     })
     .await?;
-    let websocket = Websocket::start(args.zkb_websocket.limits(), statics, &hub, shutdown.clone());
+    let peers = args.http.ws_peers();
+    let websocket = Websocket::start(
+        args.zkb_websocket.limits(&peers),
+        statics,
+        &hub,
+        shutdown.clone(),
+    );
     let zkb_api = ZkbApi {
         redisq: Redisq::new(pool.clone(), commands.clone(), DEFAULT_KEY_PREFIX, &hub),
         websocket: websocket.clone(),
@@ -89,7 +98,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.updates.management_addr))?;
     tracing::info!(addr = %management_listener.local_addr()?, "management API listening");
-    let ws = WsService::new(schema.clone(), hub, args.http.ws_limits(), shutdown.clone());
+    let ws = WsService::new(
+        schema.clone(),
+        hub,
+        args.http.ws_limits(&peers),
+        shutdown.clone(),
+    );
     let readiness = Readiness::default().postgres(pool).redis(redis);
     let state = AppState {
         schema,
@@ -97,13 +111,20 @@ async fn main() -> anyhow::Result<()> {
         updates: updates.clone(),
         zkb_api,
     };
+    let limits = args.http.http_limits();
     let management = serve(
         management_listener,
         management::router(management),
+        limits.clone(),
         shutdown.clone(),
     );
     let (served, managed) = tokio::join!(
-        serve(listener, router(state, readiness, metrics), shutdown),
+        serve(
+            listener,
+            router(state, readiness, metrics),
+            limits,
+            shutdown
+        ),
         management
     );
     served?;

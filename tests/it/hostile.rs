@@ -84,8 +84,24 @@ fn some_killmails(n: usize) -> Vec<Killmail> {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_with_1008_and_the_others_get_everything() {
+    never_reads(&[("WS_SEND_QUEUE", "32")], "32 messages").await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_by_its_queued_bytes_too() {
+    // Room for thousands of messages, but not for their bytes.
+    let settings = [
+        ("WS_SEND_QUEUE", "100000"),
+        ("WS_SEND_QUEUE_BYTES", "262144"),
+    ];
+    never_reads(&settings, "262144 bytes").await;
+}
+
+/// A client that never reads, on a server with `settings`, is closed with 1008 and a reason
+/// naming `bound`; a client beside it gets every killmail.
+async fn never_reads(settings: &[(&str, &str)], bound: &str) {
     let mut env = TestEnv::new().await;
-    let (_server, url) = server(&mut env, &[("WS_SEND_QUEUE", "32")]).await;
+    let (_server, url) = server(&mut env, settings).await;
     // Structure-fight sized killmails: 500 attackers each, so the socket's buffers fill fast.
     let (template, _) = fixtures::killmails().swap_remove(0);
     let fight: Vec<Killmail> = (0..300)
@@ -111,6 +127,7 @@ async fn a_client_that_never_reads_is_closed_with_1008_and_the_others_get_everyt
     let (code, reason) = slow.close_frame().await.expect("a close frame");
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.contains("too slow"), "{reason}");
+    assert!(reason.contains(bound), "{reason}");
     assert!(reason.contains("after"), "says how to resume: {reason}");
     env.cleanup().await;
 }
@@ -215,6 +232,17 @@ async fn protocol_violations_get_graphql_ws_close_codes_and_others_are_untouched
             Message::Text(r#"{"type":"connection_init"}"#.into()),
             4429,
             "Too many initialisation requests",
+        ),
+        (
+            "an operation id over 128 bytes",
+            true,
+            Message::Text(
+                json!({"id": "i".repeat(129), "type": "subscribe", "payload": {"query": IDS}})
+                    .to_string()
+                    .into(),
+            ),
+            4400,
+            "operation id of 129 bytes: at most 128",
         ),
         (
             "oversized",

@@ -16,6 +16,7 @@ mod limits;
 mod live;
 mod robustness;
 mod server;
+mod slow_clients;
 mod store;
 mod subscriptions;
 mod support;
