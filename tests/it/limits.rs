@@ -77,9 +77,9 @@ async fn a_fragment_bomb_is_refused_at_once_over_post_and_websocket() {
 async fn an_empty_page_is_priced_as_one_node_of_its_kind() {
     let mut env = TestEnv::new().await;
     let (_server, base) = env.start_server().await;
-    // `first: 0` ran its statements while costing nothing: a hundred aliases of it under each
+    // `first: 0` ran its statements while costing nothing: twenty aliases of it under each
     // of 200 nodes fitted the limit. Counted as at least one node, they are over it.
-    let aliases: String = (0..100)
+    let aliases: String = (0..20)
         .map(|i| format!("a{i}: killmails(first: 0) {{ edges {{ cursor }} }} "))
         .collect();
     let query = format!(
@@ -151,7 +151,7 @@ async fn lists_are_priced_by_their_size_so_pages_of_attackers_pages_are_refused(
 async fn aliases_and_deep_nesting_are_refused_with_their_reason_and_the_server_carries_on() {
     let mut env = TestEnv::new().await;
     let (mut server, base) = env.start_server().await;
-    let bound = Duration::from_millis(500);
+    let bound = Duration::from_secs(1);
 
     let aliases: String = (0..=killreport::graphql::MAX_ALIASES)
         .map(|i| format!("a{i}: __typename "))
