@@ -32,6 +32,31 @@ impl DatabaseArgs {
     }
 }
 
+/// The server's pool for GraphQL queries, apart from the one its own work (the live hub,
+/// `/readyz`, zKillboard's APIs) uses.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Connections for GraphQL queries; a query that finds them all busy waits at most its
+    /// statement timeout, then is told to try again.
+    #[arg(long, env = "GRAPHQL_DATABASE_CONNECTIONS", default_value_t = 8)]
+    pub graphql_database_connections: u32,
+    /// Milliseconds a statement of a GraphQL query may run before it is cancelled (the query
+    /// gets a QUERY_TIMEOUT error).
+    #[arg(long, env = "GRAPHQL_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub graphql_statement_timeout_ms: u64,
+}
+
+impl QueryArgs {
+    pub async fn connect(&self, database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
+        crate::db::connect_queries(
+            &database.database_url,
+            self.graphql_database_connections.max(1),
+            Duration::from_millis(self.graphql_statement_timeout_ms.max(1)),
+        )
+        .await
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
@@ -257,17 +282,65 @@ pub struct HttpArgs {
     /// replays what it missed; when more come, the replay goes further instead.
     #[arg(long, env = "WS_CATCH_UP_HOLD", default_value_t = 1024)]
     pub ws_catch_up_hold: usize,
+    /// Bytes queued for one WebSocket client; one this far behind is closed with 1008 too.
+    #[arg(long, env = "WS_SEND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub ws_send_queue_bytes: usize,
+    /// Seconds a `/graphql` WebSocket may go without an operation before it is closed (1000).
+    #[arg(long, env = "WS_SUBSCRIBE_WITHIN_SECS", default_value_t = 60)]
+    pub ws_subscribe_within_secs: u64,
+    /// WebSocket connections (`/graphql` and `/websocket/` together) one address may hold;
+    /// more are refused with 429. IPv6 addresses count by /64.
+    #[arg(long, env = "WS_MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
+    pub ws_max_connections_per_ip: usize,
+    /// The same for loopback (benchmarks, a reverse proxy on the same host).
+    #[arg(
+        long,
+        env = "WS_MAX_CONNECTIONS_PER_LOOPBACK",
+        default_value_t = 20_000
+    )]
+    pub ws_max_connections_per_loopback: usize,
+    /// HTTP connections held at once (WebSockets, once upgraded, count by their own limits);
+    /// more are answered 503 and closed.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+    /// Seconds a client has to send a request's headers, from the connection's start or the
+    /// end of its previous request; an idle keep-alive connection is closed after it too.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a request may take once its headers are in, reading its body included; over
+    /// it, 408.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_request_timeout_secs: u64,
 }
 
 impl HttpArgs {
-    pub fn ws_limits(&self) -> crate::ws::Limits {
+    /// The per-address counts the server's WebSockets share.
+    pub fn ws_peers(&self) -> crate::ws::peers::Peers {
+        crate::ws::peers::Peers::new(crate::ws::peers::PeerLimits {
+            per_ip: self.ws_max_connections_per_ip,
+            per_loopback: self.ws_max_connections_per_loopback,
+        })
+    }
+
+    pub fn ws_limits(&self, peers: &crate::ws::peers::Peers) -> crate::ws::Limits {
         crate::ws::Limits {
             max_connections: self.ws_max_connections,
             max_subscriptions: self.ws_max_subscriptions,
             send_queue: self.ws_send_queue.max(1),
+            send_queue_bytes: self.ws_send_queue_bytes,
             keepalive: Duration::from_secs(self.ws_keepalive_secs.max(1)),
             catch_up_hold: self.ws_catch_up_hold,
             max_message_bytes: crate::http::MAX_BODY_BYTES,
+            subscribe_within: Duration::from_secs(self.ws_subscribe_within_secs.max(1)),
+            peers: peers.clone(),
+        }
+    }
+
+    pub fn http_limits(&self) -> crate::http::Limits {
+        crate::http::Limits {
+            max_connections: self.http_max_connections.max(1),
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(self.http_request_timeout_secs.max(1)),
         }
     }
 }
@@ -401,15 +474,21 @@ pub struct ZkbWebsocketArgs {
     /// Seconds a `/websocket/` client may stay silent (no answer to pings) before it is dropped.
     #[arg(long, env = "ZKB_WS_IDLE_SECS", default_value_t = 120)]
     pub zkb_ws_idle_secs: u64,
+    /// Seconds a `/websocket/` client may go without a channel before it is closed (1000).
+    #[arg(long, env = "ZKB_WS_SUBSCRIBE_WITHIN_SECS", default_value_t = 60)]
+    pub zkb_ws_subscribe_within_secs: u64,
 }
 
 impl ZkbWebsocketArgs {
-    pub fn limits(&self) -> crate::zkb_api::websocket::Limits {
+    /// The limits, counting connections by address in `peers` (see [`HttpArgs::ws_peers`]).
+    pub fn limits(&self, peers: &crate::ws::peers::Peers) -> crate::zkb_api::websocket::Limits {
         crate::zkb_api::websocket::Limits {
             max_channels: self.zkb_ws_max_channels,
             send_queue: self.zkb_ws_send_queue.max(1),
             max_connections: self.zkb_ws_max_connections,
             idle: Duration::from_secs(self.zkb_ws_idle_secs.max(1)),
+            subscribe_within: Duration::from_secs(self.zkb_ws_subscribe_within_secs.max(1)),
+            peers: peers.clone(),
         }
     }
 }

@@ -17,15 +17,43 @@ pub enum Involvement {
     Any,
 }
 
+/// The ids of one list of a filter, sorted and each once: an event's ids are looked up in it
+/// by binary search, so a long list costs little per event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids(Vec<i64>);
+
+impl Ids {
+    pub fn contains(&self, id: i64) -> bool {
+        self.0.binary_search(&id).is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[i64] {
+        &self.0
+    }
+}
+
+impl FromIterator<i64> for Ids {
+    fn from_iter<I: IntoIterator<Item = i64>>(ids: I) -> Self {
+        let mut ids: Vec<i64> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Self(ids)
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
-    pub characters: Vec<i64>,
-    pub corporations: Vec<i64>,
-    pub alliances: Vec<i64>,
+    pub characters: Ids,
+    pub corporations: Ids,
+    pub alliances: Ids,
     /// The victim's ship type.
-    pub ships: Vec<i64>,
-    pub systems: Vec<i64>,
-    pub regions: Vec<i64>,
+    pub ships: Ids,
+    pub systems: Ids,
+    pub regions: Ids,
     /// zKillboard's total value, at least this (killmails without a zkb block never match).
     pub min_value: Option<f64>,
     pub npc: Option<bool>,
@@ -53,7 +81,7 @@ const ENTITY_COLUMNS: [(&str, &str); 3] = [
 ];
 
 impl Filter {
-    fn entity_lists(&self) -> [&[i64]; 3] {
+    fn entity_lists(&self) -> [&Ids; 3] {
         [&self.characters, &self.corporations, &self.alliances]
     }
 
@@ -68,7 +96,7 @@ impl Filter {
             sql.push(" AND (");
             if self.involvement != Involvement::Attacker {
                 sql.push(format_args!("k.{victim_column} = ANY("))
-                    .push_bind(list.to_vec())
+                    .push_bind(list.as_slice().to_vec())
                     .push(")");
             }
             if self.involvement == Involvement::Any {
@@ -78,7 +106,7 @@ impl Filter {
                 sql.push(format_args!(
                     "k.killmail_id IN (SELECT a.killmail_id FROM attackers a WHERE a.{attacker_column} = ANY("
                 ))
-                .push_bind(list.to_vec())
+                .push_bind(list.as_slice().to_vec())
                 .push("))");
             }
             sql.push(")");
@@ -90,7 +118,7 @@ impl Filter {
         ] {
             if !list.is_empty() {
                 sql.push(format_args!(" AND k.{column} = ANY("))
-                    .push_bind(list.clone())
+                    .push_bind(list.as_slice().to_vec())
                     .push(")");
             }
         }
@@ -117,7 +145,7 @@ impl Filter {
             if list.is_empty() {
                 continue;
             }
-            let hit = |id: Option<i64>| id.is_some_and(|id| list.contains(&id));
+            let hit = |id: Option<i64>| id.is_some_and(|id| list.contains(id));
             let as_victim = self.involvement != Involvement::Attacker && hit(victim_ids[index]);
             let as_attacker = self.involvement != Involvement::Victim
                 && killmail
@@ -128,9 +156,8 @@ impl Filter {
                 return false;
             }
         }
-        let within = |list: &[i64], id: Option<i64>| {
-            list.is_empty() || id.is_some_and(|id| list.contains(&id))
-        };
+        let within =
+            |list: &Ids, id: Option<i64>| list.is_empty() || id.is_some_and(|id| list.contains(id));
         within(&self.ships, Some(victim.ship_type_id))
             && within(&self.systems, Some(killmail.solar_system_id))
             && within(&self.regions, statics.region_of(killmail.solar_system_id))
@@ -151,7 +178,7 @@ impl Filter {
     /// keyed without regard to involvement, which `matches` then checks.
     pub fn index_keys(&self) -> Vec<Key> {
         type KeyOf = fn(i64) -> Key;
-        let lists: [(&[i64], KeyOf); 6] = [
+        let lists: [(&Ids, KeyOf); 6] = [
             (&self.systems, Key::System),
             (&self.characters, Key::Character),
             (&self.corporations, Key::Corporation),
@@ -162,7 +189,7 @@ impl Filter {
         lists
             .into_iter()
             .find(|(list, _)| !list.is_empty())
-            .map(|(list, key)| list.iter().copied().map(key).collect())
+            .map(|(list, key)| list.as_slice().iter().copied().map(key).collect())
             .unwrap_or_default()
     }
 }

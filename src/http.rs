@@ -5,6 +5,8 @@
 //! the route it matched (`telemetry::HTTP_REQUESTS`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
@@ -13,11 +15,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
@@ -138,15 +147,114 @@ async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
     Json(state.schema.execute(request).await).into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled; handlers may ask for the peer's
-/// address (`ConnectInfo<SocketAddr>`).
+/// What the HTTP server allows its clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections held at once (WebSockets, once upgraded, count by their own limits); more
+    /// are answered 503 and closed.
+    pub max_connections: usize,
+    /// Time to send a request's headers, from the connection's start or the end of the
+    /// previous request: a client trickling its headers, sending nothing, or idle between
+    /// requests is disconnected after it.
+    pub header_timeout: Duration,
+    /// Time for a request once its headers are in, reading its body included: 408 after it.
+    pub request_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, within `limits`, then lets the
+/// requests under way finish; handlers may ask for the peer's address
+/// (`ConnectInfo<SocketAddr>`). HTTP/1.1, upgrades included.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let request_timeout = limits.request_timeout;
+    let router = router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        within(request_timeout, request, next)
+    }));
+    let router = TowerToHyperService::new(router);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let places = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was taken:
+                    // the next may do.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            connections.spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.call(request)
+        });
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%error, %peer, "an HTTP connection ended with an error");
+            }
+            drop(place);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Runs a request, answering 408 if it takes longer than `limit` (a body that never comes
+/// among the reasons).
+async fn within(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let reason = format!("the request took over {} s", limit.as_secs());
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                Json(json!({ "error": reason })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Tells a client the server holds as many connections as it may, and hangs up.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let body = json!({ "error": format!("too many connections: this server holds at most {max}") })
+        .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let goodbye = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), goodbye).await;
 }

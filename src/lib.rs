@@ -10,7 +10,7 @@
 //! http      axum: /graphql (graphiql, WebSocket, POST) beside health's routes    server
 //!   updates   /updates (the event bus to local browsers), the management API    server
 //!   zkb_api   zKillboard's RedisQ, R2Z2 and websocket, served from the store
-//!   ws        WebSocket sessions, shared executions, outboxes, both protocols
+//!   ws        WebSocket sessions, shared executions, outboxes, both protocols, places by address
 //!   graphql   schema, queries, killmailAdded, filters, loaders
 //!   event_log every event with its cursor: killmails (live) and the log's others; retention
 //!   live      one Redis subscription per process, in order, fanned out

@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, MetricsArgs, RabbitArgs, RedisArgs, StatusArgs,
-    UpdatesArgs, ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, MetricsArgs, QueryArgs, RabbitArgs, RedisArgs,
+    StatusArgs, UpdatesArgs, ZkbWebsocketArgs,
 };
 use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
@@ -35,6 +35,8 @@ struct Args {
     http: HttpArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    queries: QueryArgs,
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
@@ -102,8 +104,9 @@ async fn main() -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    let queries = args.queries.connect(&args.database).await?;
     let schema = killreport::graphql::schema(
-        pool.clone(),
+        queries,
         hub.clone(),
         log.clone(),
         Arc::clone(&statics),
@@ -118,7 +121,13 @@ async fn main() -> anyhow::Result<()> {
         killreport::events::connect(redis_url)
     })
     .await?;
-    let websocket = Websocket::start(args.zkb_websocket.limits(), statics, &hub, shutdown.clone());
+    let peers = args.http.ws_peers();
+    let websocket = Websocket::start(
+        args.zkb_websocket.limits(&peers),
+        statics,
+        &hub,
+        shutdown.clone(),
+    );
     let zkb_api = ZkbApi {
         redisq: Redisq::new(pool.clone(), commands.clone(), DEFAULT_KEY_PREFIX, &hub),
         websocket: websocket.clone(),
@@ -132,7 +141,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.updates.management_addr))?;
     tracing::info!(addr = %management_listener.local_addr()?, "management API listening");
-    let ws = WsService::new(schema.clone(), hub, args.http.ws_limits(), shutdown.clone());
+    let ws = WsService::new(
+        schema.clone(),
+        hub,
+        args.http.ws_limits(&peers),
+        shutdown.clone(),
+    );
     let readiness = Readiness::default().postgres(pool).redis(redis);
     let (keys, interval) = (args.status.keys(), args.status.interval());
     heartbeat::start(
@@ -149,13 +163,20 @@ async fn main() -> anyhow::Result<()> {
         updates: updates.clone(),
         zkb_api,
     };
+    let limits = args.http.http_limits();
     let management = serve(
         management_listener,
         management::router(management),
+        limits.clone(),
         shutdown.clone(),
     );
     let (served, managed) = tokio::join!(
-        serve(listener, router(state, readiness, metrics), shutdown),
+        serve(
+            listener,
+            router(state, readiness, metrics),
+            limits,
+            shutdown
+        ),
         management
     );
     served?;

@@ -22,9 +22,7 @@ pub async fn save(db: impl PgExecutor<'_>, feed: &str, sequence: i64) -> sqlx::R
 }
 
 /// Every feed's cursor with when it last moved, by feed name.
-pub async fn all(
-    db: impl PgExecutor<'_>,
-) -> sqlx::Result<Vec<(String, i64, DateTime<Utc>)>> {
+pub async fn all(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64, DateTime<Utc>)>> {
     let rows = sqlx::query!("SELECT feed, sequence, updated_at FROM feed_cursors ORDER BY feed")
         .fetch_all(db)
         .await?;

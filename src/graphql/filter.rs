@@ -3,9 +3,9 @@
 
 use async_graphql::{ID, InputObject};
 
-use super::parse_id;
-use crate::filter::Filter;
+use super::{bad_input, parse_id};
 pub use crate::filter::Involvement;
+use crate::filter::{Filter, Ids};
 
 #[derive(InputObject, Clone, Debug, Default)]
 pub struct KillmailFilter {
@@ -24,8 +24,18 @@ pub struct KillmailFilter {
     pub involvement: Involvement,
 }
 
-fn ids(list: &Option<Vec<ID>>, what: &str) -> async_graphql::Result<Vec<i64>> {
-    list.iter().flatten().map(|id| parse_id(id, what)).collect()
+/// Most ids one list of a filter may hold.
+pub const MAX_FILTER_IDS: usize = 1_000;
+
+fn ids(list: &Option<Vec<ID>>, what: &str) -> async_graphql::Result<Ids> {
+    let list = list.as_deref().unwrap_or_default();
+    if list.len() > MAX_FILTER_IDS {
+        return Err(bad_input(format!(
+            "a filter lists {} {what} ids; at most {MAX_FILTER_IDS}",
+            list.len()
+        )));
+    }
+    list.iter().map(|id| parse_id(id, what)).collect()
 }
 
 impl KillmailFilter {

@@ -10,8 +10,8 @@ mod status;
 mod subscription;
 mod types;
 
-pub use filter::{Involvement, KillmailFilter};
-pub use limits::MAX_EXPANDED_FIELDS;
+pub use filter::{Involvement, KillmailFilter, MAX_FILTER_IDS};
+pub use limits::{MAX_ALIASES, MAX_EXPANDED_FIELDS, MAX_NESTING, parse};
 pub use subscription::{CatchUpTo, SeqTap};
 pub use types::KillmailNode;
 
@@ -31,7 +31,8 @@ pub type KillreportSchema = Schema<query::QueryRoot, EmptyMutation, subscription
 /// Deepest query accepted: enough for a killmail's nested item tree and entity links.
 pub const MAX_DEPTH: usize = 12;
 /// Costliest query accepted; a connection costs `first` (at least 1: `first: 0` still runs its
-/// statements) times what each node asks for.
+/// statements) times what each node asks for, a killmail's attackers and items what a killmail
+/// holds on average (see `limits`).
 pub const MAX_COMPLEXITY: usize = 20_000;
 /// Largest page of a connection.
 pub const MAX_PAGE: i32 = 200;
@@ -75,9 +76,24 @@ pub(crate) fn bad_input(message: impl Into<String>) -> async_graphql::Error {
     async_graphql::Error::new(message).extend_with(|_, e| e.set("code", "BAD_USER_INPUT"))
 }
 
-/// A failure on our side: logged once with its chain, shown to the client without detail.
+/// A failure on our side: logged once with its chain, shown to the client without detail;
+/// a query over its time, or one that found every query connection busy, is told so.
 pub(crate) fn internal(error: impl Into<anyhow::Error>) -> async_graphql::Error {
     let error = error.into();
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(e) if crate::db::is_timeout(e) => {
+            tracing::warn!("a GraphQL query ran over its statement timeout");
+            return coded(
+                "the query ran over its time and was cancelled; ask for less (a smaller first)",
+                "QUERY_TIMEOUT",
+            );
+        }
+        Some(sqlx::Error::PoolTimedOut) => {
+            tracing::warn!("a GraphQL query found every query connection busy");
+            return coded("too many queries at once; try again shortly", "BUSY");
+        }
+        _ => {}
+    }
     tracing::error!(error = format!("{error:#}"), "GraphQL request failed");
     hidden("internal error")
 }
@@ -85,7 +101,11 @@ pub(crate) fn internal(error: impl Into<anyhow::Error>) -> async_graphql::Error 
 /// A failure on our side, logged already: the client sees `message` (what it may do next),
 /// never the failure's own text.
 pub(crate) fn hidden(message: &str) -> async_graphql::Error {
-    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", "INTERNAL"))
+    coded(message, "INTERNAL")
+}
+
+fn coded(message: &str, code: &'static str) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
 }
 
 /// Parses a 64-bit id given as `ID`.

@@ -40,7 +40,7 @@ impl QueryRoot {
     }
 
     /// Killmails matching `filter`, newest first.
-    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,

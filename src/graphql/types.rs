@@ -131,6 +131,7 @@ impl KillmailNode {
     async fn victim(&self) -> Victim {
         Victim(self.clone())
     }
+    #[graphql(complexity = "super::limits::list(super::limits::ATTACKERS, child_complexity)")]
     async fn attackers(&self) -> Vec<Attacker> {
         (0..self.0.killmail.attackers.len())
             .map(|index| Attacker {
@@ -200,6 +201,7 @@ impl Victim {
         clamp(self.0.0.killmail.victim.damage_taken)
     }
     /// Everything the victim carried, containers with their contents.
+    #[graphql(complexity = "super::limits::list(super::limits::ITEMS, child_complexity)")]
     async fn items(&self) -> Vec<KillmailItem> {
         self.0
             .0
@@ -312,6 +314,7 @@ impl KillmailItem {
         self.0.singleton
     }
     /// A container's contents.
+    #[graphql(complexity = "super::limits::list(super::limits::CONTAINER_ITEMS, child_complexity)")]
     async fn items(&self) -> Vec<KillmailItem> {
         self.0.items.iter().cloned().map(KillmailItem).collect()
     }
@@ -470,7 +473,7 @@ impl Character {
             node: self.node.clone(),
         })
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,
@@ -511,7 +514,7 @@ impl Corporation {
             node: self.node.clone(),
         })
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,
@@ -545,7 +548,7 @@ impl Alliance {
     async fn ticker(&self) -> Option<String> {
         None
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,
@@ -608,7 +611,7 @@ impl SolarSystem {
     async fn region(&self, ctx: &Context<'_>) -> Result<Option<Region>> {
         Ok(statics(ctx)?.region_of(self.id).map(|id| Region { id }))
     }
-    #[graphql(complexity = "first.unwrap_or(25).max(1) as usize * child_complexity")]
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,

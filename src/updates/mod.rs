@@ -124,7 +124,7 @@ impl Updates {
         let (idle, shutdown) = (self.inner.settings.idle, self.inner.shutdown.clone());
         accept(request, push::config(), None, move |socket| async move {
             // What the client says is ignored; that it speaks shows it lives.
-            push::run(socket, listener, idle, shutdown, |_| None).await;
+            push::run(socket, listener, idle, shutdown, |_: &str| None).await;
             drop(permit);
         })
     }

@@ -7,6 +7,7 @@
 
 mod executions;
 mod outbox;
+pub mod peers;
 pub mod protocol;
 pub mod push;
 mod sharing;
@@ -22,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ use async_graphql::parser::types::ExecutableDocument;
 
 use self::executions::{Executions, Joined, Membership};
 use self::outbox::Outbox;
+use self::peers::{Peers, peer_ip};
 use self::protocol::{ClientMessage, Close, Outgoing, Protocol, code};
 
 use crate::graphql::KillreportSchema;
@@ -49,6 +51,8 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Messages queued for one client; a client this far behind is closed.
     pub send_queue: usize,
+    /// Bytes queued for one client; a client this far behind is closed too.
+    pub send_queue_bytes: usize,
     /// Between pings; a client silent for two of these is gone, and one that has not sent
     /// `connection_init` after one is closed.
     pub keepalive: Duration,
@@ -56,6 +60,11 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Results held for a resuming subscriber while it catches up (see `executions`).
     pub catch_up_hold: usize,
+    /// A connection without an operation this long (from its start, or since its last one
+    /// ended) is closed (1000).
+    pub subscribe_within: Duration,
+    /// Connections by address, shared with the server's other WebSockets.
+    pub peers: Peers,
 }
 
 /// The WebSocket side of a server; clone it freely.
@@ -106,8 +115,14 @@ impl WsService {
     }
 
     /// Accepts a WebSocket handshake (HTTP/1.1) speaking `protocol`, unless the server already
-    /// holds as many connections as it may (503) or it is not a valid one (400).
+    /// holds as many connections as it may (503), the client's address does (429), or it is
+    /// not a valid one (400).
     pub fn upgrade(&self, request: Request, protocol: Protocol) -> Response {
+        let peer = match peer_ip(&request).map(|ip| self.limits.peers.enter(ip)) {
+            Some(Err(too_many)) => return too_many.into_response(),
+            Some(Ok(place)) => Some(place),
+            None => None,
+        };
         let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
             let message = format!(
                 "too many connections: this server holds at most {}",
@@ -127,7 +142,7 @@ impl WsService {
             Some(protocol.sec_websocket_protocol()),
             move |socket| async move {
                 service.serve(socket, protocol).await;
-                drop(permit);
+                drop((permit, peer));
             },
         )
     }
@@ -138,7 +153,11 @@ impl WsService {
         let open = metrics::gauge!(telemetry::WS_CONNECTIONS, "protocol" => label);
         open.increment(1);
         let (sink, stream) = socket.split();
-        let (outbox, queue) = Outbox::new(self.limits.send_queue, protocol);
+        let bound = outbox::Bound {
+            messages: self.limits.send_queue,
+            bytes: self.limits.send_queue_bytes,
+        };
+        let (outbox, queue) = Outbox::new(bound, protocol);
         let (closing, close) = oneshot::channel();
         let session = Session {
             service: self,
@@ -146,6 +165,7 @@ impl WsService {
             outbox,
             operations: HashMap::new(),
             initialised: false,
+            last_operation: Instant::now(),
         };
         // Two tasks: a message queued wakes only the writer, not the session's reads and
         // timers too.
@@ -163,6 +183,8 @@ struct Session {
     /// Running subscriptions by id; dropping one leaves its execution.
     operations: HashMap<String, Membership>,
     initialised: bool,
+    /// When the client last started an operation.
+    last_operation: Instant,
 }
 
 /// What to do after a client's message.
@@ -187,17 +209,34 @@ impl Session {
         let mut heard = Instant::now();
         // Whether the client has ended its side: nothing more to read.
         let mut ended = false;
+        let within = self.service.limits.subscribe_within;
+        // Since when the connection has had no operation, while it has none.
+        let mut unused = Some(Instant::now());
         let close = loop {
+            let deadline = unused.unwrap_or_else(Instant::now) + within;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
                     break Some(Close::new(code::GOING_AWAY, "server shutting down"));
                 }
+                () = tokio::time::sleep_until(deadline), if unused.is_some() => {
+                    // Subscriptions the server completed meanwhile count as none.
+                    self.operations.retain(|_, membership| !membership.ended());
+                    if self.operations.is_empty() {
+                        let reason = format!(
+                            "no subscription for {} s; connect again to subscribe",
+                            within.as_secs()
+                        );
+                        break Some(Close::new(code::NORMAL, reason));
+                    }
+                    unused = None;
+                }
                 () = overflowed.cancelled() => {
                     metrics::counter!(telemetry::WS_CLOSED_TOO_SLOW).increment(1);
+                    let limits = &self.service.limits;
                     let reason = format!(
-                        "too slow: {} messages unread; resubscribe with after: <last cursor>",
-                        self.service.limits.send_queue
+                        "too slow: {} messages or {} bytes unread; resubscribe with after: <last cursor>",
+                        limits.send_queue, limits.send_queue_bytes
                     );
                     break Some(Close::new(code::POLICY, reason));
                 }
@@ -221,6 +260,12 @@ impl Session {
                     if let Flow::Close(close) = flow {
                         break close;
                     }
+                    // A query answered counts as asking for something, as a subscription does.
+                    unused = match (self.operations.is_empty(), unused) {
+                        (false, _) => None,
+                        (true, None) => Some(Instant::now()),
+                        (true, Some(since)) => Some(since.max(self.last_operation)),
+                    };
                 }
             }
         };
@@ -290,6 +335,16 @@ impl Session {
                 if !self.initialised {
                     return Flow::Close(Some(Close::new(code::UNAUTHORIZED, "Unauthorized")));
                 }
+                if id.len() > protocol::MAX_ID_BYTES {
+                    return Flow::Close(Some(Close::new(
+                        code::BAD_REQUEST,
+                        format!(
+                            "operation id of {} bytes: at most {}",
+                            id.len(),
+                            protocol::MAX_ID_BYTES
+                        ),
+                    )));
+                }
                 // Subscriptions the server has completed no longer hold their ids or places.
                 self.operations.retain(|_, membership| !membership.ended());
                 if self.operations.contains_key(&id) {
@@ -302,6 +357,7 @@ impl Session {
                     // The legacy protocol restarts an operation whose id is reused.
                     self.operations.remove(&id);
                 }
+                self.last_operation = Instant::now();
                 self.start(id, *payload).await;
             }
             ClientMessage::Complete { id } => {
@@ -336,7 +392,9 @@ impl Session {
             return;
         }
         let operation_name = request.operation_name.clone();
-        let subscription = match request.parsed_query() {
+        // Priced as it is parsed, as over POST: a document too deep or too large to parse
+        // safely is refused here.
+        let subscription = match crate::graphql::parse(&mut request) {
             Ok(document) => is_subscription(document, operation_name.as_deref()),
             Err(error) => {
                 let payload = serde_json::to_string(&[error]).unwrap_or_default();
@@ -455,7 +513,7 @@ fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) 
 /// goodbye within `CLOSE_GRACE`. Each live result is counted and timed once it is written.
 async fn write(
     mut sink: SplitSink<Socket, Message>,
-    mut queue: mpsc::Receiver<Outgoing>,
+    mut queue: outbox::Receiver<Outgoing>,
     mut close: oneshot::Receiver<Option<Close>>,
     protocol: Protocol,
 ) {
@@ -486,7 +544,7 @@ async fn write(
                 }
                 batched += 1;
                 if batched < WRITE_BATCH {
-                    next = queue.try_recv().ok();
+                    next = queue.try_recv();
                 }
             }
             sink.flush().await

@@ -42,6 +42,10 @@ pub enum ClientMessage {
     ConnectionTerminate,
 }
 
+/// The longest operation id a client may give: ids are repeated in every message of their
+/// operation.
+pub const MAX_ID_BYTES: usize = 128;
+
 /// Messages longer than this go out in fragments of this size: the socket's write buffer keeps
 /// the capacity of the largest frame it has held, so one whole 300 KB message would cost its
 /// connection 300 KB for as long as it stays open.
@@ -212,6 +216,8 @@ impl Close {
 
 /// Close codes. 1xxx are WebSocket's own; 44xx are graphql-ws's.
 pub mod code {
+    /// The server is done with a connection that asked for nothing.
+    pub const NORMAL: u16 = 1000;
     /// The server is going away: shutdown, or a peer that stopped answering pings.
     pub const GOING_AWAY: u16 = 1001;
     /// A client that does not read what it asked for fast enough.

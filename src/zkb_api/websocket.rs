@@ -25,6 +25,7 @@ use crate::filter::Filter;
 use crate::live::Hub;
 use crate::statics::Statics;
 use crate::ws::accept;
+use crate::ws::peers::{Peers, peer_ip};
 use crate::ws::push::{self, Audience, Gate};
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// A client silent this long (no message, no answer to pings) is dropped.
     pub idle: Duration,
+    /// A client without a channel this long is closed (1000).
+    pub subscribe_within: Duration,
+    /// Connections by address, shared with the server's other WebSockets.
+    pub peers: Peers,
 }
 
 /// A zKillboard channel.
@@ -191,7 +196,7 @@ impl Websocket {
     ) -> Self {
         let websocket = Self {
             inner: Arc::new(Inner {
-                gate: Gate::new(limits.max_connections),
+                gate: Gate::new(limits.max_connections).with_peers(limits.peers.clone()),
                 limits,
                 statics,
                 audience: Audience::default(),
@@ -241,11 +246,11 @@ impl Websocket {
     }
 
     /// Upgrades a request to a zKillboard websocket connection, unless the server is full
-    /// (503) or it is no WebSocket handshake (400).
+    /// (503), its address holds as many as it may (429) or it is no WebSocket handshake (400).
     pub fn upgrade(&self, request: Request) -> Response {
-        let permit = match self.inner.gate.enter() {
+        let permit = match self.inner.gate.enter_from(peer_ip(&request)) {
             Ok(permit) => permit,
-            Err(full) => return full.into_response(),
+            Err(refused) => return refused.into_response(),
         };
         let websocket = self.clone();
         accept(request, push::config(), None, move |socket| async move {
@@ -253,7 +258,7 @@ impl Websocket {
                 .inner
                 .audience
                 .join(websocket.inner.limits.send_queue);
-            let mut session = Session {
+            let session = Session {
                 websocket: websocket.clone(),
                 id: listener.id,
                 channels: HashSet::new(),
@@ -262,11 +267,8 @@ impl Websocket {
                 websocket.inner.limits.idle,
                 websocket.inner.shutdown.clone(),
             );
-            push::run(socket, listener, idle, shutdown, |text| {
-                session.answer(text)
-            })
-            .await;
-            drop((session, permit));
+            push::run(socket, listener, idle, shutdown, session).await;
+            drop(permit);
         })
     }
 }
@@ -296,7 +298,7 @@ fn unsubscribe(index: &mut HashMap<Channel, HashSet<u64>>, channel: &Channel, id
     }
 }
 
-impl Session {
+impl push::Client for Session {
     /// Handles one client message; the answer, if any, is an error.
     fn answer(&mut self, text: &str) -> Option<String> {
         self.handle(text)
@@ -304,6 +306,16 @@ impl Session {
             .map(|error| json!({ "action": "error", "error": error }).to_string())
     }
 
+    fn subscribe_within(&self) -> Option<Duration> {
+        Some(self.websocket.inner.limits.subscribe_within)
+    }
+
+    fn subscribed(&self) -> bool {
+        !self.channels.is_empty()
+    }
+}
+
+impl Session {
     fn handle(&mut self, text: &str) -> Result<(), String> {
         let message: ClientMessage = serde_json::from_str(text).map_err(|error| {
             format!(

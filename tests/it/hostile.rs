@@ -84,8 +84,24 @@ fn some_killmails(n: usize) -> Vec<Killmail> {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_with_1008_and_the_others_get_everything() {
+    never_reads(&[("WS_SEND_QUEUE", "32")], "32 messages").await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_by_its_queued_bytes_too() {
+    // Room for thousands of messages, but not for their bytes.
+    let settings = [
+        ("WS_SEND_QUEUE", "100000"),
+        ("WS_SEND_QUEUE_BYTES", "262144"),
+    ];
+    never_reads(&settings, "262144 bytes").await;
+}
+
+/// A client that never reads, on a server with `settings`, is closed with 1008 and a reason
+/// naming `bound`; a client beside it gets every killmail.
+async fn never_reads(settings: &[(&str, &str)], bound: &str) {
     let mut env = TestEnv::new().await;
-    let (_server, url) = server(&mut env, &[("WS_SEND_QUEUE", "32")]).await;
+    let (_server, url) = server(&mut env, settings).await;
     // Structure-fight sized killmails: 500 attackers each, so the socket's buffers fill fast.
     let (template, _) = fixtures::killmails().swap_remove(0);
     let fight: Vec<Killmail> = (0..300)
@@ -111,6 +127,7 @@ async fn a_client_that_never_reads_is_closed_with_1008_and_the_others_get_everyt
     let (code, reason) = slow.close_frame().await.expect("a close frame");
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.contains("too slow"), "{reason}");
+    assert!(reason.contains(bound), "{reason}");
     assert!(reason.contains("after"), "says how to resume: {reason}");
     env.cleanup().await;
 }
@@ -215,6 +232,17 @@ async fn protocol_violations_get_graphql_ws_close_codes_and_others_are_untouched
             Message::Text(r#"{"type":"connection_init"}"#.into()),
             4429,
             "Too many initialisation requests",
+        ),
+        (
+            "an operation id over 128 bytes",
+            true,
+            Message::Text(
+                json!({"id": "i".repeat(129), "type": "subscribe", "payload": {"query": IDS}})
+                    .to_string()
+                    .into(),
+            ),
+            4400,
+            "operation id of 129 bytes: at most 128",
         ),
         (
             "oversized",
@@ -382,7 +410,8 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
     .collect();
     let strategy = proptest::prop_oneof![crate::support::fuzz::input(corpus), well_formed()];
     let mut runner = TestRunner::deterministic();
-    let allowed = [1000, 1009, 4400, 4401, 4409, 4429];
+    // 1005 (a close frame without a code) answers the client's own `connection_terminate`.
+    let allowed = [1005, 1009, 4400, 4401, 4409, 4429];
     // Close codes seen, by code; the rest were answered and the connection went on.
     let mut closes: BTreeMap<u16, usize> = BTreeMap::new();
     let mut client: Option<WsClient> = None;
@@ -412,12 +441,18 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
         // and answers a ping.
         open.send(json!({"type": "ping"})).await;
         match tokio::time::timeout(Duration::from_secs(5), open.close_or_pong()).await {
-            Ok(Some((code, reason))) => {
+            Ok(Err(ended)) => {
+                panic!("{frame:?}: the connection ended without a close frame: {ended}")
+            }
+            Ok(Ok(Some((code, reason)))) => {
                 assert!(allowed.contains(&code), "{frame:?} → {code} {reason}");
-                assert!(code == 1000 || !reason.is_empty(), "{frame:?} → {code}");
+                assert!(
+                    code == 1005 || !reason.is_empty(),
+                    "{frame:?} → {code} without a reason"
+                );
                 *closes.entry(code).or_default() += 1;
             }
-            Ok(None) => client = Some(open),
+            Ok(Ok(None)) => client = Some(open),
             Err(_) => panic!("{frame:?}: neither closed nor answered"),
         }
     }
@@ -431,6 +466,104 @@ async fn fuzzed_client_messages_are_answered_or_refused_with_a_reason_and_the_se
         server.try_wait().expect("status").is_none(),
         "the server died"
     );
+    still_receives_everything(&env, &mut good, 3).await;
+    env.cleanup().await;
+}
+
+/// zKillboard's websocket URL of the server whose GraphQL WebSocket is at `url`.
+fn zkb_url(url: &str) -> String {
+    url.replace("/graphql", "/websocket/")
+}
+
+#[tokio::test]
+async fn one_address_holds_its_share_of_websockets_across_endpoints_and_is_told_429() {
+    let mut env = TestEnv::new().await;
+    // The test's client is on loopback: its share is the loopback one.
+    let (_server, url) = server(&mut env, &[("WS_MAX_CONNECTIONS_PER_LOOPBACK", "3")]).await;
+    let mut good = watcher(&url).await;
+    let _other = WsClient::connect(&url, Protocol::TransportWs).await;
+    let (zkb, _) = tokio_tungstenite::connect_async(zkb_url(&url))
+        .await
+        .expect("a /websocket/ place");
+    for refused in [
+        WsClient::open(&url, Protocol::LegacyWs).await.map(|_| ()),
+        tokio_tungstenite::connect_async(zkb_url(&url))
+            .await
+            .map(|_| ()),
+    ] {
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429);
+                let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+                assert!(
+                    body.contains("too many connections from your address: at most 3"),
+                    "{body}"
+                );
+            }
+            Err(other) => panic!("refused, but not with 429: {other}"),
+            Ok(()) => panic!("a fourth connection was accepted"),
+        }
+    }
+    // A place given back is the address's again.
+    drop(zkb);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _again = WsClient::connect(&url, Protocol::LegacyWs).await;
+    still_receives_everything(&env, &mut good, 3).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_websocket_that_never_subscribes_is_closed_and_a_subscribed_one_is_kept() {
+    let mut env = TestEnv::new().await;
+    let settings = [
+        ("WS_SUBSCRIBE_WITHIN_SECS", "1"),
+        ("ZKB_WS_SUBSCRIBE_WITHIN_SECS", "1"),
+    ];
+    let (_server, url) = server(&mut env, &settings).await;
+    let mut good = watcher(&url).await;
+    let started = tokio::time::Instant::now();
+    let mut idle = WsClient::connect(&url, Protocol::TransportWs).await;
+    // A query answered is asking for something too, but not for ever.
+    idle.subscribe(
+        "q",
+        "{ killmails(first: 1) { edges { cursor } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(idle.receive().await["type"], "next");
+    let (code, reason) = idle.close_frame().await.expect("a close frame");
+    assert_eq!(
+        (code, reason.as_str()),
+        (1000, "no subscription for 1 s; connect again to subscribe")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let (mut zkb, _) = tokio_tungstenite::connect_async(zkb_url(&url))
+        .await
+        .expect("a /websocket/ connection");
+    let close = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match futures::StreamExt::next(&mut zkb).await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1000);
+    assert_eq!(
+        close.reason.as_str(),
+        "no subscription for 1 s; connect again to subscribe"
+    );
+
+    // The watcher, subscribed all along, is still served.
     still_receives_everything(&env, &mut good, 3).await;
     env.cleanup().await;
 }

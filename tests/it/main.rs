@@ -17,6 +17,7 @@ mod live;
 mod repair;
 mod robustness;
 mod server;
+mod slow_clients;
 mod status;
 mod store;
 mod subscriptions;

@@ -188,19 +188,23 @@ impl WsClient {
         self.close_frame().await.map(|(code, _)| code)
     }
 
-    /// Reads until a `pong` (`None`) or the server's close frame (its code and reason; 1000
-    /// when the server ended the connection without one).
-    pub async fn close_or_pong(&mut self) -> Option<(u16, String)> {
+    /// Reads until a `pong` (`None`) or the server's close frame (its code and reason; 1005,
+    /// "no status", when the frame has none); a connection that ends without a close frame (a
+    /// reset, a socket dropped) is the error, with what happened.
+    pub async fn close_or_pong(&mut self) -> Result<Option<(u16, String)>, String> {
         loop {
             match self.socket.next().await {
-                Some(Ok(Message::Text(text))) if text.contains(r#""type":"pong""#) => return None,
+                Some(Ok(Message::Text(text))) if text.contains(r#""type":"pong""#) => {
+                    return Ok(None);
+                }
                 Some(Ok(Message::Close(frame))) => {
-                    return Some(frame.map_or((1000, String::new()), |f| {
+                    return Ok(Some(frame.map_or((1005, String::new()), |f| {
                         (u16::from(f.code), f.reason.to_string())
-                    }));
+                    })));
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Some((1000, String::new())),
+                Some(Err(error)) => return Err(format!("reading: {error}")),
+                None => return Err("the socket ended".to_owned()),
             }
         }
     }
