@@ -156,7 +156,8 @@ impl Status {
 /// Works the status out every interval until `shutdown`.
 pub struct Monitor {
     sources: Sources,
-    rabbitmq: Option<lapin::Connection>,
+    /// The server's own RabbitMQ connection and a channel on it, opened when first needed.
+    rabbitmq: Option<(lapin::Connection, lapin::Channel)>,
     last: Option<Sample>,
 }
 
@@ -284,18 +285,24 @@ impl Monitor {
         }
     }
 
-    /// Each queue's depth and consumers, asked with passive declares (a queue that does not
-    /// exist closes the channel it was asked on, so each is asked on its own).
+    /// Each queue's depth and consumers. The topology is declared first (as every worker
+    /// does; it is safe to repeat), so the queues exist and are asked with passive declares on
+    /// one channel, each queue's depth null only if somebody deleted it meanwhile.
     async fn queues(&mut self) -> anyhow::Result<Vec<QueueStatus>> {
-        if !self
-            .rabbitmq
-            .as_ref()
-            .is_some_and(|c| c.status().connected())
-        {
-            let connecting = crate::queue::connect(&self.sources.rabbitmq_url, "server-status");
-            self.rabbitmq = Some(tokio::time::timeout(RABBITMQ_TIMEOUT, connecting).await??);
-        }
-        let connection = self.rabbitmq.as_ref().expect("connected above");
+        let (connection, channel) =
+            match self.rabbitmq.take().filter(|(_, c)| c.status().connected()) {
+                Some(open) => open,
+                None => {
+                    let url = &self.sources.rabbitmq_url;
+                    let opened = async {
+                        let connection = crate::queue::connect(url, "server-status").await?;
+                        let channel = connection.create_channel().await?;
+                        self.sources.topology.declare(&channel).await?;
+                        Ok::<_, lapin::Error>((connection, channel))
+                    };
+                    tokio::time::timeout(RABBITMQ_TIMEOUT, opened).await??
+                }
+            };
         let topology = &self.sources.topology;
         let names = std::iter::once((topology.queue.clone(), QueueRole::Work))
             .chain((0..RETRY_DELAYS.len()).map(|a| (topology.retry_queue(a), QueueRole::Retry)))
@@ -303,23 +310,14 @@ impl Monitor {
                 topology.dead_letter_queue(),
                 QueueRole::DeadLetter,
             )));
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
         let mut queues = Vec::new();
         for (name, role) in names {
-            let asked = async {
-                let channel = connection.create_channel().await?;
-                let options = QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                };
-                let declared = channel
-                    .queue_declare(&name, options, FieldTable::default())
-                    .await;
-                if declared.is_ok() {
-                    channel.close(200, "done").await?;
-                }
-                Ok::<_, lapin::Error>(declared.ok())
-            };
-            let queue = tokio::time::timeout(RABBITMQ_TIMEOUT, asked).await??;
+            let declared = channel.queue_declare(&name, options, FieldTable::default());
+            let queue = tokio::time::timeout(RABBITMQ_TIMEOUT, declared).await?.ok();
             queues.push(QueueStatus {
                 name,
                 role,
@@ -327,6 +325,9 @@ impl Monitor {
                 consumers: queue.as_ref().map(|q| q.consumer_count().into()),
                 depth_change_per_second: None,
             });
+        }
+        if channel.status().connected() {
+            self.rabbitmq = Some((connection, channel));
         }
         Ok(queues)
     }

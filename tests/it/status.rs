@@ -64,12 +64,18 @@ async fn worker_status_shows_two_workers_their_queue_dead_letters_and_the_feed_c
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let status = loop {
         let status = worker_status(&base).await;
-        if names(&status) == all_three && status["deadLetters"] == 2 {
+        let all_up = status["processes"].as_array().is_some_and(|processes| {
+            processes
+                .iter()
+                .flat_map(|p| p["dependencies"].as_array().cloned().unwrap_or_default())
+                .all(|dependency| dependency["up"] == true)
+        });
+        if names(&status) == all_three && status["deadLetters"] == 2 && all_up {
             break status;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "waited for both workers, the server and two dead letters: {status}"
+            "waited for both workers and the server, their dependencies up, and two dead letters: {status}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
