@@ -424,12 +424,15 @@ async fn too_deep_too_complex_or_too_large_requests_are_refused_and_the_server_c
     let http = reqwest::Client::new();
     let post = |body: Value| http.post(format!("{base}/graphql")).json(&body).send();
 
-    let item = "itemType { id }";
-    let mut deep = item.to_owned();
-    for _ in 0..14 {
-        deep = format!("{item} items {{ {deep} }}");
+    // Pages of one, nested through their victims: 14 deep, and cheap (an item tree as deep
+    // would be over the complexity limit first, each level priced as 4 items).
+    let mut deep = "id".to_owned();
+    for _ in 0..3 {
+        deep = format!(
+            "killmails(first: 1) {{ edges {{ node {{ victim {{ character {{ {deep} }} }} }} }} }}"
+        );
     }
-    let deep = format!("{{ killmail(id: \"1\") {{ victim {{ items {{ {deep} }} }} }} }}");
+    let deep = format!("{{ {deep} }}");
     refused_with(
         &post(json!({"query": deep}))
             .await
