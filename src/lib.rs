@@ -8,7 +8,7 @@
 //! src/main.rs (server), src/bin/queue.rs, workers/*.rs   parse config, connect, call in
 //! config    clap argument groups with DESIGN.md's defaults; starts nothing
 //! http      axum: /graphql (graphiql, WebSocket, POST) beside health's routes    server
-//!   updates   /updates (the event bus to local browsers), the management API    server
+//!   updates   /updates (WebSocket, SSE) from the event log, the management API   server
 //!   zkb_api   zKillboard's RedisQ, R2Z2 and websocket, served from the store
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols, places by address
 //!   graphql   schema, queries, killmailAdded, filters, loaders

@@ -39,9 +39,11 @@ const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// `killstream` client is sent whole killmails, the largest a few hundred kilobytes.
 pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 
-/// A pushed socket's settings: what clients send is small.
+/// A pushed socket's settings: what clients send is small, so it is read in small pieces (the
+/// default read buffer, 128 KiB, was most of an idle connection's memory).
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(super::READ_BUFFER)
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE))
 }
