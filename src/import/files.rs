@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::Rejection;
 use super::bz2::ParallelBzDecoder;
-use super::records::{Record, decode_record};
+use super::records::{Record, decode_plain, decode_record};
 use crate::db::killmails::Encoded;
 use crate::killmail::Received;
 use crate::queue::IngestJob;
@@ -448,6 +448,9 @@ fn read_lines(
 
 /// Decodes one JSON text: a record, or an array of them.
 fn decode_bytes(bytes: &[u8], place: Place<'_>, collector: &mut Collector<'_>) {
+    if let Some(record) = decode_plain(bytes) {
+        return collector.record(place, record);
+    }
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(value) => value,
         Err(error) => return collector.reject(place, format!("not JSON: {error}")),
