@@ -83,14 +83,6 @@ impl Encoded {
         encoded
     }
 
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     fn add(&mut self, ord: i32, received: &Received) {
         let killmail = &received.killmail;
         let victim = &killmail.victim;
