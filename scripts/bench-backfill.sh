@@ -8,8 +8,9 @@
 # Each time is the summary's `elapsed`: for the backfill, downloading, reading and storing every
 # day; for the import, reading and storing (neither counts connecting, nor migrating the empty
 # store and loading its static data, done beforehand). Uses the local PostgreSQL; creates and
-# drops its own database. QUEUE names another build of queue (to compare commits). Figures
-# go in BENCHMARKS.md.
+# drops its own database. Beside each time, the CPU seconds it cost: the queue process's and
+# its PostgreSQL backends' (on a loaded machine the wall times stretch, these far less). QUEUE
+# names another build of queue (to compare commits). Figures go in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
@@ -33,6 +34,23 @@ sleep 1
 export EVEREF_BASE_URL="http://127.0.0.1:$port" RUST_LOG=warn
 
 touch "$work/empty.jsonl"
+# CPU seconds (user + system) of the PostgreSQL backends serving the bench database while
+# "$@" runs, sampled every 50 ms; the command's own output goes to $work/out.
+backend_cpu() {
+  declare -A ticks=()
+  "$@" >"$work/out" &
+  local pid=$! p t
+  while kill -0 "$pid" 2>/dev/null; do
+    for p in $(pgrep -f "postgres: .* $db " || true); do
+      t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) && ticks[$p]=$t
+    done
+    sleep 0.05
+  done
+  wait "$pid"
+  local sum=0
+  for t in "${ticks[@]}"; do sum=$((sum + t)); done
+  echo "scale=2; $sum / $(getconf CLK_TCK)" | bc
+}
 reset() {
   psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
   DATABASE_URL="$base/$db" "$queue" import "$work/empty.jsonl" >/dev/null
@@ -50,18 +68,22 @@ measure() {
 
   reset
   rm -rf "$work/downloads"
-  out=$(DATABASE_URL="$base/$db" BACKFILL_DIR="$work/downloads" "$queue" backfill --from 2021-12-01 --to "$to")
-  backfill=$(echo "$out" | sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p')
-  count=$(echo "$out" | sed -n 's/^stored: *//p')
+  pg=$(backend_cpu env DATABASE_URL="$base/$db" BACKFILL_DIR="$work/downloads" \
+    /usr/bin/time -f '%U %S' -o "$work/cpu" "$queue" backfill --from 2021-12-01 --to "$to")
+  backfill=$(sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p' "$work/out")
+  count=$(sed -n 's/^stored: *//p' "$work/out")
+  cpu=$(awk '{print $1 + $2}' "$work/cpu")
 
   reset
-  out=$(DATABASE_URL="$base/$db" "$queue" import "${jsonl[@]}")
-  import=$(echo "$out" | sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p')
+  jpg=$(backend_cpu env DATABASE_URL="$base/$db" \
+    /usr/bin/time -f '%U %S' -o "$work/cpu" "$queue" import "${jsonl[@]}")
+  import=$(sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p' "$work/out")
+  jcpu=$(awk '{print $1 + $2}' "$work/cpu")
 
-  printf '%-10s load %s | bzip2 -dc %5.2f s | backfill %5.2f s, %s stored, %6.0f /s, ratio %.2f | JSONL import %5.2f s, %6.0f /s\n' \
+  printf '%-10s load %5s | bzip2 -dc %5.2f s | backfill %5.2f s, %s stored, %6.0f /s, ratio %.2f (CPU: queue %.2f s, PostgreSQL %.2f s) | JSONL %5.2f s, %6.0f /s (CPU: queue %.2f s, PostgreSQL %.2f s)\n' \
     "$label" "$(cut -d' ' -f1 /proc/loadavg)" "$bzip" "$backfill" "$count" \
-    "$(echo "$count / $backfill" | bc -l)" "$(echo "$backfill / $bzip" | bc -l)" \
-    "$import" "$(echo "$count / $import" | bc -l)"
+    "$(echo "$count / $backfill" | bc -l)" "$(echo "$backfill / $bzip" | bc -l)" "$cpu" "$pg" \
+    "$import" "$(echo "$count / $import" | bc -l)" "$jcpu" "$jpg"
 }
 for run in $(seq "$runs"); do
   echo "run $run"

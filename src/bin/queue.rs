@@ -104,6 +104,40 @@ struct ImportArgs {
     rabbit: RabbitArgs,
 }
 
+/// A range of days, both included (UTC).
+#[derive(Args)]
+struct Days {
+    /// The first day, YYYY-MM-DD.
+    #[arg(long, value_name = "DATE")]
+    from: chrono::NaiveDate,
+    /// The last day, YYYY-MM-DD (included).
+    #[arg(long, value_name = "DATE")]
+    to: chrono::NaiveDate,
+}
+
+impl Days {
+    /// Refuses a range that ends before it begins, before anything is connected.
+    fn checked(&self) -> anyhow::Result<(chrono::NaiveDate, chrono::NaiveDate)> {
+        anyhow::ensure!(
+            self.from <= self.to,
+            "--from {} is after --to {}",
+            self.from,
+            self.to
+        );
+        Ok((self.from, self.to))
+    }
+}
+
+/// How a run over days ends: 130 when interrupted, an error when `not_done` of its `days`
+/// days were not `done`.
+fn days_outcome(interrupted: bool, not_done: usize, days: usize, done: &str) -> anyhow::Result<()> {
+    if interrupted {
+        std::process::exit(INTERRUPTED_EXIT_CODE);
+    }
+    anyhow::ensure!(not_done == 0, "{not_done} of {days} days were not {done}");
+    Ok(())
+}
+
 /// Backfill a range of days from EVE Ref's daily archives, straight into PostgreSQL.
 ///
 /// Each day from --from to --to (both included, YYYY-MM-DD, UTC) is downloaded from
@@ -123,12 +157,8 @@ struct ImportArgs {
                         stored and the summary printed."
 )]
 struct BackfillArgs {
-    /// The first day, YYYY-MM-DD.
-    #[arg(long, value_name = "DATE")]
-    from: chrono::NaiveDate,
-    /// The last day, YYYY-MM-DD (included).
-    #[arg(long, value_name = "DATE")]
-    to: chrono::NaiveDate,
+    #[command(flatten)]
+    days: Days,
     /// Announce the killmails stored to live subscribers (Redis), as new ones are. Without
     /// it, history is stored silently: nothing is announced, now or later.
     #[arg(long)]
@@ -164,12 +194,8 @@ struct BackfillArgs {
                         (SIGINT or SIGTERM)."
 )]
 struct RepairArgs {
-    /// The first day, YYYY-MM-DD.
-    #[arg(long, value_name = "DATE")]
-    from: chrono::NaiveDate,
-    /// The last day, YYYY-MM-DD (included).
-    #[arg(long, value_name = "DATE")]
-    to: chrono::NaiveDate,
+    #[command(flatten)]
+    days: Days,
     /// Seconds before a request for a day's history is abandoned (and tried again).
     #[arg(long, env = "ZKB_TIMEOUT_SECS", default_value_t = 60)]
     zkb_timeout_secs: u64,
@@ -303,12 +329,7 @@ fn progress_bar(prefix: &str) -> anyhow::Result<ProgressBar> {
 }
 
 async fn backfill(args: BackfillArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.from <= args.to,
-        "--from {} is after --to {}",
-        args.from,
-        args.to
-    );
+    let (from, to) = args.days.checked()?;
     let pool = args
         .database
         .connect()
@@ -338,7 +359,7 @@ async fn backfill(args: BackfillArgs, shutdown: CancellationToken) -> anyhow::Re
     };
     let progress = progress_bar("{prefix} ")?;
     let summary = backfill
-        .run(args.from, args.to, &progress, &shutdown, |day| {
+        .run(from, to, &progress, &shutdown, |day| {
             progress.suspend(|| println!("{day}"));
         })
         .await;
@@ -346,25 +367,16 @@ async fn backfill(args: BackfillArgs, shutdown: CancellationToken) -> anyhow::Re
     let summary = summary?;
     println!("{summary}");
     pool.close().await;
-    if summary.interrupted {
-        std::process::exit(INTERRUPTED_EXIT_CODE);
-    }
-    anyhow::ensure!(
-        summary.not_imported() == 0,
-        "{} of {} days were not imported",
+    days_outcome(
+        summary.interrupted,
         summary.not_imported(),
-        summary.days.len()
-    );
-    Ok(())
+        summary.days.len(),
+        "imported",
+    )
 }
 
 async fn repair(args: RepairArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.from <= args.to,
-        "--from {} is after --to {}",
-        args.from,
-        args.to
-    );
+    let (from, to) = args.days.checked()?;
     let pool = args
         .database
         .connect()
@@ -384,19 +396,15 @@ async fn repair(args: RepairArgs, shutdown: CancellationToken) -> anyhow::Result
         retry_pause: Duration::from_secs(2),
     };
     let summary = repair
-        .run(args.from, args.to, &shutdown, |day| println!("{day}"))
+        .run(from, to, &shutdown, |day| println!("{day}"))
         .await?;
     println!("{summary}");
     connection.close(200, "done").await.ok();
     pool.close().await;
-    if summary.interrupted {
-        std::process::exit(INTERRUPTED_EXIT_CODE);
-    }
-    anyhow::ensure!(
-        summary.not_compared() == 0,
-        "{} of {} days were not compared",
+    days_outcome(
+        summary.interrupted,
         summary.not_compared(),
-        summary.days.len()
-    );
-    Ok(())
+        summary.days.len(),
+        "compared",
+    )
 }

@@ -83,14 +83,6 @@ impl Encoded {
         encoded
     }
 
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     fn add(&mut self, ord: i32, received: &Received) {
         let killmail = &received.killmail;
         let victim = &killmail.victim;
@@ -166,7 +158,7 @@ impl Encoded {
 /// `zkb` block is added when it had none. Run it in a transaction: the lock it takes is
 /// released at commit.
 ///
-/// The killmail rows go by binary COPY into the unindexed staging table and from there into
+/// The killmail rows go by binary COPY into an unindexed staging table and from there into
 /// `killmails` by one `INSERT … SELECT … ON CONFLICT DO NOTHING`, which tells the new ones;
 /// their attackers and items, which cannot conflict, go straight into their tables by binary
 /// COPY.
@@ -186,11 +178,30 @@ pub async fn store_encoded(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    // Held to the commit: it orders the sequence numbers, and makes the staging table this
-    // transaction's alone.
+    // Held to the commit: it orders the sequence numbers.
     sqlx::query!("SELECT pg_advisory_xact_lock($1)", SEQ_LOCK)
         .execute(&mut *tx)
         .await?;
+    if !announced {
+        // History: a crash of the database may lose the last moments of it, which a backfill
+        // imports again, as the day was not recorded (that record is committed durably, and
+        // with it everything written before).
+        sqlx::query!("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+    }
+    // This connection's own staging table (see the migration that made its template), empty
+    // at each commit.
+    sqlx::query!(
+        "DO $$ BEGIN
+             IF to_regclass('pg_temp.killmail_staging') IS NULL THEN
+                 CREATE TEMPORARY TABLE killmail_staging (LIKE killmail_staging)
+                     ON COMMIT DELETE ROWS;
+             END IF;
+         END $$"
+    )
+    .execute(&mut *tx)
+    .await?;
     staged
         .send(
             tx,
@@ -235,9 +246,6 @@ pub async fn store_encoded(
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query!("TRUNCATE killmail_staging")
-        .execute(&mut *tx)
-        .await?;
 
     let mut stored: Vec<Stored> = inserted
         .into_iter()

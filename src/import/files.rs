@@ -1,8 +1,9 @@
 //! Reading an import's input: finding the files its paths name (directories walked, kinds
 //! recognised by name), and reading them on a blocking thread: EVE Ref's daily tar archives,
 //! `.json` files (a record or an array of them) and `.jsonl` files (a record per line), any of
-//! them also `.bz2`-compressed. Each record is decoded as it is read and collected into chunks of
-//! one batch, sent to the writer through a bounded channel, so the next batch is parsed while
+//! them also `.bz2`-compressed (decompressed on every core, see `bz2`). Each record is decoded
+//! as it is read and collected into chunks of one batch, encoded for the store, and sent to the
+//! writer through a bounded channel, so the next batch is decompressed, parsed and encoded while
 //! the last one is written; a record that cannot be imported goes along as a rejection with its
 //! place: file, archive member, line, array item.
 
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::Rejection;
 use super::bz2::ParallelBzDecoder;
-use super::records::{Record, decode_record};
+use super::records::{Record, decode_plain, decode_record};
 use crate::db::killmails::Encoded;
 use crate::killmail::Received;
 use crate::queue::IngestJob;
@@ -448,6 +449,9 @@ fn read_lines(
 
 /// Decodes one JSON text: a record, or an array of them.
 fn decode_bytes(bytes: &[u8], place: Place<'_>, collector: &mut Collector<'_>) {
+    if let Some(record) = decode_plain(bytes) {
+        return collector.record(place, record);
+    }
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(value) => value,
         Err(error) => return collector.reject(place, format!("not JSON: {error}")),

@@ -1,16 +1,17 @@
 //! `queue import`: killmails from files straight into the store, for backfills. Reads EVE Ref
 //! daily archives (`.tar.bz2`, `.tar`), directories of killmail JSON, `.json` files (a killmail,
 //! an array of them, an R2Z2 object, a RedisQ package or a `killmail.ingest` job) and `.jsonl`
-//! files (one of those per line), any of them also `.bz2`-compressed. Decompressing and parsing
-//! run on a blocking thread that feeds whole batches through a bounded channel, so the next
-//! batch is parsed while the last one is written; each batch is one transaction through
+//! files (one of those per line), any of them also `.bz2`-compressed. bzip2 blocks are
+//! decompressed on worker threads, one per core (`bz2`), and parsing and encoding run on a
+//! blocking thread that feeds whole batches through a bounded channel, so the next batch is
+//! read while the last one is written; each batch is one transaction through
 //! [`ingest::store`], and what was new is announced like any other killmail. A record that
 //! cannot be imported is counted and reported with its place and reason, never ending the run;
 //! importing the same files again changes nothing.
 //!
-//! `files` finds and reads the input on its thread, `records` decodes each record (R2Z2
-//! objects and RedisQ packages through [`crate::zkb`], as the live feeds do), and `write`
-//! stores, publishes and announces what was read and counts it into the [`Summary`].
+//! `files` finds and reads the input on its thread, `bz2` decompresses, `records` decodes each
+//! record (R2Z2 objects and RedisQ packages through [`crate::zkb`], as the live feeds do), and
+//! `write` stores, publishes and announces what was read and counts it into the [`Summary`].
 //!
 //! [`ingest::store`]: crate::ingest::store
 

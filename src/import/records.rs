@@ -4,6 +4,7 @@
 //! read them; the shapes only files hold are read here, with the same field readers and checks.
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::killmail::{Killmail, Received, Source};
@@ -68,6 +69,40 @@ pub(super) fn decode_record(value: Value) -> Result<Option<Record>, String> {
         Killmail::deserialize(Value::Object(map)).map_err(|e| format!("not a killmail: {e}"))?;
     let id = killmail.killmail_id;
     zkb::job(id, hash, Some(killmail), zkb, Source::Import).map(|job| Some(job.into()))
+}
+
+/// The keys that tell EVE Ref's records (an ESI killmail beside its `killmail_hash`) from the
+/// other shapes, read without building anything.
+#[derive(Deserialize)]
+struct Shape<'a> {
+    #[serde(borrow, default)]
+    killmail_hash: Option<&'a str>,
+    #[serde(borrow, default)]
+    hash: Option<&'a str>,
+    #[serde(default)]
+    zkb: Option<IgnoredAny>,
+    #[serde(default)]
+    esi: Option<IgnoredAny>,
+    #[serde(default)]
+    package: Option<IgnoredAny>,
+    #[serde(default)]
+    killmail: Option<IgnoredAny>,
+}
+
+/// Decodes the text of an ESI killmail with its hash (EVE Ref's records, most of any backfill)
+/// straight into a [`Killmail`], without the [`Value`] that [`decode_record`] goes through;
+/// `None` for any other shape, or anything amiss, which [`decode_record`] then reads and, if
+/// need be, rejects with its reason.
+pub(super) fn decode_plain(bytes: &[u8]) -> Option<Result<Option<Record>, String>> {
+    let shape: Shape<'_> = serde_json::from_slice(bytes).ok()?;
+    let others = [&shape.zkb, &shape.esi, &shape.package, &shape.killmail];
+    if others.iter().any(|key| key.is_some()) {
+        return None;
+    }
+    let hash = shape.killmail_hash.or(shape.hash)?.to_owned();
+    let killmail: Killmail = serde_json::from_slice(bytes).ok()?;
+    let id = killmail.killmail_id;
+    Some(zkb::job(id, hash, Some(killmail), None, Source::Import).map(|job| Some(job.into())))
 }
 
 #[cfg(test)]
@@ -141,6 +176,27 @@ mod tests {
             decode_record(serde_json::json!({"package": null})),
             Ok(None)
         ));
+    }
+
+    #[test]
+    fn an_eve_ref_record_reads_the_same_straight_or_through_a_value() {
+        let mut value = esi(5);
+        value["killmail_hash"] = HASH.into();
+        value["http_last_modified"] = "2021-12-03T11:37:14Z".into();
+        let bytes = serde_json::to_vec(&value).expect("JSON");
+        let straight = killmail(decode_plain(&bytes).expect("read straight"));
+        assert_eq!(straight, killmail(decode_record(value)));
+        let r2z2 = serde_json::json!({"killmail_id": 5, "hash": HASH, "esi": esi(5)});
+        let package = serde_json::json!({"package": null});
+        let mut short_hash = esi(5);
+        short_hash["killmail_hash"] = "abc".into();
+        for other in [r2z2, package, esi(5), serde_json::json!([1])] {
+            let bytes = serde_json::to_vec(&other).expect("JSON");
+            assert!(decode_plain(&bytes).is_none(), "{other}");
+        }
+        let bytes = serde_json::to_vec(&short_hash).expect("JSON");
+        let refused = decode_plain(&bytes).expect("a plain record");
+        assert!(rejected(refused).contains("40-character"));
     }
 
     #[test]
