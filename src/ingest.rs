@@ -32,6 +32,8 @@ pub async fn store_with(
     batch: &[Received],
     announced: bool,
 ) -> sqlx::Result<Vec<Stored>> {
+    let sanitized = sanitized(batch);
+    let batch = sanitized.as_deref().unwrap_or(batch);
     let mut tx = pool.begin().await?;
     let stored = db::killmails::store_batch(&mut tx, batch, announced).await?;
     tx.commit().await?;
@@ -47,6 +49,26 @@ pub async fn store_with(
     }
     metrics::counter!(telemetry::KILLMAILS_STORED).increment(stored.len() as u64);
     Ok(stored)
+}
+
+/// The batch with every malformed `zkb` block made storable (see [`Zkb::sanitized`]), each fix
+/// logged, or `None` when none needed it: a bad `zkb` never keeps a valid killmail out.
+///
+/// [`Zkb::sanitized`]: crate::killmail::Zkb::sanitized
+fn sanitized(batch: &[Received]) -> Option<Vec<Received>> {
+    let mut fixed: Option<Vec<Received>> = None;
+    for (position, received) in batch.iter().enumerate() {
+        let Some((zkb, fixes)) = received.zkb.as_ref().and_then(|zkb| zkb.sanitized()) else {
+            continue;
+        };
+        tracing::warn!(
+            killmail.id = %received.killmail.killmail_id,
+            fixes = fixes.join("; "),
+            "malformed zkb block: the killmail is stored with its bad fields fixed or dropped"
+        );
+        fixed.get_or_insert_with(|| batch.to_vec())[position].zkb = Some(zkb);
+    }
+    fixed
 }
 
 /// `killmail.ingest`: fetches the bodies jobs lack from ESI, stores the batch in one
@@ -135,5 +157,10 @@ impl Handler for KillmailHandler {
             );
         }
         Ok(outcomes)
+    }
+
+    /// The store answers (a batch that cannot reach it waits for it, see the job runner).
+    async fn available(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, HttpArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, HttpArgs, LiveArgs, RedisArgs, UpdatesArgs, ZkbWebsocketArgs,
 };
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
@@ -34,6 +34,8 @@ struct Args {
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
+    live: LiveArgs,
+    #[command(flatten)]
     bus: BusArgs,
     #[command(flatten)]
     updates: UpdatesArgs,
@@ -56,7 +58,15 @@ async fn main() -> anyhow::Result<()> {
     let statics = Arc::new(Statics::load(&pool).await.context("loading static data")?);
     let hub = until_up("Redis", &shutdown, || {
         let (pool, statics) = (pool.clone(), Arc::clone(&statics));
-        Hub::start(pool, statics, redis_url, channel, shutdown.clone())
+        let check_every = args.live.check_every();
+        Hub::start(
+            pool,
+            statics,
+            redis_url,
+            channel,
+            check_every,
+            shutdown.clone(),
+        )
     })
     .await
     .context("subscribing to killmail events on Redis")?;

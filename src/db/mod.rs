@@ -22,11 +22,26 @@ use sqlx::{PgPool, Postgres};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// Set on every connection of the store's pools, unless `DATABASE_URL`'s `options` sets them
+/// (`?options=-c%20lock_timeout%3D5s`): a statement waiting for a lock (the store's write lock
+/// held by a stalled `queue import`) fails after a minute, and its job is tried again, rather
+/// than waiting for ever; a session idle inside a transaction for five minutes is ended, which
+/// releases whatever it held.
+pub const SESSION_SETTINGS: [(&str, &str); 2] = [
+    ("lock_timeout", "60s"),
+    ("idle_in_transaction_session_timeout", "5min"),
+];
+
 /// Connects to `url`, creating the database if it does not exist, applies every migration and
 /// loads the shipped static data. Safe when several processes start at once: migrations and the
 /// static-data load each run under their own advisory lock.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
+    let mut options = PgConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
+    let given = options.get_options().unwrap_or_default().to_owned();
+    let defaults = SESSION_SETTINGS
+        .into_iter()
+        .filter(|(name, _)| !given.contains(name));
+    options = options.options(defaults);
     let exists = Postgres::database_exists(url)
         .await
         .context("checking that the database exists")?;

@@ -389,11 +389,19 @@ fn read_tar(
     Ok(None)
 }
 
+/// Reads a `.json` file: an array is decoded as it is read, its items passed on one at a time
+/// and each chunk sent as it fills, so that an array of any size takes bounded memory and is
+/// written in batches; any other value is read whole, as one record.
 fn read_json(
-    reader: &mut impl Read,
+    reader: &mut impl BufRead,
     place: Place<'_>,
     collector: &mut Collector<'_>,
 ) -> Result<Option<std::io::Error>, WriterGone> {
+    match starts_with_bracket(reader) {
+        Ok(true) => return stream_array(reader, place, collector),
+        Ok(false) => {}
+        Err(error) => return Ok(Some(error)),
+    }
     let mut buffer = Vec::new();
     if let Err(error) = reader.read_to_end(&mut buffer) {
         return Ok(Some(error));
@@ -401,6 +409,93 @@ fn read_json(
     decode_bytes(&buffer, place, collector);
     collector.send_if_full()?;
     Ok(None)
+}
+
+/// Whether the JSON text ahead starts with `[`, leading white space consumed.
+fn starts_with_bracket(reader: &mut impl BufRead) -> std::io::Result<bool> {
+    loop {
+        let buffer = reader.fill_buf()?;
+        let Some(&first) = buffer.first() else {
+            return Ok(false);
+        };
+        if !first.is_ascii_whitespace() {
+            return Ok(first == b'[');
+        }
+        let blank = buffer
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+        reader.consume(blank);
+    }
+}
+
+/// Decodes a JSON array from `reader` item by item (see [`read_json`]). What comes after a
+/// syntax error is lost, which the rejection says, with the item where it broke off.
+fn stream_array(
+    reader: &mut impl Read,
+    place: Place<'_>,
+    collector: &mut Collector<'_>,
+) -> Result<Option<std::io::Error>, WriterGone> {
+    let mut items = Items {
+        place,
+        collector,
+        count: 0,
+        gone: false,
+    };
+    let mut json = serde_json::Deserializer::from_reader(reader);
+    let read =
+        serde::de::Deserializer::deserialize_seq(&mut json, &mut items).and_then(|()| json.end());
+    if items.gone {
+        return Err(WriterGone);
+    }
+    match read {
+        Ok(()) => Ok(None),
+        Err(error) if error.is_io() => Ok(Some(error.into())),
+        Err(error) => {
+            let at = Place {
+                item: Some(items.count),
+                ..place
+            };
+            items
+                .collector
+                .reject(at, format!("not JSON from here on: {error}"));
+            Ok(None)
+        }
+    }
+}
+
+/// Passes an array's items to the collector as they are decoded.
+struct Items<'p, 'c, 'a> {
+    place: Place<'p>,
+    collector: &'c mut Collector<'a>,
+    /// Items decoded so far.
+    count: usize,
+    /// The writer stopped: reading was broken off.
+    gone: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Items<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(value) = seq.next_element::<Value>()? {
+            let at = Place {
+                item: Some(self.count),
+                ..self.place
+            };
+            self.count += 1;
+            self.collector.record(at, decode_record(value));
+            if self.collector.send_if_full().is_err() {
+                self.gone = true;
+                return Err(serde::de::Error::custom("the writer stopped"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn read_lines(

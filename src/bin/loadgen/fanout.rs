@@ -33,7 +33,7 @@ pub enum Injector {
     },
     /// As `killmail.ingest` jobs, through worker-killmails and the store (the whole pipeline);
     /// the killmails must be new to that store.
-    Jobs(Publisher),
+    Jobs(Box<Publisher>),
 }
 
 impl Injector {
