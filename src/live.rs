@@ -35,6 +35,8 @@ pub struct Hub {
     statics: Arc<Statics>,
     routes: Arc<Mutex<Routes>>,
     last: Arc<AtomicI64>,
+    /// Whether the last catch-up from the store failed (logged once per outage).
+    store_failing: Arc<AtomicBool>,
 }
 
 /// Every live subscription's filter and inbox, indexed by the keys of its filter.
@@ -153,6 +155,7 @@ impl Hub {
             statics,
             routes: Arc::default(),
             last: Arc::new(AtomicI64::new(0)),
+            store_failing: Arc::default(),
         };
         let pubsub = Self::subscribe_within(&client, channel, check_every).await?;
         // Subscribed first, then read: every later commit reaches the hub one way or the other.
@@ -292,11 +295,18 @@ impl Hub {
     /// [`Hub::catch_up`], its failure logged: nothing is lost, since the next hint or check
     /// catches up from the same place.
     async fn catch_up_logged(&self) {
-        if let Err(error) = self.catch_up().await {
-            tracing::error!(
+        match self.catch_up().await {
+            Ok(()) if self.store_failing.swap(false, Ordering::SeqCst) => {
+                tracing::info!("caught up from the store again");
+            }
+            Ok(()) => {}
+            Err(error) if self.store_failing.swap(true, Ordering::SeqCst) => {
+                tracing::debug!(error = format!("{error:#}"), "catching up still fails");
+            }
+            Err(error) => tracing::error!(
                 error = format!("{error:#}"),
                 "catching up from the store failed; trying again at the next event or check"
-            );
+            ),
         }
     }
 

@@ -58,6 +58,14 @@ impl Default for R2z2Settings {
     }
 }
 
+/// Why following stopped before shutdown.
+enum Stop {
+    /// Publishing failed: only a new connection (the session's restart) mends it.
+    Broker(anyhow::Error),
+    /// The store failed, and the cursor's lock may be gone with its connection.
+    Store(anyhow::Error),
+}
+
 /// A sequence found missing while R2Z2 named a later one.
 #[derive(Debug, Clone, Copy)]
 struct Missing {
@@ -101,23 +109,61 @@ pub fn decode_object(body: &[u8]) -> Result<IngestJob, String> {
 }
 
 impl R2z2Poller {
-    /// Polls until `shutdown`, once it holds the cursor's lock; an error means the broker or
-    /// the database is gone (the lock with it), and a restart resumes after the cursor.
+    /// Polls until `shutdown`, once it holds the cursor's lock; an error means the broker is
+    /// gone, and a restart resumes after the cursor. When the store goes away (and the lock
+    /// with it), the poller stops polling until it holds the lock again.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Some(mut lock) = self.lock_cursor(&shutdown).await? else {
-            return Ok(());
-        };
         let settings = &self.settings;
         let mut http = FeedHttp::new("r2z2", settings.min_interval, settings.backoff);
-        let cursor = cursors::load(&mut lock, &settings.feed)
+        let mut outage = 0;
+        loop {
+            let error = match self.lock_cursor(&shutdown).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(mut lock)) => {
+                    if outage > 0 {
+                        tracing::info!("the store is back; following R2Z2 again");
+                        outage = 0;
+                    }
+                    match self.follow(&mut lock, &mut http, &shutdown).await {
+                        Ok(()) => return Ok(()),
+                        Err(Stop::Broker(error)) => return Err(error),
+                        Err(Stop::Store(error)) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            outage += 1;
+            let delay = Backoff::RECONNECT.delay(outage);
+            if outage == 1 {
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "the store is away, and the R2Z2 cursor's lock with it; polling stops until it is taken again");
+            } else {
+                tracing::debug!(error = format!("{error:#}"), retry_in = ?delay, "the store is still away");
+            }
+            if !pause(&shutdown, delay).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Follows the feed while `lock` holds the cursor: until shutdown (`Ok`), or the broker or
+    /// the store fails.
+    async fn follow(
+        &self,
+        lock: &mut PgConnection,
+        http: &mut FeedHttp,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let settings = &self.settings;
+        let cursor = cursors::load(&mut *lock, &settings.feed)
             .await
-            .context("loading the R2Z2 cursor")?;
+            .context("loading the R2Z2 cursor")
+            .map_err(Stop::Store)?;
         let mut next = match cursor {
             Some(done) => {
                 tracing::info!(feed.cursor = done, "resuming R2Z2 after its cursor");
                 done + 1
             }
-            None => match self.newest(&mut http, &shutdown).await {
+            None => match self.newest(http, shutdown).await {
                 Some(newest) => {
                     tracing::info!(
                         feed.sequence = newest,
@@ -139,8 +185,8 @@ impl R2z2Poller {
                 Answer::Body(body) => {
                     // Taken: from here the object is published and the cursor saved even if
                     // shutdown comes meanwhile.
-                    self.forward(next, &body).await?;
-                    self.save_cursor(&mut lock, next).await?;
+                    self.forward(next, &body).await.map_err(Stop::Broker)?;
+                    self.save_cursor(lock, next).await.map_err(Stop::Store)?;
                     next += 1;
                 }
                 Answer::NotFound => {
@@ -151,7 +197,7 @@ impl R2z2Poller {
                     // too (they have waited as long).
                     let newest = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
-                        newest = self.newest_once(&mut http) => newest,
+                        newest = self.newest_once(http) => newest,
                     };
                     match (newest, missing) {
                         (Some(newest), _) if newest <= next => missing = None,
@@ -160,7 +206,7 @@ impl R2z2Poller {
                             if next <= seen.newest
                                 && seen.since.elapsed() >= settings.skip_after =>
                         {
-                            self.skip(&mut lock, next, seen).await?;
+                            self.skip(lock, next, seen).await.map_err(Stop::Store)?;
                             next += 1;
                             continue;
                         }
@@ -178,12 +224,12 @@ impl R2z2Poller {
                             });
                         }
                     }
-                    if !pause(&shutdown, settings.idle_wait).await {
+                    if !pause(shutdown, settings.idle_wait).await {
                         return Ok(());
                     }
                 }
                 Answer::Retry(delay) => {
-                    if !pause(&shutdown, delay).await {
+                    if !pause(shutdown, delay).await {
                         return Ok(());
                     }
                 }

@@ -548,6 +548,60 @@ fn decode_bytes(bytes: &[u8], place: Place<'_>, collector: &mut Collector<'_>) {
 mod tests {
     use super::*;
 
+    const R2Z2_OBJECT: &str = include_str!(
+        "../../tests/it/fixtures/upstream/r2z2/r2z2-ephemeral-96599404-killmail-134265477.aa-killtracker.json"
+    );
+
+    #[tokio::test]
+    async fn a_json_array_is_read_as_it_goes_in_batches_and_a_break_is_placed() {
+        let object: Value = serde_json::from_str(R2Z2_OBJECT).expect("JSON");
+        let items = vec![object; 2_000];
+        let mut text = serde_json::to_string_pretty(&items).expect("JSON");
+        // Broken off after the first 1,500 items.
+        let cut = text.match_indices("\n  {").nth(1_500).expect("items").0;
+        text.truncate(cut);
+        text.push_str("\n  {\"killmail_id\": ,");
+        let path =
+            std::env::temp_dir().join(format!("killreport-array-{}.json", std::process::id()));
+        std::fs::write(&path, &text).expect("write");
+        let size = text.len() as u64;
+        let files = input_files(std::slice::from_ref(&path)).expect("found");
+
+        let (reader, mut chunks) = Reader::spawn(files, 100, false);
+        let first = chunks.recv().await.expect("a chunk");
+        assert_eq!(first.killmails.len(), 100, "a batch");
+        assert!(
+            first.position < size / 4,
+            "sent after reading {} of {size} bytes: not read whole first",
+            first.position
+        );
+        let (mut killmails, mut rejections) = (first.killmails.len(), first.rejections);
+        while let Some(chunk) = chunks.recv().await {
+            assert!(chunk.killmails.len() <= 100);
+            killmails += chunk.killmails.len();
+            rejections.extend(chunk.rejections);
+        }
+        reader.finish().await.expect("read");
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(killmails, 1_500);
+        assert_eq!(
+            rejections.len(),
+            1,
+            "{:?}",
+            rejections.iter().map(|r| &r.reason).collect::<Vec<_>>()
+        );
+        assert!(
+            rejections[0].place.ends_with("item 1500"),
+            "{}",
+            rejections[0].place
+        );
+        assert!(
+            rejections[0].reason.starts_with("not JSON from here on"),
+            "{}",
+            rejections[0].reason
+        );
+    }
+
     #[test]
     fn files_are_recognised_by_name() {
         let cases = [

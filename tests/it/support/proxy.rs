@@ -1,21 +1,31 @@
-//! A TCP proxy that can go silent: [`SilentProxy::silence`] stops forwarding on the connections
-//! it holds without closing them, as a half-open connection behaves (no traffic, no error);
-//! connections made afterwards are forwarded again. [`SilentProxy::cut`] closes them instead
-//! and refuses new ones until [`SilentProxy::restore`]: the service is down, for this test
-//! only.
+//! A TCP proxy between a process and one of the services, for faults that only its connections
+//! suffer: [`SilentProxy::silence`] stops forwarding on the connections open now without closing
+//! them, as a half-open connection behaves (no traffic, no error), and
+//! [`SilentProxy::silence_carrying`] does so only to those whose client sent some bytes (a
+//! channel's name); connections made afterwards are forwarded again. [`SilentProxy::cut`]
+//! closes them instead and refuses new ones until [`SilentProxy::restore`]: the service is
+//! down, for this test only.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// One forwarded connection.
+#[derive(Default)]
+struct Forwarded {
+    /// Everything its client sent so far, up to a few KiB (enough to find a SUBSCRIBE).
+    sent: Mutex<Vec<u8>>,
+    silenced: CancellationToken,
+}
+
 pub struct SilentProxy {
     pub addr: SocketAddr,
-    /// Cancelled to silence the connections made since the last silence.
-    current: Arc<Mutex<CancellationToken>>,
+    connections: Arc<Mutex<Vec<Arc<Forwarded>>>>,
     /// Set while the service is to look down.
     down: Arc<AtomicBool>,
     accepting: JoinHandle<()>,
@@ -26,45 +36,31 @@ impl SilentProxy {
     pub async fn start(target: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("an address");
-        let current = Arc::new(Mutex::new(CancellationToken::new()));
+        let connections: Arc<Mutex<Vec<Arc<Forwarded>>>> = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
-        let (target, tokens, is_down) =
-            (target.to_owned(), Arc::clone(&current), Arc::clone(&down));
+        let (target, list, is_down) = (
+            target.to_owned(),
+            Arc::clone(&connections),
+            Arc::clone(&down),
+        );
         let accepting = tokio::spawn(async move {
-            // Silenced connections are kept open here until the proxy goes.
-            let held = Arc::new(Mutex::new(Vec::new()));
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if is_down.load(Ordering::SeqCst) {
                     continue;
                 }
-                let is_down = Arc::clone(&is_down);
-                let silenced = tokens
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                let (target, held) = (target.clone(), Arc::clone(&held));
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let went_silent = {
-                        let copying = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                        tokio::select! {
-                            _ = copying => false,
-                            () = silenced.cancelled() => true,
-                        }
-                    };
-                    if went_silent && !is_down.load(Ordering::SeqCst) {
-                        held.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push((inbound, outbound));
-                    }
-                });
+                let forwarded = Arc::new(Forwarded::default());
+                lock(&list).push(Arc::clone(&forwarded));
+                tokio::spawn(forward(
+                    inbound,
+                    target.clone(),
+                    forwarded,
+                    Arc::clone(&is_down),
+                ));
             }
         });
         Self {
             addr,
-            current,
+            connections,
             down,
             accepting,
         }
@@ -82,6 +78,30 @@ impl SilentProxy {
         )
     }
 
+    /// Stops forwarding on every connection open now, leaving them open.
+    pub fn silence(&self) {
+        self.silence_carrying(b"");
+    }
+
+    /// Stops forwarding on the connections open now whose client sent `bytes`, leaving them
+    /// open; how many.
+    pub fn silence_carrying(&self, bytes: &[u8]) -> usize {
+        let mut connections = lock(&self.connections);
+        connections.retain(|c| !c.silenced.is_cancelled());
+        let mut silenced = 0;
+        for connection in connections.iter() {
+            let sent = connection
+                .sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if bytes.is_empty() || sent.windows(bytes.len()).any(|w| w == bytes) {
+                connection.silenced.cancel();
+                silenced += 1;
+            }
+        }
+        silenced
+    }
+
     /// Closes every connection and refuses new ones: the service is down.
     pub fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);
@@ -92,12 +112,64 @@ impl SilentProxy {
     pub fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
     }
+}
 
-    /// Stops forwarding on every connection open now, leaving them open.
-    pub fn silence(&self) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.cancel();
-        *current = CancellationToken::new();
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Forwards one connection until either side closes it or it is silenced; a silenced one is
+/// held open for ever (closed, when the service is to look down).
+async fn forward(
+    inbound: TcpStream,
+    target: String,
+    forwarded: Arc<Forwarded>,
+    down: Arc<AtomicBool>,
+) {
+    let Ok(outbound) = TcpStream::connect(&target).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut server_read, mut server_write) = outbound.into_split();
+    let silenced = {
+        let up = pipe(&mut client_read, &mut server_write, Some(&forwarded.sent));
+        let down = pipe(&mut server_read, &mut client_write, None);
+        tokio::select! {
+            () = up => false,
+            () = down => false,
+            () = forwarded.silenced.cancelled() => true,
+        }
+    };
+    forwarded.silenced.cancel();
+    if silenced && !down.load(Ordering::SeqCst) {
+        let held = (client_read, client_write, server_read, server_write);
+        std::future::pending::<()>().await;
+        drop(held);
+    }
+}
+
+/// Copies `from` to `to` until either fails or ends, keeping the start of what passed in
+/// `record`.
+async fn pipe(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    record: Option<&Mutex<Vec<u8>>>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(record) = record {
+            let mut sent = lock(record);
+            if sent.len() < 8 * 1024 {
+                sent.extend_from_slice(&buffer[..n]);
+            }
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -114,5 +186,6 @@ pub fn host_port(url: &str) -> String {
 impl Drop for SilentProxy {
     fn drop(&mut self) {
         self.accepting.abort();
+        self.cut();
     }
 }
