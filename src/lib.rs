@@ -12,7 +12,7 @@
 //!   zkb_api   zKillboard's RedisQ, R2Z2 and websocket, served from the store
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols
 //!   graphql   schema, queries, killmailAdded, filters, loaders
-//!   live      one Redis subscription per process, in order, fanned out
+//!   live      one Redis subscription per process as hints; new killmails read from the store
 //! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
 //! import    archives and files → store → announce                                queue import
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails

@@ -153,9 +153,8 @@ impl Publisher {
         Ok(outcome)
     }
 
-    /// Puts a delivery that was never settled back at the end of the work queue, counting
-    /// the delivery in its headers (all others kept), then acks it; see the job runner's
-    /// delivery limit.
+    /// Puts a delivery back at the end of the work queue with `deliveries` in its headers (all
+    /// others kept), then acks it; see the job runner's delivery limit.
     pub async fn requeue_counted(
         &self,
         delivery: &Delivery,

@@ -34,6 +34,19 @@ const PAUSE: Backoff = Backoff {
     first: Duration::from_millis(200),
     max: Duration::from_secs(10),
 };
+/// The longest a paused batch is held: RabbitMQ takes back a delivery left unacked for 30
+/// minutes (its default `consumer_timeout`), and a delivery taken back counts against the
+/// delivery limit; so the batch is put back first, as it is, and taken again.
+const PAUSE_HOLD: Duration = Duration::from_secs(600);
+
+/// How a pause ended.
+enum Pause {
+    /// The handler is available: try the batch again.
+    Resume,
+    Shutdown,
+    /// Held [`PAUSE_HOLD`]: put the batch back.
+    HandBack,
+}
 
 /// A kind of job: the queue it travels on and how its message is read.
 pub trait Job: Sized + Send {
@@ -63,6 +76,9 @@ pub enum Outcome {
     /// Given up without a result (shutdown came while it waited): left unacked, so it goes
     /// back to the queue with the connection.
     Unsettled,
+    /// Held too long while the handler was unavailable: put back at the end of its queue as it
+    /// is, before RabbitMQ takes it back (which would count against its delivery limit).
+    PutBack,
 }
 
 /// The work of one kind of job.
@@ -245,6 +261,12 @@ impl<H: Handler> Session<'_, H> {
                 "done"
             }
             Outcome::Unsettled => return Ok(()),
+            Outcome::PutBack => {
+                let headers = delivery.properties.headers().as_ref();
+                let deliveries = header_int(headers, DELIVERIES_HEADER).unwrap_or(1);
+                self.publisher.requeue_counted(delivery, deliveries).await?;
+                "put_back"
+            }
             Outcome::Failed(Failure::Permanent(reason)) => {
                 let reason = bounded_reason(&reason);
                 tracing::warn!(%reason, "job dead-lettered");
@@ -284,6 +306,7 @@ pub async fn outcomes<H: Handler>(
     shutdown: &CancellationToken,
 ) -> Vec<Outcome> {
     let mut retries = 0;
+    let held_since = Instant::now();
     loop {
         let mut outcomes = vec![Outcome::Done; bodies.len()];
         let mut jobs = Vec::with_capacity(bodies.len());
@@ -323,12 +346,15 @@ pub async fn outcomes<H: Handler>(
             }
             Ok(Err(Failure::Transient(reason))) if again => {
                 retries += 1;
-                if !paused(handler, &reason, retries, positions.len(), shutdown).await {
-                    for position in positions {
-                        outcomes[position] = Outcome::Unsettled;
-                    }
-                    return outcomes;
+                let given_up = match paused(handler, &reason, retries, held_since, shutdown).await {
+                    Pause::Resume => continue,
+                    Pause::Shutdown => Outcome::Unsettled,
+                    Pause::HandBack => Outcome::PutBack,
+                };
+                for position in positions {
+                    outcomes[position] = given_up.clone();
                 }
+                return outcomes;
             }
             Ok(Err(failure)) if positions.len() == 1 => {
                 outcomes[positions[0]] = Outcome::Failed(failure);
@@ -375,35 +401,36 @@ async fn split<H: Handler>(
 
 /// Waits before a batch that failed transiently (the `failures`-th time in a row) is tried
 /// again: a [`PAUSE`] delay, then for as long as the handler is unavailable, consuming nothing
-/// meanwhile. False when shutdown came first: the batch is left to the queue.
+/// meanwhile, but holding the batch (taken at `held_since`) no longer than [`PAUSE_HOLD`].
 async fn paused<H: Handler>(
     handler: &H,
     reason: &str,
     failures: u32,
-    jobs: usize,
+    held_since: Instant,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Pause {
     let reason = bounded_reason(reason);
-    tracing::warn!(%reason, jobs, failures, "batch failed transiently; it will be tried again whole");
+    tracing::warn!(%reason, failures, "batch failed transiently; it will be tried again whole");
     let mut waits = failures;
     let mut announced = false;
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return false,
+            () = shutdown.cancelled() => return Pause::Shutdown,
             () = tokio::time::sleep(PAUSE.delay(waits)) => {}
         }
         if handler.available().await {
             if announced {
-                tracing::info!(
-                    jobs,
-                    "available again; consuming resumes with the batch in hand"
-                );
+                tracing::info!("available again; consuming resumes with the batch in hand");
             }
-            return true;
+            return Pause::Resume;
+        }
+        if held_since.elapsed() >= PAUSE_HOLD {
+            tracing::warn!(held = ?PAUSE_HOLD, "still unavailable: the batch goes back to the queue as it is, to be taken again");
+            return Pause::HandBack;
         }
         if !announced {
             announced = true;
-            tracing::error!(%reason, jobs, "unavailable: consuming paused until it is back (nothing is retried or dead-lettered meanwhile)");
+            tracing::error!(%reason, "unavailable: consuming paused until it is back (nothing is retried or dead-lettered meanwhile)");
         }
         waits = waits.saturating_add(1);
     }
