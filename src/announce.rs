@@ -235,6 +235,12 @@ impl Announcer {
             }
             let found = names.esi.names(&unnamed).await?;
             db::names::save(&self.pool, &found).await?;
+            let named: HashSet<i64> = found.iter().map(|name| name.id).collect();
+            let nameless: Vec<i64> = unnamed
+                .into_iter()
+                .filter(|id| !named.contains(id))
+                .collect();
+            db::names::remember_unnamed(&self.pool, &nameless).await?;
             anyhow::Ok(true)
         };
         let error = match tokio::time::timeout(names.budget, work).await {

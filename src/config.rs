@@ -80,11 +80,21 @@ pub struct RabbitArgs {
     /// The queue (and routing key) of killmail jobs; its dead letters go to `<queue>.dead`.
     #[arg(long, env = "INGEST_QUEUE", default_value = <IngestJob as Job>::QUEUE)]
     pub ingest_queue: String,
+    /// The retry ladder, milliseconds per attempt separated by commas (by default 1 s, 5 s,
+    /// 30 s, 2 min, 10 min); every process sharing the queues must be given the same.
+    #[arg(long, env = "RETRY_DELAYS_MS", value_delimiter = ',')]
+    pub retry_delays_ms: Vec<u64>,
 }
 
 impl RabbitArgs {
     pub fn topology(&self) -> crate::queue::Topology {
+        let delays = self
+            .retry_delays_ms
+            .iter()
+            .copied()
+            .map(Duration::from_millis);
         crate::queue::Topology::new(&self.rabbitmq_exchange, &self.ingest_queue)
+            .with_retry_delays(delays.collect())
     }
 
     /// Connecting as `process`: the connection is named `<process> <queue>` on the broker.
@@ -136,6 +146,10 @@ pub struct ConsumerArgs {
     /// has already arrived (batches still form under load, while the last one is handled).
     #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 0)]
     pub batch_wait_ms: u64,
+    /// A job handled this many times without ever being settled (each time the worker died or
+    /// lost its connection while handling it) is dead-lettered when it comes back again.
+    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
 }
 
 impl ConsumerArgs {
@@ -148,6 +162,7 @@ impl ConsumerArgs {
             max_batch: self.batch_size.max(1),
             max_wait: Duration::from_millis(self.batch_wait_ms),
             grace,
+            delivery_limit: self.delivery_limit.max(1),
         }
     }
 }
@@ -168,6 +183,14 @@ pub struct FeedArgs {
     /// Least milliseconds between two R2Z2 requests (R2Z2 allows under 10 a second).
     #[arg(long, env = "R2Z2_MIN_INTERVAL_MS", default_value_t = 110)]
     pub r2z2_min_interval_ms: u64,
+    /// Milliseconds an R2Z2 sequence must stay missing, while later ones exist, before it is
+    /// skipped (each skip is logged and recorded in the `feed_skips` table).
+    #[arg(long, env = "R2Z2_SKIP_AFTER_MS", default_value_t = 180_000)]
+    pub r2z2_skip_after_ms: u64,
+    /// Milliseconds between tries to take the R2Z2 cursor's lock while another worker-redisq
+    /// holds it.
+    #[arg(long, env = "R2Z2_TAKEOVER_MS", default_value_t = 5000)]
+    pub r2z2_takeover_ms: u64,
     /// A RedisQ-compatible listen URL; when set, it is long-polled instead of R2Z2.
     #[arg(long, env = "REDISQ_URL")]
     pub redisq_url: Option<String>,
@@ -225,6 +248,8 @@ impl FeedArgs {
             min_interval: Duration::from_millis(self.r2z2_min_interval_ms),
             retention: Duration::from_secs(self.r2z2_retention_hours * 3600),
             zkb_base_url: Some(self.zkb.zkb_base_url.clone()),
+            skip_after: Duration::from_millis(self.r2z2_skip_after_ms),
+            takeover_check: Duration::from_millis(self.r2z2_takeover_ms),
             ..R2z2Settings::default()
         }
     }
@@ -536,4 +561,21 @@ impl EverefArgs {
 pub struct ZkbArgs {
     #[arg(long, env = "ZKB_BASE_URL", default_value = "https://zkillboard.com")]
     pub zkb_base_url: String,
+}
+
+/// The server's live hub (see `live`): how often it checks that its Redis subscription is
+/// alive.
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    /// Milliseconds between checks of the killmail subscription: a PING that must be answered
+    /// within as long, and the store's newest sequence, which the hub must have passed on by
+    /// the next check; a silent subscription is replaced within about twice this.
+    #[arg(long, env = "LIVE_CHECK_MS", default_value_t = 3000)]
+    pub live_check_ms: u64,
+}
+
+impl LiveArgs {
+    pub fn check_every(&self) -> Duration {
+        Duration::from_millis(self.live_check_ms.max(100))
+    }
 }

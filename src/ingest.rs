@@ -147,4 +147,9 @@ impl Handler for KillmailHandler {
         }
         Ok(outcomes)
     }
+
+    /// The store answers (a batch that cannot reach it waits for it, see the job runner).
+    async fn available(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
 }

@@ -126,6 +126,118 @@ impl Zkb {
     pub fn hash(&self) -> Option<&str> {
         self.0.get("hash").and_then(serde_json::Value::as_str)
     }
+
+    /// The block made safe to store, with one line per fix, or `None` when it needs none.
+    /// `\u0000`, which PostgreSQL's `jsonb` cannot hold, is removed from every string and key;
+    /// a field of DESIGN's `zkb` with the wrong type (a string where a number belongs) is
+    /// converted when it plainly says a value (`"12.5"`, `"true"`), else dropped. Whatever a
+    /// source sends in `zkb`, the killmail itself can then be stored.
+    pub fn sanitized(&self) -> Option<(Zkb, Vec<String>)> {
+        use serde_json::Value;
+        const NUMBERS: [&str; 7] = [
+            "locationID",
+            "fittedValue",
+            "droppedValue",
+            "destroyedValue",
+            "totalValue",
+            "points",
+            "attackerCount",
+        ];
+        const FLAGS: [&str; 3] = ["npc", "solo", "awox"];
+        const TEXTS: [&str; 2] = ["hash", "href"];
+        let mut fixes = Vec::new();
+        let mut value = self.0.clone();
+        if without_nul(&mut value) {
+            fixes.push("removed \\u0000 from its text".to_owned());
+        }
+        if let Value::Object(fields) = &mut value {
+            for key in NUMBERS
+                .into_iter()
+                .chain(FLAGS)
+                .chain(TEXTS)
+                .chain(["labels"])
+            {
+                let Some(field) = fields.get(key) else {
+                    continue;
+                };
+                let fixed = match (key, field) {
+                    (_, Value::Null) => Some(None),
+                    (key, Value::Number(_)) if NUMBERS.contains(&key) => None,
+                    (key, Value::String(text)) if NUMBERS.contains(&key) => {
+                        Some(plain_number(text.trim()).map(Value::Number))
+                    }
+                    (key, Value::Bool(_)) if FLAGS.contains(&key) => None,
+                    (key, Value::String(text)) if FLAGS.contains(&key) => {
+                        Some(text.trim().parse::<bool>().ok().map(Value::Bool))
+                    }
+                    (key, Value::String(_)) if TEXTS.contains(&key) => None,
+                    ("labels", Value::Array(labels)) if labels.iter().all(Value::is_string) => None,
+                    _ => Some(None),
+                };
+                match fixed {
+                    None => {}
+                    Some(Some(converted)) => {
+                        fixes.push(format!("{key}: {field} read as {converted}"));
+                        fields.insert(key.to_owned(), converted);
+                    }
+                    Some(None) => {
+                        fixes.push(format!("{key}: dropped {}", short(field)));
+                        fields.remove(key);
+                    }
+                }
+            }
+        }
+        (!fixes.is_empty()).then_some((Zkb(value), fixes))
+    }
+}
+
+/// The number `text` plainly says, as an integer when it is one.
+fn plain_number(text: &str) -> Option<serde_json::Number> {
+    match text.parse::<i64>() {
+        Ok(integer) => Some(integer.into()),
+        Err(_) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64),
+    }
+}
+
+/// Removes `\u0000` from every string and key under `value`; whether there was any.
+fn without_nul(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if text.contains('\0') => {
+            text.retain(|c| c != '\0');
+            true
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, item| without_nul(item) | any),
+        Value::Object(fields) => {
+            let mut any = false;
+            if fields.keys().any(|key| key.contains('\0')) {
+                let old = std::mem::take(fields);
+                *fields = old
+                    .into_iter()
+                    .map(|(key, value)| (key.replace('\0', ""), value))
+                    .collect();
+                any = true;
+            }
+            fields
+                .values_mut()
+                .fold(any, |any, field| without_nul(field) | any)
+        }
+        _ => false,
+    }
+}
+
+/// A value as a log line may quote it: at most 60 characters of its JSON.
+fn short(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(60) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
 }
 
 impl Killmail {
@@ -271,6 +383,34 @@ pub struct Received {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_zkb_is_made_storable_and_says_how() {
+        let zkb = Zkb(serde_json::json!({
+            "totalValue": "12.5", "fittedValue": "lots", "points": {"a": 1},
+            "npc": "false", "solo": 1, "awox": false, "labels": ["loc:highsec", 3],
+            "hash": "abc\0def", "href": "https://zkillboard.com",
+            "extra": {"key\0": ["\0"]}
+        }));
+        let (fixed, fixes) = zkb.sanitized().expect("fixes");
+        assert_eq!(
+            fixed.0,
+            serde_json::json!({
+                "totalValue": 12.5, "npc": false, "awox": false, "hash": "abcdef",
+                "href": "https://zkillboard.com", "extra": {"key": [""]}
+            })
+        );
+        assert_eq!(fixed.total_value(), Some(12.5));
+        assert!(
+            fixes
+                .iter()
+                .any(|f| f.contains("fittedValue: dropped \"lots\"")),
+            "{fixes:?}"
+        );
+        assert!(fixes.iter().any(|f| f.contains("\\u0000")), "{fixes:?}");
+        assert_eq!(fixes.len(), 7, "{fixes:?}");
+        assert_eq!(fixed.sanitized(), None, "nothing left to fix");
+    }
 
     fn killmail_at(time: &str) -> Result<Killmail, String> {
         let json = serde_json::json!({

@@ -13,7 +13,7 @@
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols, places by address
 //!   graphql   schema, queries, killmailAdded, filters, loaders
 //!   event_log every event with its cursor: killmails (live) and the log's others; retention
-//!   live      one Redis subscription per process, in order, fanned out
+//!   live      one Redis subscription per process as hints; new killmails read from the store
 //!   status    workerStatus: heartbeats of every process, queues, feeds, once per interval
 //! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
 //! import    archives and files → store → announce                                queue import

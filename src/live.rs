@@ -1,6 +1,8 @@
-//! The live events inside a server process: one Redis subscription per process, each event decoded
-//! once, put in ingest order with any gap filled from the store, and routed in memory to the
-//! subscriptions whose filter it passes. Subscriptions are indexed by the ids their filter
+//! The live events inside a server process: one Redis subscription per process, whose messages
+//! are hints that the store holds something new; what is new is read from the store once, in
+//! ingest order, and routed in memory to the subscriptions whose filter it passes. Redis is not
+//! believed blindly: a forged or corrupt message delivers nothing, and a subscription gone
+//! silent is noticed within seconds (see [`Hub::listen`]). Subscriptions are indexed by the ids their filter
 //! names (systems, entities, ships, regions), so an event is checked only against filters it
 //! could pass, however many there are. A subscription that resumes (`after`) or falls behind
 //! catches up from the store, so what it receives has no gap and no duplicate.
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,8 @@ pub struct Hub {
     statics: Arc<Statics>,
     routes: Arc<Mutex<Routes>>,
     last: Arc<AtomicI64>,
+    /// Whether the last catch-up from the store failed (logged once per outage).
+    store_failing: Arc<AtomicBool>,
 }
 
 /// Every live subscription's filter and inbox, indexed by the keys of its filter.
@@ -113,13 +117,6 @@ impl Routes {
             }
         }
     }
-
-    /// Makes every subscription catch up from the store before its next event.
-    fn all_lagged(&self) {
-        for route in self.entries.values() {
-            route.lagged.store(true, Ordering::SeqCst);
-        }
-    }
 }
 
 /// Removes its route when the subscription's stream is dropped.
@@ -142,12 +139,14 @@ fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
 
 impl Hub {
     /// Starts listening on `channel`; reconnects by itself, catching up from the store on each
-    /// reconnect, until `shutdown` is cancelled.
+    /// reconnect, until `shutdown` is cancelled. Every `check_every` the subscription is
+    /// pinged and the store's newest sequence compared with the hub's (see [`Hub::listen`]).
     pub async fn start(
         pool: PgPool,
         statics: Arc<Statics>,
         redis_url: &str,
         channel: &str,
+        check_every: Duration,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis_url)?;
@@ -156,9 +155,9 @@ impl Hub {
             statics,
             routes: Arc::default(),
             last: Arc::new(AtomicI64::new(0)),
+            store_failing: Arc::default(),
         };
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
+        let pubsub = Self::subscribe_within(&client, channel, check_every).await?;
         // Subscribed first, then read: every later commit reaches the hub one way or the other.
         let latest = db::killmails::latest_seq(&hub.pool).await?;
         hub.last.store(latest.0, Ordering::SeqCst);
@@ -172,7 +171,7 @@ impl Hub {
             loop {
                 let connection = match pubsub.take() {
                     Some(connection) => Ok(connection),
-                    None => Self::resubscribe(&client, &channel).await,
+                    None => Self::subscribe_within(&client, &channel, check_every).await,
                 };
                 match connection {
                     Ok(connection) => {
@@ -180,23 +179,14 @@ impl Hub {
                             tracing::info!("Redis subscription back; catching up from the store");
                         }
                         backoff = Duration::from_millis(100);
-                        if let Err(error) = task_hub.catch_up(None).await {
-                            tracing::error!(
-                                error = format!("{error:#}"),
-                                "catching up from the store failed"
-                            );
-                        }
-                        let mut messages = connection.into_on_message();
-                        loop {
-                            tokio::select! {
-                                () = shutdown.cancelled() => return task_hub.close(),
-                                message = messages.next() => match message {
-                                    Some(message) => task_hub.receive(message.get_payload_bytes()).await,
-                                    None => break,
-                                },
-                            }
-                        }
-                        tracing::warn!("Redis subscription lost; reconnecting");
+                        task_hub.catch_up_logged().await;
+                        let (mut sink, mut messages) = connection.split();
+                        let listened = task_hub.listen(&mut sink, &mut messages, check_every);
+                        let lost = tokio::select! {
+                            () = shutdown.cancelled() => return task_hub.close(),
+                            lost = listened => lost,
+                        };
+                        tracing::warn!(why = %lost, "Redis subscription lost; subscribing again");
                         outage = true;
                     }
                     // One line per outage; the retries are for debugging.
@@ -218,13 +208,83 @@ impl Hub {
         Ok(hub)
     }
 
-    async fn resubscribe(
+    /// A new subscription to `channel`, or an error when Redis does not give one within
+    /// `patience` (a connection that opens but never answers would otherwise hang here).
+    async fn subscribe_within(
         client: &redis::Client,
         channel: &str,
+        patience: Duration,
     ) -> redis::RedisResult<redis::aio::PubSub> {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok(pubsub)
+        let subscribing = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok(pubsub)
+        };
+        tokio::time::timeout(patience.max(Duration::from_secs(1)), subscribing)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer while subscribing",
+                )))
+            })
+    }
+
+    /// Follows one subscription until it is lost; returns why. A message on the channel is
+    /// only a hint that the store holds something new: what is passed on is read from the
+    /// store, so a forged or corrupt message (a `seq` far ahead, a killmail or names the store
+    /// does not hold) delivers nothing and holds nothing back. Every `every`, the
+    /// subscription must answer a PING within `every`, and the store must not still hold
+    /// sequences it held a check earlier that the channel never announced: either means the
+    /// subscription went silent (half-open, or dropped on the way), and the hub catches up
+    /// and subscribes again.
+    async fn listen(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        messages: &mut redis::aio::PubSubStream,
+        every: Duration,
+    ) -> String {
+        let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The store's newest sequence at the last check, when the hub had not passed it on.
+        let mut ahead: Option<Seq> = None;
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        return "the connection closed".to_owned();
+                    };
+                    let mut hinted = hint(message.get_payload_bytes());
+                    // A burst of messages is one read of the store.
+                    while let Some(Some(more)) = messages.next().now_or_never() {
+                        hinted = hinted.max(hint(more.get_payload_bytes()));
+                    }
+                    if hinted > self.last() {
+                        self.catch_up_logged().await;
+                    }
+                }
+                _ = checks.tick() => {
+                    match tokio::time::timeout(every, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => return format!("PING failed: {error}"),
+                        Err(_) => return format!("PING unanswered for {every:?}"),
+                    }
+                    match db::killmails::latest_seq(&self.pool).await {
+                        Ok(newest) => {
+                            let missed = ahead.filter(|ahead| self.last() < *ahead);
+                            ahead = (newest > self.last()).then_some(newest);
+                            if let Some(missed) = missed {
+                                return format!(
+                                    "the store held sequence {} for {every:?} and the channel never announced it",
+                                    missed.0
+                                );
+                            }
+                        }
+                        Err(error) => tracing::debug!(%error, "checking the store's newest sequence failed"),
+                    }
+                }
+            }
+        }
     }
 
     /// The newest sequence the hub has passed on.
@@ -232,45 +292,30 @@ impl Hub {
         Seq(self.last.load(Ordering::SeqCst))
     }
 
-    async fn receive(&self, payload: &[u8]) {
-        let event: KillmailAdded = match serde_json::from_slice(payload) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::warn!(%error, "ignoring a malformed killmail event");
-                return;
+    /// [`Hub::catch_up`], its failure logged: nothing is lost, since the next hint or check
+    /// catches up from the same place.
+    async fn catch_up_logged(&self) {
+        match self.catch_up().await {
+            Ok(()) if self.store_failing.swap(false, Ordering::SeqCst) => {
+                tracing::info!("caught up from the store again");
             }
-        };
-        let last = self.last();
-        if event.seq <= last {
-            return;
-        }
-        if event.seq.0 > last.0 + 1
-            && let Err(error) = self.catch_up(Some(event.seq)).await
-        {
-            // The gap is not lost: each subscription replays it from the store, in order,
-            // when its next event comes (or ends with the store's error, and its client
-            // resumes).
-            tracing::error!(
+            Ok(()) => {}
+            Err(error) if self.store_failing.swap(true, Ordering::SeqCst) => {
+                tracing::debug!(error = format!("{error:#}"), "catching up still fails");
+            }
+            Err(error) => tracing::error!(
                 error = format!("{error:#}"),
-                "filling a gap from the store failed; subscriptions will replay it"
-            );
-            lock(&self.routes).all_lagged();
-        }
-        if event.seq > self.last() {
-            self.send(Arc::new(event));
+                "catching up from the store failed; trying again at the next event or check"
+            ),
         }
     }
 
-    /// Passes on, in order, what the store holds after the last sequence sent and before
-    /// `until` (everything, when `None`).
-    async fn catch_up(&self, until: Option<Seq>) -> anyhow::Result<()> {
+    /// Passes on, in order, what the store holds after the last sequence sent.
+    async fn catch_up(&self) -> anyhow::Result<()> {
         loop {
             let page = replay(&self.pool, self.last(), PAGE).await?;
             let full = page.len() as i64 == PAGE;
             for event in page {
-                if until.is_some_and(|until| event.seq >= until) {
-                    return Ok(());
-                }
                 self.send(Arc::new(event));
             }
             if !full {
@@ -448,6 +493,22 @@ impl Hub {
             .map(Arc::new)
             .collect();
         Ok(Some(passing))
+    }
+}
+
+/// The sequence a message on the channel announces; the highest there is when it names none,
+/// since any message is still a hint that the store may hold something new.
+fn hint(payload: &[u8]) -> Seq {
+    #[derive(serde::Deserialize)]
+    struct Hint {
+        seq: Seq,
+    }
+    match serde_json::from_slice::<Hint>(payload) {
+        Ok(hint) => hint.seq,
+        Err(error) => {
+            tracing::warn!(%error, "a message on the killmail channel that is not an event");
+            Seq(i64::MAX)
+        }
     }
 }
 

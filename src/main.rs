@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, MetricsArgs, QueryArgs, RabbitArgs, RedisArgs,
-    StatusArgs, UpdatesArgs, ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, LiveArgs, MetricsArgs, QueryArgs, RabbitArgs,
+    RedisArgs, StatusArgs, UpdatesArgs, ZkbWebsocketArgs,
 };
 use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
@@ -40,6 +40,8 @@ struct Args {
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
+    live: LiveArgs,
+    #[command(flatten)]
     bus: BusArgs,
     #[command(flatten)]
     event_log: EventLogArgs,
@@ -71,7 +73,15 @@ async fn main() -> anyhow::Result<()> {
     let statics = Arc::new(Statics::load(&pool).await.context("loading static data")?);
     let hub = until_up("Redis", &shutdown, || {
         let (pool, statics) = (pool.clone(), Arc::clone(&statics));
-        Hub::start(pool, statics, redis_url, channel, shutdown.clone())
+        let check_every = args.live.check_every();
+        Hub::start(
+            pool,
+            statics,
+            redis_url,
+            channel,
+            check_every,
+            shutdown.clone(),
+        )
     })
     .await
     .context("subscribing to killmail events on Redis")?;

@@ -1,7 +1,13 @@
-//! Feed cursors: the last sequence of a live feed whose job RabbitMQ has confirmed.
+//! Feed cursors: the last sequence of a live feed whose job RabbitMQ has confirmed; the lock
+//! that lets one poller at a time follow a cursor; and the sequences a poller skipped
+//! (`feed_skips`), kept so they can be repaired.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
+
+/// The first key of the advisory locks on feed cursors (the second is the feed's hash), apart
+/// from the store's other advisory locks, which take one key.
+const CURSOR_LOCK_CLASS: i32 = 0x6b72_6663;
 
 pub async fn load(db: impl PgExecutor<'_>, feed: &str) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar!("SELECT sequence FROM feed_cursors WHERE feed = $1", feed)
@@ -37,4 +43,36 @@ pub async fn moved_at(db: impl PgExecutor<'_>, feed: &str) -> sqlx::Result<Optio
     sqlx::query_scalar!("SELECT updated_at FROM feed_cursors WHERE feed = $1", feed)
         .fetch_optional(db)
         .await
+}
+
+/// Takes the lock on `feed`'s cursor for as long as `connection` lives, if no other session
+/// holds it; false when one does. A connection that closes (its process died) releases it.
+pub async fn try_lock(connection: &mut PgConnection, feed: &str) -> sqlx::Result<bool> {
+    let locked = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock($1, hashtext($2)) AS "locked!""#,
+        CURSOR_LOCK_CLASS,
+        feed
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok(locked)
+}
+
+/// Records that `sequence` of `feed` was skipped, and why; recording it again changes nothing.
+pub async fn record_skip(
+    db: impl PgExecutor<'_>,
+    feed: &str,
+    sequence: i64,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "INSERT INTO feed_skips (feed, sequence, reason) VALUES ($1, $2, $3)
+         ON CONFLICT (feed, sequence) DO NOTHING",
+        feed,
+        sequence,
+        reason
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }

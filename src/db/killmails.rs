@@ -109,8 +109,20 @@ impl Encoded {
             .opt_float8(position.map(|p| p.y))
             .opt_float8(position.map(|p| p.z))
             .int4(index_i32(killmail.attackers.len()));
+        // A malformed zkb block never keeps a valid killmail out: its bad fields are fixed or
+        // dropped (see `Zkb::sanitized`), each fix logged.
         match &received.zkb {
-            Some(zkb) => row.jsonb(&zkb.0),
+            Some(zkb) => match zkb.sanitized() {
+                Some((fixed, fixes)) => {
+                    tracing::warn!(
+                        killmail.id = %killmail.killmail_id,
+                        fixes = fixes.join("; "),
+                        "malformed zkb block: the killmail is stored with its bad fields fixed or dropped"
+                    );
+                    row.jsonb(&fixed.0)
+                }
+                None => row.jsonb(&zkb.0),
+            },
             None => row.null(),
         }
         .text(received.source.as_str());

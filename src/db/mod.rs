@@ -24,24 +24,24 @@ use sqlx::{PgPool, Postgres};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// How long a statement of any process waits for a lock (the store's write lock among them)
-/// before it fails, to be retried: a stalled writer does not hold every other one for ever.
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a transaction may sit idle before PostgreSQL ends its session, releasing its locks:
-/// a process stalled mid-transaction gives them back.
-pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Set on every connection of the store's pools, unless `DATABASE_URL`'s `options` sets them
+/// (`?options=-c%20lock_timeout%3D5s`): a statement waiting for a lock (the store's write lock
+/// held by a stalled `queue import`) fails after a minute, and its job is tried again, rather
+/// than waiting for ever; a session idle inside a transaction for five minutes is ended, which
+/// releases whatever it held.
+pub const SESSION_SETTINGS: [(&str, &str); 2] = [
+    ("lock_timeout", "60s"),
+    ("idle_in_transaction_session_timeout", "5min"),
+];
 
-/// The connect options of every pool: `url` with [`LOCK_TIMEOUT`] and
-/// [`IDLE_IN_TRANSACTION_TIMEOUT`] set on each session.
+/// The connect options of every pool: `url` with [`SESSION_SETTINGS`] where it sets none.
 fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(url).context("parsing DATABASE_URL")?;
-    Ok(options.options([
-        ("lock_timeout", millis(LOCK_TIMEOUT)),
-        (
-            "idle_in_transaction_session_timeout",
-            millis(IDLE_IN_TRANSACTION_TIMEOUT),
-        ),
-    ]))
+    let given = options.get_options().unwrap_or_default().to_owned();
+    let defaults = SESSION_SETTINGS
+        .into_iter()
+        .filter(|(name, _)| !given.contains(name));
+    Ok(options.options(defaults))
 }
 
 /// A duration as PostgreSQL reads a setting in milliseconds.

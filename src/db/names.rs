@@ -27,15 +27,34 @@ pub async fn lookup(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<HashMa
     Ok(rows.into_iter().map(|row| (row.id, row.name)).collect())
 }
 
-/// Of these entity ids, those the store has no name for.
+/// Of these entity ids, those the store has no name for and that ESI was not asked about in
+/// the last day (see [`remember_unnamed`]).
 pub async fn unnamed(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM UNNEST($1::int8[]) AS u(id)
-           WHERE NOT EXISTS (SELECT 1 FROM entity_names n WHERE n.id = u.id)"#,
+           WHERE NOT EXISTS (SELECT 1 FROM entity_names n WHERE n.id = u.id)
+             AND NOT EXISTS (SELECT 1 FROM unnamed_ids x
+                             WHERE x.id = u.id AND x.asked_at > now() - interval '1 day')"#,
         ids
     )
     .fetch_all(db)
     .await
+}
+
+/// Remembers that ESI could name none of `ids` just now, so that [`unnamed`] leaves them out
+/// for a day.
+pub async fn remember_unnamed(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "INSERT INTO unnamed_ids (id) SELECT * FROM UNNEST($1::int8[])
+         ON CONFLICT (id) DO UPDATE SET asked_at = now()",
+        ids
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 pub async fn save(db: impl PgExecutor<'_>, names: &[Name]) -> sqlx::Result<()> {

@@ -1,7 +1,12 @@
 //! R2Z2, zKillboard's live feed as numbered files: `ephemeral/sequence.json` names the newest
 //! sequence and `ephemeral/{N}.json` holds the N-th killmail, 404 until it is produced. The
 //! cursor, the last sequence whose job RabbitMQ confirmed, lives in PostgreSQL, so a restart
-//! resumes at cursor + 1 and neither skips nor repeats a killmail. After an outage longer than
+//! resumes at cursor + 1 and neither skips nor repeats a killmail. One poller at a time follows
+//! a cursor: it holds a PostgreSQL advisory lock on it for as long as it polls, and saves the
+//! cursor through the connection that holds it; another `worker-redisq` waits, and takes over
+//! when the first stops or dies. A sequence is skipped only after it stayed missing for
+//! [`R2z2Settings::skip_after`] while later ones existed, and each skip is logged and recorded
+//! in `feed_skips` (see `db::cursors`), so that it can be repaired. After an outage longer than
 //! R2Z2 keeps its files, the poller resynchronises to the present and repairs the hours it lost
 //! (see `resync`).
 
@@ -9,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Answer, FeedHttp, checked, pause, publish};
@@ -41,6 +47,11 @@ pub struct R2z2Settings {
     /// zKillboard, whose daily history repairs the hours such an outage lost; without it the
     /// gap is only recorded.
     pub zkb_base_url: Option<String>,
+    /// How long a sequence must stay missing, while R2Z2 names later ones, before it is
+    /// skipped (and recorded in `feed_skips`).
+    pub skip_after: Duration,
+    /// How often a poller waiting for another one's lock on the cursor tries to take it.
+    pub takeover_check: Duration,
 }
 
 impl Default for R2z2Settings {
@@ -52,8 +63,26 @@ impl Default for R2z2Settings {
             backoff: Backoff::default(),
             retention: Duration::from_secs(20 * 3600),
             zkb_base_url: None,
+            skip_after: Duration::from_secs(180),
+            takeover_check: Duration::from_secs(5),
         }
     }
+}
+
+/// Why following stopped before shutdown.
+enum Stop {
+    /// Publishing failed: only a new connection (the session's restart) mends it.
+    Broker(anyhow::Error),
+    /// The store failed, and the cursor's lock may be gone with its connection.
+    Store(anyhow::Error),
+}
+
+/// A sequence found missing while R2Z2 named a later one.
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    /// The newest sequence R2Z2 named then: sequences up to it have existed since.
+    newest: i64,
+    since: Instant,
 }
 
 /// Reads R2Z2 from the cursor onwards and queues one `killmail.ingest` job per file.
@@ -91,20 +120,61 @@ pub fn decode_object(body: &[u8]) -> Result<IngestJob, String> {
 }
 
 impl R2z2Poller {
-    /// Polls until `shutdown`; an error means the broker or the database is gone, and a restart
-    /// resumes after the cursor.
+    /// Polls until `shutdown`, once it holds the cursor's lock; an error means the broker is
+    /// gone, and a restart resumes after the cursor. When the store goes away (and the lock
+    /// with it), the poller stops polling until it holds the lock again.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = &self.settings;
         let mut http = FeedHttp::new("r2z2", settings.min_interval, settings.backoff);
-        let cursor = cursors::load(&self.pool, &settings.feed)
+        let mut outage = 0;
+        loop {
+            let error = match self.lock_cursor(&shutdown).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(mut lock)) => {
+                    if outage > 0 {
+                        tracing::info!("the store is back; following R2Z2 again");
+                        outage = 0;
+                    }
+                    match self.follow(&mut lock, &mut http, &shutdown).await {
+                        Ok(()) => return Ok(()),
+                        Err(Stop::Broker(error)) => return Err(error),
+                        Err(Stop::Store(error)) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            outage += 1;
+            let delay = Backoff::RECONNECT.delay(outage);
+            if outage == 1 {
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "the store is away, and the R2Z2 cursor's lock with it; polling stops until it is taken again");
+            } else {
+                tracing::debug!(error = format!("{error:#}"), retry_in = ?delay, "the store is still away");
+            }
+            if !pause(&shutdown, delay).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Follows the feed while `lock` holds the cursor: until shutdown (`Ok`), or the broker or
+    /// the store fails.
+    async fn follow(
+        &self,
+        lock: &mut PgConnection,
+        http: &mut FeedHttp,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let settings = &self.settings;
+        let cursor = cursors::load(&mut *lock, &settings.feed)
             .await
-            .context("loading the R2Z2 cursor")?;
+            .context("loading the R2Z2 cursor")
+            .map_err(Stop::Store)?;
         let mut next = match cursor {
             Some(done) => {
                 tracing::info!(feed.cursor = done, "resuming R2Z2 after its cursor");
                 done + 1
             }
-            None => match self.newest(&mut http, &shutdown).await {
+            None => match self.newest(http, shutdown).await {
                 Some(newest) => {
                     tracing::info!(
                         feed.sequence = newest,
@@ -115,9 +185,10 @@ impl R2z2Poller {
                 None => return Ok(()),
             },
         };
-        self.repair_unfinished(&shutdown).await?;
-        // 404s in a row for `next` while a later sequence exists: see below.
-        let mut misses = 0;
+        self.repair_unfinished(shutdown)
+            .await
+            .map_err(Stop::Store)?;
+        let mut missing: Option<Missing> = None;
         loop {
             let request = self.http.get(self.object_url(next));
             let answer = tokio::select! {
@@ -128,48 +199,123 @@ impl R2z2Poller {
                 Answer::Body(body) => {
                     // Taken: from here the object is published and the cursor saved even if
                     // shutdown comes meanwhile.
-                    self.forward(next, &body).await?;
-                    self.save_cursor(next).await?;
+                    self.forward(next, &body).await.map_err(Stop::Broker)?;
+                    self.save_cursor(lock, next).await.map_err(Stop::Store)?;
                     next += 1;
-                    misses = 0;
                 }
                 Answer::NotFound => {
                     // Usually the head of the feed. But a sequence missing below the newest one
-                    // will never come (files expire after about a day), and waiting for it would
-                    // stall the feed for good; it is skipped once a second look confirms it.
+                    // may never come (files expire after about a day), and waiting for it would
+                    // stall the feed for good: once it stayed missing for `skip_after`, it is
+                    // skipped, and so is any sequence R2Z2 already named then that is missing
+                    // too (they have waited as long).
                     let newest = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
-                        newest = self.newest_once(&mut http) => newest,
+                        newest = self.newest_once(http) => newest,
                     };
                     if let Some(newest) = newest.filter(|newest| *newest > next)
-                        && let Some(resumed) =
-                            self.resync_after_outage(next, newest, &shutdown).await?
+                        && let Some(resumed) = self
+                            .resync_after_outage(lock, next, newest, shutdown)
+                            .await
+                            .map_err(Stop::Store)?
                     {
                         next = resumed;
-                        misses = 0;
+                        missing = None;
                         continue;
                     }
-                    let behind = newest.is_some_and(|newest| newest > next);
-                    misses = if behind { misses + 1 } else { 0 };
-                    if misses >= 2 {
-                        tracing::warn!(
-                            feed.sequence = next,
-                            "R2Z2 sequence is missing while later ones exist (expired or never published); skipping it"
-                        );
-                        self.save_cursor(next).await?;
-                        next += 1;
-                        misses = 0;
-                    } else if !behind && !pause(&shutdown, settings.idle_wait).await {
+                    match (newest, missing) {
+                        (Some(newest), _) if newest <= next => missing = None,
+                        (None, _) => {}
+                        (Some(_), Some(seen))
+                            if next <= seen.newest
+                                && seen.since.elapsed() >= settings.skip_after =>
+                        {
+                            self.skip(lock, next, seen).await.map_err(Stop::Store)?;
+                            next += 1;
+                            continue;
+                        }
+                        (Some(_), Some(seen)) if next <= seen.newest => {}
+                        (Some(newest), _) => {
+                            tracing::info!(
+                                feed.sequence = next,
+                                feed.newest = newest,
+                                wait = ?settings.skip_after,
+                                "R2Z2 sequence is missing while later ones exist; waiting for it before skipping it"
+                            );
+                            missing = Some(Missing {
+                                newest,
+                                since: Instant::now(),
+                            });
+                        }
+                    }
+                    if !pause(shutdown, settings.idle_wait).await {
                         return Ok(());
                     }
                 }
                 Answer::Retry(delay) => {
-                    if !pause(&shutdown, delay).await {
+                    if !pause(shutdown, delay).await {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+
+    /// A connection holding the lock on the cursor, taken as soon as no other poller holds
+    /// it; `None` on shutdown. The lock lasts as long as the connection, which is never handed
+    /// back to the pool.
+    async fn lock_cursor(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<PgConnection>> {
+        let feed = &self.settings.feed;
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .context("connecting for the R2Z2 cursor's lock")?
+            .detach();
+        let mut waited = false;
+        loop {
+            if cursors::try_lock(&mut connection, feed)
+                .await
+                .context("locking the R2Z2 cursor")?
+            {
+                if waited {
+                    tracing::info!(feed, "took over the R2Z2 cursor");
+                }
+                return Ok(Some(connection));
+            }
+            if !waited {
+                waited = true;
+                tracing::info!(
+                    feed,
+                    "another worker-redisq follows this R2Z2 cursor; waiting to take over when it stops"
+                );
+            }
+            if !pause(shutdown, self.settings.takeover_check).await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Skips `sequence`, missing since `seen`: logged, recorded in `feed_skips`, cursor moved.
+    async fn skip(
+        &self,
+        lock: &mut PgConnection,
+        sequence: i64,
+        seen: Missing,
+    ) -> anyhow::Result<()> {
+        let reason = format!(
+            "missing for {:.0?} while R2Z2 named sequence {} (expired or never published)",
+            seen.since.elapsed(),
+            seen.newest
+        );
+        tracing::warn!(feed = %self.settings.feed, feed.sequence = sequence, %reason, "skipping an R2Z2 sequence; recorded in feed_skips for repair");
+        cursors::record_skip(&mut *lock, &self.settings.feed, sequence, &reason)
+            .await
+            .with_context(|| format!("recording the skip of R2Z2 sequence {sequence}"))?;
+        self.save_cursor(lock, sequence).await
     }
 
     fn object_url(&self, sequence: i64) -> String {
@@ -238,30 +384,18 @@ impl R2z2Poller {
         Ok(())
     }
 
-    pub(super) async fn save_cursor(&self, sequence: i64) -> anyhow::Result<()> {
-        const ATTEMPTS: u32 = 5;
-        let backoff = Backoff {
-            first: Duration::from_millis(500),
-            max: Duration::from_secs(10),
-        };
-        let mut attempt = 1;
-        loop {
-            match cursors::save(&self.pool, &self.settings.feed, sequence).await {
-                Ok(()) => {
-                    metrics::gauge!(telemetry::FEED_CURSOR, "feed" => "r2z2").set(sequence as f64);
-                    return Ok(());
-                }
-                Err(error) if attempt < ATTEMPTS => {
-                    tracing::warn!(feed.sequence = sequence, %error, attempt, "saving the R2Z2 cursor failed; retrying");
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                    attempt += 1;
-                }
-                Err(error) => {
-                    return Err(error)
-                        .with_context(|| format!("saving the R2Z2 cursor at {sequence}"));
-                }
-            }
-        }
+    /// Saves the cursor through the connection holding its lock: if that connection is gone,
+    /// so is the lock, and the poller must stop rather than write a cursor another one owns.
+    pub(super) async fn save_cursor(
+        &self,
+        lock: &mut PgConnection,
+        sequence: i64,
+    ) -> anyhow::Result<()> {
+        cursors::save(lock, &self.settings.feed, sequence)
+            .await
+            .with_context(|| format!("saving the R2Z2 cursor at {sequence}"))?;
+        metrics::gauge!(telemetry::FEED_CURSOR, "feed" => "r2z2").set(sequence as f64);
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::R2z2Poller;
@@ -28,6 +29,7 @@ impl R2z2Poller {
     /// file, which the poller deals with as before.
     pub(super) async fn resync_after_outage(
         &self,
+        lock: &mut PgConnection,
         next: i64,
         newest: i64,
         shutdown: &CancellationToken,
@@ -54,7 +56,7 @@ impl R2z2Poller {
              R2Z2 keeps them. Resynchronising to the newest sequence; the lost hours are \
              repaired from zKillboard's history"
         );
-        self.save_cursor(newest - 1).await?;
+        self.save_cursor(lock, newest - 1).await?;
         self.repair_in_background(gap, shutdown.clone());
         Ok(Some(newest))
     }

@@ -407,11 +407,19 @@ fn read_tar(
     Ok(None)
 }
 
+/// Reads a `.json` file: an array is decoded as it is read, its items passed on one at a time
+/// and each chunk sent as it fills, so that an array of any size takes bounded memory and is
+/// written in batches; any other value is read whole, as one record.
 fn read_json(
-    reader: &mut impl Read,
+    reader: &mut impl BufRead,
     place: Place<'_>,
     collector: &mut Collector<'_>,
 ) -> Result<Option<std::io::Error>, WriterGone> {
+    match starts_with_bracket(reader) {
+        Ok(true) => return stream_array(reader, place, collector),
+        Ok(false) => {}
+        Err(error) => return Ok(Some(error)),
+    }
     let mut buffer = Vec::new();
     if let Err(error) = reader.read_to_end(&mut buffer) {
         return Ok(Some(error));
@@ -419,6 +427,93 @@ fn read_json(
     decode_bytes(&buffer, place, collector);
     collector.send_if_full()?;
     Ok(None)
+}
+
+/// Whether the JSON text ahead starts with `[`, leading white space consumed.
+fn starts_with_bracket(reader: &mut impl BufRead) -> std::io::Result<bool> {
+    loop {
+        let buffer = reader.fill_buf()?;
+        let Some(&first) = buffer.first() else {
+            return Ok(false);
+        };
+        if !first.is_ascii_whitespace() {
+            return Ok(first == b'[');
+        }
+        let blank = buffer
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+        reader.consume(blank);
+    }
+}
+
+/// Decodes a JSON array from `reader` item by item (see [`read_json`]). What comes after a
+/// syntax error is lost, which the rejection says, with the item where it broke off.
+fn stream_array(
+    reader: &mut impl Read,
+    place: Place<'_>,
+    collector: &mut Collector<'_>,
+) -> Result<Option<std::io::Error>, WriterGone> {
+    let mut items = Items {
+        place,
+        collector,
+        count: 0,
+        gone: false,
+    };
+    let mut json = serde_json::Deserializer::from_reader(reader);
+    let read =
+        serde::de::Deserializer::deserialize_seq(&mut json, &mut items).and_then(|()| json.end());
+    if items.gone {
+        return Err(WriterGone);
+    }
+    match read {
+        Ok(()) => Ok(None),
+        Err(error) if error.is_io() => Ok(Some(error.into())),
+        Err(error) => {
+            let at = Place {
+                item: Some(items.count),
+                ..place
+            };
+            items
+                .collector
+                .reject(at, format!("not JSON from here on: {error}"));
+            Ok(None)
+        }
+    }
+}
+
+/// Passes an array's items to the collector as they are decoded.
+struct Items<'p, 'c, 'a> {
+    place: Place<'p>,
+    collector: &'c mut Collector<'a>,
+    /// Items decoded so far.
+    count: usize,
+    /// The writer stopped: reading was broken off.
+    gone: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Items<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(value) = seq.next_element::<Value>()? {
+            let at = Place {
+                item: Some(self.count),
+                ..self.place
+            };
+            self.count += 1;
+            self.collector.record(at, decode_record(value));
+            if self.collector.send_if_full().is_err() {
+                self.gone = true;
+                return Err(serde::de::Error::custom("the writer stopped"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn read_lines(
@@ -473,6 +568,65 @@ fn decode_bytes(bytes: &[u8], place: Place<'_>, collector: &mut Collector<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const R2Z2_OBJECT: &str = include_str!(
+        "../../tests/it/fixtures/upstream/r2z2/r2z2-ephemeral-96599404-killmail-134265477.aa-killtracker.json"
+    );
+
+    #[tokio::test]
+    async fn a_json_array_is_read_as_it_goes_in_batches_and_a_break_is_placed() {
+        let object: Value = serde_json::from_str(R2Z2_OBJECT).expect("JSON");
+        let items = vec![object; 2_000];
+        let mut text = serde_json::to_string_pretty(&items).expect("JSON");
+        // Broken off after the first 1,500 items.
+        let cut = text.match_indices("\n  {").nth(1_500).expect("items").0;
+        text.truncate(cut);
+        text.push_str("\n  {\"killmail_id\": ,");
+        let path =
+            std::env::temp_dir().join(format!("killreport-array-{}.json", std::process::id()));
+        std::fs::write(&path, &text).expect("write");
+        let size = text.len() as u64;
+        let files = input_files(std::slice::from_ref(&path)).expect("found");
+
+        let settings = ReadSettings {
+            batch_size: 100,
+            queue_missing: false,
+            encode: false,
+        };
+        let (reader, mut chunks) = Reader::spawn(files, settings);
+        let first = chunks.recv().await.expect("a chunk");
+        assert_eq!(first.killmails.len(), 100, "a batch");
+        assert!(
+            first.position < size / 4,
+            "sent after reading {} of {size} bytes: not read whole first",
+            first.position
+        );
+        let (mut killmails, mut rejections) = (first.killmails.len(), first.rejections);
+        while let Some(chunk) = chunks.recv().await {
+            assert!(chunk.killmails.len() <= 100);
+            killmails += chunk.killmails.len();
+            rejections.extend(chunk.rejections);
+        }
+        reader.finish().await.expect("read");
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(killmails, 1_500);
+        assert_eq!(
+            rejections.len(),
+            1,
+            "{:?}",
+            rejections.iter().map(|r| &r.reason).collect::<Vec<_>>()
+        );
+        assert!(
+            rejections[0].place.ends_with("item 1500"),
+            "{}",
+            rejections[0].place
+        );
+        assert!(
+            rejections[0].reason.starts_with("not JSON from here on"),
+            "{}",
+            rejections[0].reason
+        );
+    }
 
     #[test]
     fn files_are_recognised_by_name() {

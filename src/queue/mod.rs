@@ -28,8 +28,13 @@ pub const MAX_REASON_BYTES: usize = 1024;
 /// Header on a retried job: how many times it has failed so far.
 pub const ATTEMPTS_HEADER: &str = "x-killreport-attempts";
 
+/// Header on a job put back on its queue after a delivery that was never settled (the worker
+/// died, or its connection was lost, while handling it): how many such deliveries it has had.
+pub const DELIVERIES_HEADER: &str = "x-killreport-deliveries";
+
 /// How long a job that failed transiently waits before its next attempt; after the last delay
-/// it is dead-lettered, where `queue dlq replay` can send it round again.
+/// it is dead-lettered, where `queue dlq replay` can send it round again. The default of
+/// [`Topology::retry_delays`].
 pub const RETRY_DELAYS: [Duration; 5] = [
     Duration::from_secs(1),
     Duration::from_secs(5),
@@ -44,6 +49,8 @@ pub struct Topology {
     pub exchange: String,
     /// The work queue; also the routing key jobs are published with.
     pub queue: String,
+    /// The retry ladder: one delay queue per attempt ([`RETRY_DELAYS`] unless told otherwise).
+    pub retry_delays: Vec<Duration>,
 }
 
 impl Topology {
@@ -51,15 +58,32 @@ impl Topology {
         Self {
             exchange: exchange.to_owned(),
             queue: queue.to_owned(),
+            retry_delays: RETRY_DELAYS.to_vec(),
         }
+    }
+
+    /// The same topology with another retry ladder (tests make it short); an empty one keeps
+    /// the default.
+    #[must_use]
+    pub fn with_retry_delays(mut self, delays: Vec<Duration>) -> Self {
+        if !delays.is_empty() {
+            self.retry_delays = delays;
+        }
+        self
     }
 
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
     }
 
+    /// The delay queue of retry `attempt` (counted from 0), named by its delay.
     pub fn retry_queue(&self, attempt: usize) -> String {
-        format!("{}.retry.{}s", self.queue, RETRY_DELAYS[attempt].as_secs())
+        let delay = self.retry_delays[attempt];
+        if delay.subsec_millis() == 0 {
+            format!("{}.retry.{}s", self.queue, delay.as_secs())
+        } else {
+            format!("{}.retry.{}ms", self.queue, delay.as_millis())
+        }
     }
 
     /// Declares the exchange, the work queue, its retry queues (each a fixed delay whose expired
@@ -102,7 +126,7 @@ impl Topology {
         channel
             .queue_declare(&self.dead_letter_queue(), durable, FieldTable::default())
             .await?;
-        for (attempt, delay) in RETRY_DELAYS.iter().enumerate() {
+        for (attempt, delay) in self.retry_delays.iter().enumerate() {
             let mut args = FieldTable::default();
             args.insert(
                 "x-message-ttl".into(),

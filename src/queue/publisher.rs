@@ -1,5 +1,9 @@
 //! Publishing with publisher confirms: a publish returns only once the broker has taken
 //! responsibility for the message, so a caller can advance a cursor or ack a delivery safely.
+//! Every publish is `mandatory`: a message that no queue took comes back and is an error, not a
+//! success; and a confirm that does not come within [`CONFIRM_TIMEOUT`] is one too.
+
+use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -7,7 +11,12 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::{ATTEMPTS_HEADER, IngestJob, REASON_HEADER, RETRY_DELAYS, Topology, bounded_reason};
+use super::{
+    ATTEMPTS_HEADER, DELIVERIES_HEADER, IngestJob, REASON_HEADER, Topology, bounded_reason,
+};
+
+/// How long a publish waits for the broker's confirm unless told otherwise.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -15,13 +24,21 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
+    #[error("RabbitMQ returned the message: no queue took it ({code} {text} for {routing_key:?})")]
+    Returned {
+        code: u16,
+        text: String,
+        routing_key: String,
+    },
+    #[error("RabbitMQ did not confirm the message within {0:?}")]
+    Unconfirmed(Duration),
 }
 
 /// What became of a job handed to [`Publisher::retry_later`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOutcome {
-    /// Queued to run again after this many seconds.
-    Delayed(u64),
+    /// Queued to run again after this delay.
+    Delayed(Duration),
     /// Out of attempts: dead-lettered.
     DeadLettered,
 }
@@ -30,6 +47,7 @@ pub enum RetryOutcome {
 pub struct Publisher {
     channel: Channel,
     topology: Topology,
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -40,7 +58,18 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         topology.declare(&channel).await?;
-        Ok(Self { channel, topology })
+        Ok(Self {
+            channel,
+            topology,
+            confirm_timeout: CONFIRM_TIMEOUT,
+        })
+    }
+
+    /// The same publisher, waiting `timeout` for each confirm.
+    #[must_use]
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
     }
 
     pub fn topology(&self) -> &Topology {
@@ -97,7 +126,7 @@ impl Publisher {
         let attempts =
             super::header_int(delivery.properties.headers().as_ref(), ATTEMPTS_HEADER).unwrap_or(0);
         let attempt = usize::try_from(attempts).unwrap_or(usize::MAX);
-        let outcome = match RETRY_DELAYS.get(attempt) {
+        let outcome = match self.topology.retry_delays.get(attempt) {
             Some(delay) => {
                 let mut headers = FieldTable::default();
                 headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempts + 1));
@@ -112,7 +141,7 @@ impl Publisher {
                     headers,
                 )
                 .await?;
-                RetryOutcome::Delayed(delay.as_secs())
+                RetryOutcome::Delayed(*delay)
             }
             None => {
                 let reason = format!("gave up after {attempts} attempts: {reason}");
@@ -122,6 +151,21 @@ impl Publisher {
         };
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(outcome)
+    }
+
+    /// Puts a delivery back at the end of the work queue with `deliveries` in its headers (all
+    /// others kept), then acks it; see the job runner's delivery limit.
+    pub async fn requeue_counted(
+        &self,
+        delivery: &Delivery,
+        deliveries: i64,
+    ) -> Result<(), PublishError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(DELIVERIES_HEADER.into(), AMQPValue::LongLongInt(deliveries));
+        self.publish_body("", &self.topology.queue, &delivery.data, headers)
+            .await?;
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
     }
 
     async fn publish_body(
@@ -135,20 +179,28 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(headers);
-        let confirmation = self
-            .channel
-            .basic_publish(
-                exchange,
-                routing_key,
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?
-            .await?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirming = async {
+            let confirm = self
+                .channel
+                .basic_publish(exchange, routing_key, options, body, properties)
+                .await?;
+            confirm.await
+        };
+        let confirmation = tokio::time::timeout(self.confirm_timeout, confirming)
+            .await
+            .map_err(|_| PublishError::Unconfirmed(self.confirm_timeout))??;
         match confirmation {
             Confirmation::Nack(_) => Err(PublishError::Nacked),
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(PublishError::Returned {
+                code: returned.reply_code,
+                text: returned.reply_text.to_string(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db;
 use crate::killmail::Seq;
-use crate::queue::{RETRY_DELAYS, Topology};
+use crate::queue::Topology;
 
 use self::heartbeat::{Beat, Keys};
 
@@ -305,7 +305,10 @@ impl Monitor {
             };
         let topology = &self.sources.topology;
         let names = std::iter::once((topology.queue.clone(), QueueRole::Work))
-            .chain((0..RETRY_DELAYS.len()).map(|a| (topology.retry_queue(a), QueueRole::Retry)))
+            .chain(
+                (0..topology.retry_delays.len())
+                    .map(|a| (topology.retry_queue(a), QueueRole::Retry)),
+            )
             .chain(std::iter::once((
                 topology.dead_letter_queue(),
                 QueueRole::DeadLetter,

@@ -2,7 +2,10 @@
 //! R2Z2, worker-redisq, RabbitMQ, worker-killmails, PostgreSQL, Redis, the server, and a
 //! WebSocket subscriber that resumes with `after` whenever its connection drops — while, one
 //! phase after another, RabbitMQ, Redis and PostgreSQL restart, each worker is killed with
-//! SIGKILL and started again, and the server restarts. The processes under test are left alone
+//! SIGKILL and started again, and the server restarts; then (issue 11) PostgreSQL stays down
+//! longer than the retry ladder, forged and corrupt events appear on the channel, the server's
+//! Redis subscription goes silent without an error, and two worker-redisq run on one cursor
+//! until the first is killed. The processes under test are left alone
 //! through the service restarts: they must heal by themselves, and meanwhile each one's
 //! `/readyz` must name the service that is down, and be 200 again afterwards. Every killmail
 //! must end up stored once and delivered to the subscriber once; a table of what each phase
@@ -20,24 +23,34 @@ use tokio::process::Child;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use killreport::events::KillmailAdded;
+use killreport::killmail::{Killmail, Seq};
+
 use crate::support::fakes::Served;
 use crate::support::fakes::esi::FakeEsi;
 use crate::support::fakes::r2z2::FakeR2z2;
 use crate::support::private_services::PrivateServices;
+use crate::support::proxy::{SilentProxy, host_port};
 use crate::support::ws::{ResumingSubscriber, graphql_url};
 use crate::support::{self, PATIENCE, TestEnv, fixtures, free_port, terminate};
 
 /// The R2Z2 sequence of the first killmail.
 const START: i64 = 96_599_404;
-/// Killmails each phase streams.
-const PER_PHASE: usize = 37;
+/// Killmails each phase streams (the fixture day holds 226).
+const PER_PHASE: usize = 22;
 /// One killmail appears on the feed every so often: about 6 s a phase.
 const PACE: Duration = Duration::from_millis(150);
 /// How many killmails of a phase have appeared when its fault strikes.
-const FAULT_AFTER: u32 = 12;
+const FAULT_AFTER: u32 = 8;
 /// How long a stopped service or a killed process stays down before it is started again, so
 /// that killmails arrive meanwhile and pile up, or are committed but cannot be announced.
 const DOWNTIME: Duration = Duration::from_secs(3);
+/// The retry ladder of the suite's processes (0.7 s in all) and a PostgreSQL outage that
+/// outlasts it several times over: a worker that retried through the ladder would dead-letter.
+const LADDER_MS: [u64; 3] = [100, 200, 400];
+const LONG_DOWNTIME: Duration = Duration::from_secs(5);
+/// How often the server checks its Redis subscription (`LIVE_CHECK_MS`).
+const LIVE_CHECK_MS: &str = "500";
 /// After the last phase, how long to watch for late duplicates: longer than worker-killmails'
 /// 5 s sweep of pending announcements, the one thing that announces late.
 const QUIET: Duration = Duration::from_secs(7);
@@ -50,15 +63,23 @@ enum Fault {
     KillWorkerKillmails,
     KillWorkerRedisq,
     RestartServer,
+    PostgresDownBeyondLadder,
+    ForgedEvents,
+    SilentSubscription,
+    TwoWorkerRedisq,
 }
 
-const FAULTS: [Fault; 6] = [
+const FAULTS: [Fault; 10] = [
     Fault::RestartRabbitmq,
     Fault::RestartRedis,
     Fault::RestartPostgres,
     Fault::KillWorkerKillmails,
     Fault::KillWorkerRedisq,
     Fault::RestartServer,
+    Fault::PostgresDownBeyondLadder,
+    Fault::ForgedEvents,
+    Fault::SilentSubscription,
+    Fault::TwoWorkerRedisq,
 ];
 
 impl Fault {
@@ -70,6 +91,10 @@ impl Fault {
             Fault::KillWorkerKillmails => "kill -9 worker-killmails, start it",
             Fault::KillWorkerRedisq => "kill -9 worker-redisq, start it",
             Fault::RestartServer => "restart the server (client resumes)",
+            Fault::PostgresDownBeyondLadder => "PostgreSQL down 5 s, ladder 0.7 s",
+            Fault::ForgedEvents => "forged and corrupt events on Redis",
+            Fault::SilentSubscription => "server's subscription goes silent",
+            Fault::TwoWorkerRedisq => "2nd worker-redisq, kill -9 the 1st",
         }
     }
 
@@ -81,12 +106,17 @@ impl Fault {
                 ("worker-redisq", "rabbitmq"),
             ],
             Fault::RestartRedis => &[("server", "redis"), ("worker-killmails", "redis")],
-            Fault::RestartPostgres => &[
+            Fault::RestartPostgres | Fault::PostgresDownBeyondLadder => &[
                 ("server", "postgres"),
                 ("worker-killmails", "postgres"),
                 ("worker-redisq", "postgres"),
             ],
-            Fault::KillWorkerKillmails | Fault::KillWorkerRedisq | Fault::RestartServer => &[],
+            Fault::KillWorkerKillmails
+            | Fault::KillWorkerRedisq
+            | Fault::RestartServer
+            | Fault::ForgedEvents
+            | Fault::SilentSubscription
+            | Fault::TwoWorkerRedisq => &[],
         }
     }
 }
@@ -132,6 +162,10 @@ struct Pipeline {
     /// Each process's `/readyz`.
     readyz: Vec<(&'static str, String)>,
     subscriber: ResumingSubscriber,
+    /// Between the server and Redis, to silence its subscription.
+    server_redis: SilentProxy,
+    /// A killmail no source sends, for forged events.
+    forged: Killmail,
     _fakes: [Served; 2],
     // Last, so that the processes above are gone before their services stop.
     services: PrivateServices,
@@ -145,6 +179,13 @@ impl Pipeline {
         let mut env = TestEnv::on(services.services()).await;
         env.log_dir = Some(services.dir().to_path_buf());
         env.vars.insert("RUST_LOG".into(), "info".into());
+        env.rabbit.retry_delays_ms = LADDER_MS.to_vec();
+        env.vars
+            .insert("LIVE_CHECK_MS".into(), LIVE_CHECK_MS.into());
+        let server_redis = SilentProxy::start(&host_port(&env.redis_url)).await;
+        let mut forged: Killmail =
+            serde_json::from_value(killmails[0].0.clone()).expect("an ESI killmail");
+        forged.killmail_id = killreport::killmail::KillmailId(1);
 
         let r2z2 = FakeR2z2::holding(START, killmails);
         let esi = FakeEsi::default();
@@ -158,7 +199,13 @@ impl Pipeline {
         let r2z2_served = r2z2.serve_for(&mut env).await;
         let esi_served = esi.serve_for(&mut env).await;
 
-        let (server, base) = env.start_server().await;
+        let (server, base) = {
+            let direct = env.redis_url.clone();
+            env.redis_url = server_redis.url_for(&direct);
+            let started = env.start_server().await;
+            env.redis_url = direct;
+            started
+        };
         let subscriber = ResumingSubscriber::start(graphql_url(&base));
         let health: HashMap<&'static str, String> = ["worker-killmails", "worker-redisq"]
             .into_iter()
@@ -176,6 +223,8 @@ impl Pipeline {
             health,
             readyz,
             subscriber,
+            server_redis,
+            forged,
             _fakes: [r2z2_served, esi_served],
             services,
         };
@@ -198,6 +247,64 @@ impl Pipeline {
                 tokio::time::sleep(DOWNTIME).await;
                 self.launch("server").await;
             }
+            Fault::PostgresDownBeyondLadder => {
+                self.services.restart_postgres(LONG_DOWNTIME).await;
+            }
+            Fault::ForgedEvents => self.forge_events().await,
+            Fault::SilentSubscription => {
+                let silenced = self
+                    .server_redis
+                    .silence_carrying(self.env.channel.as_bytes());
+                assert_eq!(silenced, 1, "the server's one killmail subscription");
+                tokio::time::sleep(DOWNTIME).await;
+            }
+            Fault::TwoWorkerRedisq => {
+                let health = format!("127.0.0.1:{}", free_port());
+                let second = self.env.spawn("worker-redisq", &["--health-addr", &health]);
+                tokio::time::sleep(DOWNTIME).await;
+                self.process("worker-redisq").kill().await.expect("SIGKILL");
+                self.processes.insert("worker-redisq", second);
+                for (process, url) in &mut self.readyz {
+                    if *process == "worker-redisq" {
+                        *url = format!("http://{health}/readyz");
+                    }
+                }
+                self.health.insert("worker-redisq", health);
+            }
+        }
+    }
+
+    /// Publishes on the killmail channel what anyone with access to Redis could: an event with
+    /// a sequence far ahead, one with the next real sequence and a killmail no source sent,
+    /// both with forged names, and a message that is no event at all.
+    async fn forge_events(&self) {
+        let next = killreport::db::killmails::latest_seq(&self.env.pool)
+            .await
+            .expect("the store")
+            .0
+            + 1;
+        let mut redis = killreport::events::connect(&self.env.redis_url)
+            .await
+            .expect("Redis");
+        let forged = |seq: i64| KillmailAdded {
+            seq: Seq(seq),
+            killmail: self.forged.clone(),
+            zkb: None,
+            hash: Some("0".repeat(40)),
+            names: [("1".to_owned(), "Forged".to_owned())].into(),
+        };
+        let payloads = [
+            serde_json::to_string(&forged(1_000_000_000_000)).expect("JSON"),
+            serde_json::to_string(&forged(next)).expect("JSON"),
+            "{\"seq\": \"corrupt".to_owned(),
+        ];
+        for payload in payloads {
+            redis::cmd("PUBLISH")
+                .arg(&self.env.channel)
+                .arg(payload)
+                .query_async::<i64>(&mut redis)
+                .await
+                .expect("PUBLISH");
         }
     }
 
@@ -215,7 +322,13 @@ impl Pipeline {
 
     async fn launch(&mut self, binary: &'static str) {
         let child = match binary {
-            "server" => self.env.start_server_again().await,
+            "server" => {
+                let direct = self.env.redis_url.clone();
+                self.env.redis_url = self.server_redis.url_for(&direct);
+                let server = self.env.start_server_again().await;
+                self.env.redis_url = direct;
+                server
+            }
             worker => self
                 .env
                 .spawn(worker, &["--health-addr", &self.health[worker]]),
@@ -528,7 +641,11 @@ async fn every_killmail_is_stored_and_delivered_once_whatever_restarts() {
         .iter()
         .map(|phase| Row::count(&phase.ids, &stored, &deliveries))
         .collect();
-    let table = table(&phases, &rows, &unexpected);
+    let dead_letters = pipeline.env.dead_letters().await.len();
+    let mut table = table(&phases, &rows, &unexpected);
+    if dead_letters > 0 {
+        let _ = writeln!(table, "dead-lettered: {dead_letters}");
+    }
     println!(
         "{table}services up in {:.1} s; whole suite {:.1} s",
         started_in.as_secs_f64(),
@@ -539,7 +656,8 @@ async fn every_killmail_is_stored_and_delivered_once_whatever_restarts() {
         && phases.iter().all(|p| {
             p.through && p.exited.is_empty() && p.ready_again && p.unreported().is_empty()
         })
-        && unexpected.is_empty();
+        && unexpected.is_empty()
+        && dead_letters == 0;
     assert!(
         clean,
         "killmails lost or duplicated, a process gave up, or /readyz was wrong (logs in {}):\n{table}",

@@ -361,7 +361,8 @@ async fn r2z2_malformed_objects_are_dead_lettered_and_the_feed_carries_on() {
 }
 
 #[tokio::test]
-async fn r2z2_resumes_from_a_stored_cursor_and_skips_a_sequence_missing_upstream() {
+async fn r2z2_resumes_from_a_stored_cursor_and_skips_a_sequence_missing_upstream_only_after_a_while()
+ {
     let mut env = TestEnv::new().await;
     let fake = FakeR2z2::default();
     let missing = START + 2;
@@ -387,13 +388,62 @@ async fn r2z2_resumes_from_a_stored_cursor_and_skips_a_sequence_missing_upstream
     .await;
     let requests = fake.requests();
     assert_eq!(requests[0].sequence, Some(START), "resumed at cursor + 1");
-    let asked = object_requests(&requests)
+    let asked: Vec<_> = object_requests(&requests)
         .filter(|(s, _)| *s == missing)
-        .count();
-    assert_eq!(
-        asked, 2,
-        "the missing sequence is looked at twice, then skipped"
+        .map(|(_, r)| r.at)
+        .collect();
+    let waited = *asked.last().expect("asked") - asked[0];
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the missing sequence was skipped after {waited:?} ({} looks), not after it stayed missing for R2Z2_SKIP_AFTER_MS",
+        asked.len()
     );
+    let skips: Vec<(i64, String)> =
+        sqlx::query_as("SELECT sequence, reason FROM feed_skips WHERE feed = 'r2z2'")
+            .fetch_all(&env.pool)
+            .await
+            .expect("feed_skips");
+    assert_eq!(skips.len(), 1, "{skips:?}");
+    assert_eq!(skips[0].0, missing, "the skip is recorded for repair");
+    assert!(skips[0].1.contains("missing for"), "{}", skips[0].1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_worker_redisq_on_one_cursor_poll_one_at_a_time_and_the_second_takes_over() {
+    let mut env = TestEnv::new().await;
+    let (fake, expected) = r2z2_with_killmails(20);
+    fake.reveal(START + 9);
+    let (_served, mut events, _killmails, mut first) = run_on_r2z2(&mut env, &fake).await;
+    wait_until("the first ten through", PATIENCE, || async {
+        cursor(&env).await == Some(START + 9)
+    })
+    .await;
+    // A second one on the same cursor waits while the first polls.
+    let second = env.spawn("worker-redisq", &[]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = fake.requests().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let polled = fake.requests().len() - before;
+    assert!(polled < 15, "{polled} requests in a second: both poll");
+    // The first dies; the second takes over where its cursor stopped.
+    first.kill().await.expect("SIGKILL");
+    fake.reveal(START + 19);
+    let received = receive_checked(&env, &mut events, &expected).await;
+    assert_once_each_in_order(&received);
+    wait_until("the cursor at the last sequence", PATIENCE, || async {
+        cursor(&env).await == Some(START + 19)
+    })
+    .await;
+    let requests = fake.requests();
+    for sequence in START..=START + 19 {
+        let found = object_requests(&requests)
+            .filter(|(s, r)| *s == sequence && r.status == 200)
+            .count();
+        assert_eq!(found, 1, "sequence {sequence} fetched {found} times");
+    }
+    assert_no_more_events(&mut events, Duration::from_secs(1)).await;
+    drop(second);
     env.cleanup().await;
 }
 

@@ -170,10 +170,19 @@ async fn graphiql_loads_offline_and_streams_the_design_example_subscription() {
         zkb: None,
         source: Source::Import,
     };
+    // The server takes names (and the killmail) from the store, not from the event.
+    let victim = killmail.victim.character_id.expect("a victim");
+    let pilot = killreport::esi::Name {
+        id: victim,
+        category: "character".to_owned(),
+        name: "Screenshot Pilot".to_owned(),
+    };
+    killreport::db::names::save(&env.pool, &[pilot])
+        .await
+        .expect("a name");
     let stored = killreport::ingest::store(&env.pool, &[received])
         .await
         .expect("store");
-    let victim = killmail.victim.character_id.expect("a victim");
     let event = KillmailAdded {
         seq: stored[0].seq,
         killmail: killmail.clone(),

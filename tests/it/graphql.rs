@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_graphql::{Request, Variables};
 use indicatif::ProgressBar;
@@ -24,6 +25,7 @@ async fn schema(env: &TestEnv) -> KillreportSchema {
         Arc::clone(&statics),
         &redis_url(),
         &env.channel,
+        Duration::from_secs(3),
         CancellationToken::new(),
     )
     .await

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use killreport::events::KillmailAdded;
-use killreport::killmail::{Killmail, Seq};
+use killreport::killmail::{Killmail, Received, Source};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -22,27 +21,30 @@ async fn server(env: &mut TestEnv, settings: &[(&str, &str)]) -> (tokio::process
     (server, graphql_url(&base))
 }
 
-/// Announces `killmails` on the test's channel with sequences 1, 2, … (the test's store is
-/// empty, so the server takes them as the next ones).
+/// Stores `killmails` and announces them on the test's channel, as worker-killmails would
+/// (the server delivers what its store holds).
 async fn announce(env: &TestEnv, killmails: &[Killmail]) {
     announce_paced(env, killmails, Duration::ZERO).await;
 }
 
 /// [`announce`], waiting `gap` after each killmail, as a live feed would.
 async fn announce_paced(env: &TestEnv, killmails: &[Killmail], gap: Duration) {
-    let publisher = env.event_publisher().await;
-    for (index, killmail) in killmails.iter().enumerate() {
-        let event = KillmailAdded {
-            seq: Seq(index as i64 + 1),
+    for killmail in killmails {
+        let received = Received {
             killmail: killmail.clone(),
+            hash: format!("{:040x}", killmail.killmail_id.0),
             zkb: None,
-            hash: None,
-            names: Default::default(),
+            source: Source::Import,
         };
-        publisher
-            .publish(std::slice::from_ref(&event))
-            .await
-            .expect("publish");
+        let announced = env
+            .store_and_announce(std::slice::from_ref(&received))
+            .await;
+        assert_eq!(
+            announced.len(),
+            1,
+            "killmail {} is new",
+            killmail.killmail_id
+        );
         if !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }

@@ -9,8 +9,10 @@ use futures::{Stream, StreamExt};
 use killreport::events::{EventPublisher, KillmailAdded};
 use killreport::killmail::{Received, Seq};
 use killreport::live::Hub;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::proxy::{SilentProxy, host_port};
 use crate::support::{PATIENCE, TestEnv, fixtures, redis_url};
 
 /// What a hub subscription yields.
@@ -49,19 +51,31 @@ async fn take(stream: &mut (impl Stream<Item = Event> + Unpin), n: usize) -> Vec
     seqs
 }
 
+/// How often the hubs of these tests check their subscription.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
 /// A hub on this test's channel reading the store through `pool`, and the token that stops it.
 async fn hub_on(env: &TestEnv, pool: sqlx::PgPool) -> (Hub, CancellationToken) {
+    hub_at(env, pool, &redis_url()).await.expect("hub")
+}
+
+/// [`hub_on`], through Redis at `url`.
+async fn hub_at(
+    env: &TestEnv,
+    pool: sqlx::PgPool,
+    url: &str,
+) -> anyhow::Result<(Hub, CancellationToken)> {
     let shutdown = CancellationToken::new();
     let hub = Hub::start(
         pool,
         Arc::default(),
-        &redis_url(),
+        url,
         &env.channel,
+        CHECK_EVERY,
         shutdown.clone(),
     )
-    .await
-    .expect("hub");
-    (hub, shutdown)
+    .await?;
+    Ok((hub, shutdown))
 }
 
 /// A hub on this test's channel, a publisher to feed it, and the token that stops it.
@@ -166,28 +180,188 @@ async fn a_replay_the_store_cannot_serve_ends_the_subscription_with_its_error() 
     env.cleanup().await;
 }
 
+/// An event on the channel as anyone with access to Redis could publish it.
+fn forged(seq: i64, killmail: killreport::killmail::Killmail) -> KillmailAdded {
+    KillmailAdded {
+        seq: Seq(seq),
+        killmail,
+        zkb: None,
+        hash: Some("0".repeat(40)),
+        names: [("1".to_owned(), "Forged Name".to_owned())].into(),
+    }
+}
+
 #[tokio::test]
-async fn a_gap_the_store_cannot_fill_is_not_skipped() {
+async fn an_event_the_store_cannot_confirm_is_not_delivered() {
     let env = TestEnv::new().await;
     let (hub, shutdown) = hub_without_store(&env).await;
     let mut live = Box::pin(hub.subscribe(Arc::default(), None));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Sequence 5 after nothing: 1 to 4 are missing, and the store cannot say what they were.
-    let (killmail, hash) = fixtures::killmails().swap_remove(0);
-    let event = KillmailAdded {
-        seq: Seq(5),
-        killmail,
-        zkb: None,
-        hash: Some(hash),
-        names: Default::default(),
-    };
+    let killmail = received(0..1).remove(0).killmail;
     env.event_publisher()
         .await
-        .publish(&[event])
+        .publish(&[forged(5, killmail)])
         .await
         .expect("publish");
-    // Not sequence 5 as if nothing were missing: the subscription tries to replay the gap.
-    ends_with_store_error(&mut live).await;
+    // The store cannot say what sequence 5 is: nothing is delivered on Redis's word alone.
+    quiet(&mut live).await;
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_forged_event_neither_reaches_subscribers_nor_holds_back_the_real_ones() {
+    let env = TestEnv::new().await;
+    let (hub, publisher, shutdown) = hub_and_publisher(&env).await;
+    let mut live = Box::pin(hub.subscribe(Arc::default(), None));
+    let unstored = received(5..6).remove(0).killmail;
+    // A sequence far ahead of the store, a killmail the store does not hold, forged names.
+    publisher
+        .publish(&[forged(1_000_000_000_000, unstored.clone())])
+        .await
+        .expect("publish");
+    let mut redis = killreport::events::connect(&redis_url())
+        .await
+        .expect("redis");
+    redis::cmd("PUBLISH")
+        .arg(&env.channel)
+        .arg("{\"seq\": \"corrupt\"")
+        .query_async::<i64>(&mut redis)
+        .await
+        .expect("publish");
+    let real = store(&env, &received(0..5)).await;
+    // The real first sequence, announced with another killmail and forged names.
+    publisher
+        .publish(&[forged(real[0].seq.0, unstored)])
+        .await
+        .expect("publish");
+    publisher.publish(&real).await.expect("publish");
+
+    let mut delivered = Vec::new();
+    for _ in 0..5 {
+        match tokio::time::timeout(PATIENCE, live.next()).await {
+            Ok(Some(Ok(event))) => delivered.push(event),
+            other => panic!("after {} events: {other:?}", delivered.len()),
+        }
+    }
+    let seqs: Vec<Seq> = delivered.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, real.iter().map(|e| e.seq).collect::<Vec<_>>());
+    for (event, real) in delivered.iter().zip(&real) {
+        assert_eq!(event.killmail, real.killmail, "the store's killmail");
+        assert!(
+            !event.names.values().any(|name| name == "Forged Name"),
+            "the store's names: {:?}",
+            event.names
+        );
+    }
+    quiet(&mut live).await;
+    assert_eq!(
+        hub.last(),
+        real[4].seq,
+        "the hub waits for no forged sequence"
+    );
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_subscription_gone_silent_is_noticed_and_healed_within_seconds() {
+    let env = TestEnv::new().await;
+    let proxy = SilentProxy::start(&host_port(&redis_url())).await;
+    let (hub, shutdown) = hub_at(&env, env.pool.clone(), &proxy.url_for(&redis_url()))
+        .await
+        .expect("hub");
+    let publisher = env.event_publisher().await;
+    let mut live = Box::pin(hub.subscribe(Arc::default(), None));
+    let before = store(&env, &received(0..2)).await;
+    publisher.publish(&before).await.expect("publish");
+    take(&mut live, 2).await;
+
+    // Half-open: the hub's connection stays up and carries nothing either way.
+    proxy.silence();
+    let after = store(&env, &received(2..5)).await;
+    publisher.publish(&after).await.expect("publish");
+    let silenced = Instant::now();
+    let seqs = take(&mut live, 3).await;
+    assert_eq!(seqs, after.iter().map(|e| e.seq.0).collect::<Vec<_>>());
+    let healed = silenced.elapsed();
+    assert!(
+        healed < CHECK_EVERY * 3 + Duration::from_secs(1),
+        "delivered {healed:?} after the subscription went silent"
+    );
+    // And it is live again, not only caught up.
+    let later = store(&env, &received(5..6)).await;
+    publisher.publish(&later).await.expect("publish");
+    assert_eq!(take(&mut live, 1).await, vec![later[0].seq.0]);
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+/// Removes a Redis ACL user when the test ends, however it ends.
+struct AclUser(String);
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        let removed = redis::Client::open(redis_url()).and_then(|client| {
+            let mut connection = client.get_connection()?;
+            redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.0)
+                .query::<i64>(&mut connection)
+        });
+        if let Err(error) = removed {
+            eprintln!("removing Redis user {}: {error}", self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_url_with_an_acl_user_and_password_works() {
+    let env = TestEnv::new().await;
+    let user = AclUser(format!("killreport-test-{}", env.id));
+    let mut admin = killreport::events::connect(&redis_url())
+        .await
+        .expect("redis");
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user.0)
+        .arg("on")
+        .arg(">s3cret")
+        .arg("resetchannels")
+        .arg(format!("&{}", env.channel))
+        .arg("+@all")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let address = host_port(&redis_url());
+
+    let wrong = hub_at(
+        &env,
+        env.pool.clone(),
+        &format!("redis://{}:wrong@{address}", user.0),
+    )
+    .await
+    .err()
+    .expect("a wrong password is refused");
+    assert!(
+        format!("{wrong:#}").contains("Password authentication failed"),
+        "says why: {wrong:#}"
+    );
+
+    let url = format!("redis://{}:s3cret@{address}", user.0);
+    let (hub, shutdown) = hub_at(&env, env.pool.clone(), &url).await.expect("hub");
+    let publisher = EventPublisher::connect(&url, &env.channel)
+        .await
+        .expect("publisher");
+    let mut live = Box::pin(hub.subscribe(Arc::default(), None));
+    let events = store(&env, &received(0..3)).await;
+    publisher.publish(&events).await.expect("publish");
+    assert_eq!(
+        take(&mut live, 3).await,
+        events.iter().map(|e| e.seq.0).collect::<Vec<_>>()
+    );
+    tokio::time::sleep(CHECK_EVERY * 2).await;
+    quiet(&mut live).await;
     shutdown.cancel();
     env.cleanup().await;
 }

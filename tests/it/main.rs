@@ -14,6 +14,7 @@ mod import;
 mod ingest;
 mod limits;
 mod live;
+mod pipeline;
 mod repair;
 mod robustness;
 mod server;

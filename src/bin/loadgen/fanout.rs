@@ -25,7 +25,9 @@ use crate::workload;
 
 /// How killmails enter the system.
 pub enum Injector {
-    /// Straight onto the events channel, as the worker would announce them (fan-out only).
+    /// Straight onto the events channel, as the worker would announce them (fan-out only),
+    /// for servers that take an event's payload as it comes. killreport's server takes it only
+    /// as a hint and delivers what its store holds, so it needs the killmails stored: `Jobs`.
     /// Sequence numbers keep increasing across targets: a server drops one it has seen.
     Redis {
         publisher: EventPublisher,
@@ -33,7 +35,7 @@ pub enum Injector {
     },
     /// As `killmail.ingest` jobs, through worker-killmails and the store (the whole pipeline);
     /// the killmails must be new to that store.
-    Jobs(Publisher),
+    Jobs(Box<Publisher>),
 }
 
 impl Injector {

@@ -242,7 +242,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             // servers set aside for benchmarking.
             next_seq: chrono::Utc::now().timestamp_micros(),
         },
-        Inject::Jobs => Injector::Jobs(publisher(&args.rabbit).await?),
+        Inject::Jobs => Injector::Jobs(Box::new(publisher(&args.rabbit).await?)),
     };
     let mut reports = Vec::with_capacity(targets.len());
     for target in &targets {

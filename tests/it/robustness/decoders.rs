@@ -228,7 +228,6 @@ const STORED_CASES: usize = 3000;
 /// Whatever the decoder accepts, the store takes: each decoded job with a killmail is stored in
 /// a transaction of its own (so one failure does not hide another) and read back.
 #[tokio::test]
-#[ignore = "fails until a malformed zkb no longer makes a valid killmail unstorable (issue 11, item 4): 5 of 178 decoded jobs, each a `zkb` with a list or a huge number where a boolean belongs"]
 async fn fuzzed_jobs_that_decode_can_be_stored_and_read_back() {
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::TestRunner;

@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod fuzz;
 pub mod json_diff;
 pub mod private_services;
+pub mod proxy;
 pub mod rabbitmqctl;
 pub mod ws;
 
@@ -177,6 +178,7 @@ impl TestEnv {
             rabbitmq_url: services.rabbitmq,
             rabbitmq_exchange: format!("killreport.test.{id}"),
             ingest_queue: format!("killmail.ingest.test.{id}"),
+            retry_delays_ms: Vec::new(),
         };
         let channel = format!("killreport:test:{id}:killmail:added");
         Self {
@@ -333,6 +335,15 @@ impl TestEnv {
             .envs(&self.vars)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if !self.rabbit.retry_delays_ms.is_empty() {
+            let delays: Vec<String> = self
+                .rabbit
+                .retry_delays_ms
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            command.env("RETRY_DELAYS_MS", delays.join(","));
+        }
         if let Some(dir) = &self.log_dir {
             let path = dir.join(format!("{binary}.log"));
             let log = std::fs::OpenOptions::new()
@@ -449,7 +460,7 @@ impl TestEnv {
         let topology = self.topology();
         let (_connection, channel) = self.rabbitmq().await;
         let mut queues = vec![topology.queue.clone(), topology.dead_letter_queue()];
-        queues.extend((0..killreport::queue::RETRY_DELAYS.len()).map(|a| topology.retry_queue(a)));
+        queues.extend((0..topology.retry_delays.len()).map(|a| topology.retry_queue(a)));
         for queue in queues {
             let _ = channel
                 .queue_delete(&queue, QueueDeleteOptions::default())

@@ -80,13 +80,16 @@ impl FakeR2z2 {
     }
 
     /// Serves the fake and points the test's processes at it, polling again 200 ms after a
-    /// sequence that is not produced yet.
+    /// sequence that is not produced yet, skipping one missing below the newest after 1.5 s,
+    /// and taking over a cursor another poller let go within 300 ms.
     pub async fn serve_for(&self, env: &mut TestEnv) -> Served {
         let served = self
             .serve_routes(axum::Router::new().route("/ephemeral/{file}", get(file)))
             .await;
         env.vars.insert("R2Z2_BASE_URL".into(), served.url());
         env.vars.insert("R2Z2_IDLE_WAIT_MS".into(), "200".into());
+        env.vars.insert("R2Z2_SKIP_AFTER_MS".into(), "1500".into());
+        env.vars.insert("R2Z2_TAKEOVER_MS".into(), "300".into());
         served
     }
 }
