@@ -418,6 +418,10 @@ pub struct StatusArgs {
     #[arg(long, env = "STATUS_INTERVAL_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub status_interval_secs: u64,
+    /// Whether the server also sends the status on the event bus as a `worker-status` event
+    /// (kept in the event log like any event) every interval.
+    #[arg(long, env = "STATUS_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub status_events: bool,
 }
 
 impl StatusArgs {

@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
             keys: args.status.keys(),
             rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
             topology: args.rabbit.topology(),
-            bus_channel: bus_channel.clone(),
+            bus_channel: args.status.status_events.then(|| bus_channel.clone()),
             interval: args.status.interval(),
         },
         shutdown.clone(),

@@ -123,8 +123,8 @@ pub struct Sources {
     pub keys: Keys,
     pub rabbitmq_url: String,
     pub topology: Topology,
-    /// Publishes the `worker-status` event: the bus channel.
-    pub bus_channel: String,
+    /// Where the `worker-status` event is sent: the bus channel; `None`, it is not sent.
+    pub bus_channel: Option<String>,
     pub interval: Duration,
 }
 
@@ -337,6 +337,9 @@ impl Monitor {
 
     /// Sends `status` as a `worker-status` event, if this server holds the interval's lease.
     async fn send_event(&mut self, status: &WorkerStatus) {
+        let Some(channel) = &self.sources.bus_channel else {
+            return;
+        };
         let (pool, redis) = (&self.sources.pool, &mut self.sources.redis);
         let lease_ms = (self.sources.interval.as_millis() as u64).max(1) * 9 / 10;
         let leased: redis::RedisResult<Option<String>> = redis::cmd("SET")
@@ -351,8 +354,7 @@ impl Monitor {
             return;
         }
         let data = serde_json::to_value(status).expect("a status always serializes");
-        let sent =
-            crate::bus::send_event(pool, redis, &self.sources.bus_channel, EVENT_TYPE, data).await;
+        let sent = crate::bus::send_event(pool, redis, channel, EVENT_TYPE, data).await;
         if let Err(error) = sent {
             tracing::debug!(%error, "the worker-status event was not sent");
         }
