@@ -10,7 +10,7 @@ use crate::backoff::Backoff;
 use crate::feed::{Followed, R2z2Settings, RedisqSettings};
 use crate::queue::runner::{Consuming, Job};
 use crate::queue::{Broker, Connector, IngestJob};
-use crate::status::heartbeat::Keys;
+use crate::status::heartbeat::{Heartbeat, Keys};
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -431,6 +431,15 @@ impl StatusArgs {
 
     pub fn interval(&self) -> Duration {
         Duration::from_secs(self.status_interval_secs)
+    }
+
+    /// The beat of a process whose Redis is `redis`.
+    pub fn heartbeat(&self, redis: &RedisArgs) -> Heartbeat {
+        Heartbeat {
+            redis_url: redis.redis_url.clone(),
+            keys: self.keys(),
+            interval: self.interval(),
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;
-use killreport::status::heartbeat;
 use killreport::status::{Monitor, Sources};
 use killreport::updates::Updates;
 use killreport::updates::management::{self, Management};
@@ -158,15 +157,9 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let readiness = Readiness::default().postgres(pool).redis(redis);
-    let (keys, interval) = (args.status.keys(), args.status.interval());
-    heartbeat::start(
-        redis_url,
-        keys,
-        interval,
-        "server",
-        readiness.clone(),
-        &shutdown,
-    );
+    args.status
+        .heartbeat(&args.redis)
+        .start("server", readiness.clone(), &shutdown);
     let state = AppState {
         schema,
         ws: ws.clone(),

@@ -13,7 +13,6 @@ use killreport::health::Readiness;
 use killreport::ingest::KillmailHandler;
 use killreport::queue::runner::{self, Handler};
 use killreport::shutdown::finish_within;
-use killreport::status::heartbeat;
 
 /// How long the batch in hand may take to finish after SIGTERM; then it is left to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -70,16 +69,9 @@ async fn main() -> anyhow::Result<()> {
         .redis(events)
         .rabbitmq(consuming.connector.broker.clone());
     let health_addr = args.health.health_addr.as_deref();
-    let (keys, interval) = (args.status.keys(), args.status.interval());
-    let name = "worker-killmails";
-    heartbeat::start(
-        redis_url,
-        keys,
-        interval,
-        name,
-        readiness.clone(),
-        &shutdown,
-    );
+    args.status
+        .heartbeat(&args.redis)
+        .start("worker-killmails", readiness.clone(), &shutdown);
     killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
     let handler = KillmailHandler {
         pool: pool.clone(),

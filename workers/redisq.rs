@@ -12,7 +12,6 @@ use killreport::config::{
 use killreport::health::Readiness;
 use killreport::queue::Publisher;
 use killreport::shutdown::finish_within;
-use killreport::status::heartbeat;
 
 /// How long the feed may take to stop after SIGTERM: publishing the job in hand and saving the
 /// cursor take well under a second unless RabbitMQ or PostgreSQL is stuck.
@@ -62,16 +61,9 @@ async fn main() -> anyhow::Result<()> {
         None => readiness,
     };
     let health_addr = args.health.health_addr.as_deref();
-    let (keys, interval) = (args.status.keys(), args.status.interval());
-    let (redis_url, name) = (&args.redis.redis_url, "worker-redisq");
-    heartbeat::start(
-        redis_url,
-        keys,
-        interval,
-        name,
-        readiness.clone(),
-        &shutdown,
-    );
+    args.status
+        .heartbeat(&args.redis)
+        .start("worker-redisq", readiness.clone(), &shutdown);
     killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
     let followed = &args.feed.followed(pool)?;
     let grace = followed.grace(SHUTDOWN_GRACE);

@@ -78,55 +78,63 @@ impl Beat {
     }
 }
 
-/// Beats for the process `name` every `interval` until `shutdown`, then takes its beat away,
-/// so that a process that stopped is no longer listed. Runs in the background.
-pub fn start(
-    redis_url: &str,
-    keys: Keys,
-    interval: Duration,
-    name: &str,
-    readiness: Readiness,
-    shutdown: &CancellationToken,
-) {
-    let (redis_url, shutdown) = (redis_url.to_owned(), shutdown.clone());
-    let mut beat = Beat::of_this_process(name);
-    tokio::spawn(async move {
-        let mut redis: Option<ConnectionManager> = None;
-        let mut failing = false;
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
-            let (_, states) = readiness.check().await;
-            beat.dependencies = states
-                .into_iter()
-                .map(|(name, state)| (name, state == "up"))
-                .collect();
-            beat.beat_at = Utc::now().timestamp_millis();
-            match write(&redis_url, &mut redis, &keys, &beat).await {
-                Ok(()) if failing => {
-                    tracing::info!("heartbeats reach Redis again");
-                    failing = false;
+/// Where and how often a process beats (from `StatusArgs`).
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub redis_url: String,
+    pub keys: Keys,
+    pub interval: Duration,
+}
+
+impl Heartbeat {
+    /// Beats for the process `name` every interval until `shutdown`, then takes its beat
+    /// away, so that a process that stopped is no longer listed. Runs in the background.
+    pub fn start(self, name: &str, readiness: Readiness, shutdown: &CancellationToken) {
+        let Heartbeat {
+            redis_url,
+            keys,
+            interval,
+        } = self;
+        let shutdown = shutdown.clone();
+        let mut beat = Beat::of_this_process(name);
+        tokio::spawn(async move {
+            let mut redis: Option<ConnectionManager> = None;
+            let mut failing = false;
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {}
                 }
-                Ok(()) => {}
-                Err(error) if !failing => {
-                    tracing::warn!(%error, "a heartbeat could not be written; the status view will miss this process until Redis answers");
-                    failing = true;
+                let (_, states) = readiness.check().await;
+                beat.dependencies = states
+                    .into_iter()
+                    .map(|(name, state)| (name, state == "up"))
+                    .collect();
+                beat.beat_at = Utc::now().timestamp_millis();
+                match write(&redis_url, &mut redis, &keys, &beat).await {
+                    Ok(()) if failing => {
+                        tracing::info!("heartbeats reach Redis again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(error) if !failing => {
+                        tracing::warn!(%error, "a heartbeat could not be written; the status view will miss this process until Redis answers");
+                        failing = true;
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
             }
-        }
-        if let Some(redis) = &mut redis {
-            let mut gone = redis::pipe();
-            gone.hdel(&keys.beats, &beat.id).zrem(&keys.seen, &beat.id);
-            if let Err(error) = gone.query_async::<()>(redis).await {
-                tracing::debug!(%error, "taking the heartbeat away failed; it will age out");
+            if let Some(redis) = &mut redis {
+                let mut gone = redis::pipe();
+                gone.hdel(&keys.beats, &beat.id).zrem(&keys.seen, &beat.id);
+                if let Err(error) = gone.query_async::<()>(redis).await {
+                    tracing::debug!(%error, "taking the heartbeat away failed; it will age out");
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 async fn write(
