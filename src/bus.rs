@@ -102,10 +102,11 @@ impl Event {
     }
 
     /// The `killmail` event of a stored killmail, sent now, with the seed's payload (ids null
-    /// where the victim has none).
+    /// where the victim has none) and the names the store has for them (null where none).
     pub fn killmail(added: &KillmailAdded) -> Self {
         let now = Utc::now();
         let killmail = &added.killmail;
+        let name = |id: Option<i64>| id.and_then(|id| added.names.get(&id.to_string()));
         let data = json!({
             "killmailId": killmail.killmail_id.0,
             "timestamp": now.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -115,6 +116,11 @@ impl Event {
             "systemId": killmail.solar_system_id,
             "shipTypeId": killmail.victim.ship_type_id,
             "attackerCount": killmail.attackers.len(),
+            "victimName": name(killmail.victim.character_id),
+            "victimCorporationName": name(killmail.victim.corporation_id),
+            "victimAllianceName": name(killmail.victim.alliance_id),
+            "systemName": name(Some(killmail.solar_system_id)),
+            "shipTypeName": name(Some(killmail.victim.ship_type_id)),
         });
         Self {
             kind: KILLMAIL.to_owned(),

@@ -592,3 +592,124 @@ impl LiveArgs {
         Duration::from_millis(self.live_check_ms.max(100))
     }
 }
+
+/// worker-enrich's queue, which `queue characters|corporations|alliances|snapshot` put jobs on.
+#[derive(Debug, Clone, Args)]
+pub struct EnrichArgs {
+    /// The queue of entity jobs; its dead letters go to `<queue>.dead`.
+    #[arg(long, env = "ENRICH_QUEUE", default_value = <crate::enrich::EnrichJob as Job>::QUEUE)]
+    pub enrich_queue: String,
+}
+
+/// How worker-enrich takes its jobs.
+#[derive(Debug, Clone, Args)]
+pub struct EnrichWorkerArgs {
+    /// Jobs RabbitMQ hands one worker-enrich before it has settled them (each job is up to a
+    /// thousand characters, or some tens of corporations).
+    #[arg(long, env = "ENRICH_PREFETCH", default_value_t = 4)]
+    pub enrich_prefetch: u16,
+    /// Requests to ESI in flight at once for one job.
+    #[arg(long, env = "ENRICH_CONCURRENCY", default_value_t = 8)]
+    pub enrich_concurrency: usize,
+}
+
+impl EnrichWorkerArgs {
+    /// Consuming `enrich`'s queue one job at a time, given `grace` to stop.
+    pub fn consuming(
+        &self,
+        enrich: &EnrichArgs,
+        rabbit: &RabbitArgs,
+        grace: Duration,
+    ) -> Consuming {
+        Consuming {
+            connector: enrich.connector(rabbit, "worker-enrich"),
+            topology: enrich.topology(rabbit),
+            prefetch: self.enrich_prefetch.max(1),
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            grace,
+            delivery_limit: 5,
+        }
+    }
+}
+
+impl EnrichArgs {
+    /// The entity queue on `rabbit`'s exchange, with its retry ladder.
+    pub fn topology(&self, rabbit: &RabbitArgs) -> crate::queue::Topology {
+        crate::queue::Topology {
+            queue: self.enrich_queue.clone(),
+            ..rabbit.topology()
+        }
+    }
+
+    /// Connecting as `process` (named `<process> <queue>` on the broker).
+    pub fn connector(&self, rabbit: &RabbitArgs, process: &str) -> Connector {
+        Connector {
+            url: rabbit.rabbitmq_url.clone(),
+            name: format!("{process} {}", self.enrich_queue),
+            broker: Broker::default(),
+        }
+    }
+}
+
+/// What worker-enrich queues by itself (see `enrich::schedule`).
+#[derive(Debug, Clone, Args)]
+pub struct EnrichScheduleArgs {
+    /// Seconds between looks at the killmails stored since the last, for ids first seen.
+    #[arg(long, env = "ENRICH_SCAN_SECS", default_value_t = 10)]
+    pub enrich_scan_secs: u64,
+    /// Killmails looked through at a time.
+    #[arg(long, env = "ENRICH_SCAN_BATCH", default_value_t = 5000)]
+    pub enrich_scan_batch: i64,
+    /// Pilots seen on a killmail within this many days have their affiliation kept fresh.
+    #[arg(long, env = "AFFILIATION_RECENT_DAYS", default_value_t = 7)]
+    pub affiliation_recent_days: u64,
+    /// Seconds after which such a pilot's affiliation is read again.
+    #[arg(long, env = "AFFILIATION_REFRESH_SECS", default_value_t = 3600)]
+    pub affiliation_refresh_secs: u64,
+    /// Whether the worker queues every corporation's and alliance's snapshot once a day.
+    #[arg(long, env = "DAILY_SNAPSHOTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub daily_snapshots: bool,
+}
+
+impl EnrichScheduleArgs {
+    pub fn settings(&self) -> crate::enrich::schedule::Settings {
+        crate::enrich::schedule::Settings {
+            every: Duration::from_secs(self.enrich_scan_secs.max(1)),
+            scan_batch: self.enrich_scan_batch.max(1),
+            recent: Duration::from_secs(self.affiliation_recent_days * 86_400),
+            affiliation_max_age: Duration::from_secs(self.affiliation_refresh_secs.max(1)),
+            daily_snapshots: self.daily_snapshots,
+        }
+    }
+}
+
+/// Where ESI pauses are shared between processes (see `esi`).
+#[derive(Debug, Clone, Args)]
+pub struct EsiPauseArgs {
+    /// Redis key holding "ESI paused until" (ms since the epoch), shared by every process
+    /// that asks ESI from this host, so that a 420 or 429 met by one holds off all of them.
+    #[arg(
+        long,
+        env = "ESI_PAUSE_KEY",
+        default_value = "killreport:esi:paused-until"
+    )]
+    pub esi_pause_key: String,
+}
+
+impl EsiPauseArgs {
+    /// `esi`'s client, sharing its pauses through the Redis at `redis_url`.
+    pub async fn client(&self, esi: &EsiArgs, redis_url: &str) -> anyhow::Result<crate::esi::Esi> {
+        let redis = crate::events::connect(redis_url).await?;
+        Ok(esi.client()?.share_pauses(redis, &self.esi_pause_key))
+    }
+}
+
+/// Which origins browsers may call the server's `/graphql` from.
+#[derive(Debug, Clone, Args)]
+pub struct CorsArgs {
+    /// Origins allowed to call `/graphql` from a browser, comma-separated (e.g.
+    /// `https://killboard.example,http://localhost:3000`); none: no CORS headers at all.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}

@@ -8,12 +8,23 @@
 //! ESI said it would listen again (`X-ESI-Error-Limit-Reset`, `Retry-After`). The request that
 //! met the limit, and any that would wait longer than the client's timeout, fail as transient,
 //! so their jobs go round the retry queues instead of holding up a worker.
+//!
+//! ESI counts errors per client IP, not per process: several workers on one host share one
+//! budget. A client given a Redis key ([`Esi::share_pauses`]) also writes every pause there
+//! ("paused until", milliseconds since the epoch) and reads it before each request, so that a
+//! 420 or 429 met by one process holds off all of them.
+//!
+//! Beside killmails and names, the entity routes worker-enrich needs: affiliations in bulk,
+//! corporations, alliances (and their corporations) and item types by id.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -78,6 +89,104 @@ pub struct Name {
     pub id: i64,
     pub category: String,
     pub name: String,
+}
+
+/// A character's corporation, alliance and faction, as `POST /characters/affiliation/` says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Affiliation {
+    pub character_id: i64,
+    pub corporation_id: i64,
+    pub alliance_id: Option<i64>,
+    pub faction_id: Option<i64>,
+}
+
+/// `GET /corporations/{id}/`, the fields killreport keeps.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CorporationInfo {
+    pub name: String,
+    pub ticker: String,
+    pub member_count: i64,
+    pub alliance_id: Option<i64>,
+    pub faction_id: Option<i64>,
+    pub ceo_id: Option<i64>,
+    pub date_founded: Option<DateTime<Utc>>,
+}
+
+/// `GET /alliances/{id}/`, the fields killreport keeps.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AllianceInfo {
+    pub name: String,
+    pub ticker: String,
+    pub executor_corporation_id: Option<i64>,
+    pub faction_id: Option<i64>,
+    pub date_founded: Option<DateTime<Utc>>,
+}
+
+/// `GET /universe/types/{id}/`, the fields killreport keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TypeInfo {
+    pub type_id: i64,
+    pub name: String,
+    pub group_id: i64,
+}
+
+/// Pauses shared with every process that names the same Redis key.
+#[derive(Clone)]
+struct SharedPauses {
+    redis: ConnectionManager,
+    key: String,
+}
+
+/// Sets the key to a later "paused until" only, expiring with the pause.
+const EXTEND_PAUSE: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 0";
+
+fn epoch_millis() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl SharedPauses {
+    /// The pause another process wrote, if it lasts beyond now. Redis failing is no reason to
+    /// stop asking ESI: this process's own throttle still holds.
+    async fn current(&self) -> Option<Duration> {
+        let mut redis = self.redis.clone();
+        let until: Option<u64> = match redis::cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut redis)
+            .await
+        {
+            Ok(until) => until,
+            Err(error) => {
+                tracing::debug!(%error, "reading the shared ESI pause failed");
+                return None;
+            }
+        };
+        let left = until?.checked_sub(epoch_millis())?;
+        (left > 0).then(|| Duration::from_millis(left))
+    }
+
+    async fn extend(&self, duration: Duration) {
+        let millis = u64::try_from(duration.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut redis = self.redis.clone();
+        let written = redis::Script::new(EXTEND_PAUSE)
+            .key(&self.key)
+            .arg(epoch_millis().saturating_add(millis))
+            .arg(millis)
+            .invoke_async::<()>(&mut redis)
+            .await;
+        if let Err(error) = written {
+            tracing::warn!(%error, "sharing an ESI pause through Redis failed");
+        }
+    }
 }
 
 /// When ESI may be asked again: one per client, shared by all its clones.
@@ -193,6 +302,7 @@ pub struct Esi {
     /// The longest a request waits for a pause to end; also each request's timeout.
     max_wait: Duration,
     throttle: Arc<Throttle>,
+    shared: Option<SharedPauses>,
 }
 
 impl Esi {
@@ -206,7 +316,19 @@ impl Esi {
             base_url: base_url.trim_end_matches('/').to_owned(),
             max_wait: timeout,
             throttle: Arc::default(),
+            shared: None,
         })
+    }
+
+    /// The same client, sharing its pauses with every process whose client names `key` on
+    /// this Redis (see the module's documentation).
+    #[must_use]
+    pub fn share_pauses(mut self, redis: ConnectionManager, key: &str) -> Self {
+        self.shared = Some(SharedPauses {
+            redis,
+            key: key.to_owned(),
+        });
+        self
     }
 
     /// Sends a request to `endpoint` (a metric label) once the throttle allows, and heeds
@@ -221,6 +343,11 @@ impl Esi {
             metrics::counter!(telemetry::ESI_REQUESTS, "endpoint" => endpoint, "status" => status)
                 .increment(1);
         };
+        if let Some(shared) = &self.shared
+            && let Some(left) = shared.current().await
+        {
+            self.throttle.pause(left, "paused by another process");
+        }
         if let Err(left) = self.throttle.ready(self.max_wait).await {
             count("paused".to_owned());
             return Err(EsiError::Transient(format!(
@@ -239,6 +366,9 @@ impl Esi {
         }
         if let Some((duration, why)) = hold_off(status, response.headers()) {
             self.throttle.pause(duration, why);
+            if let Some(shared) = &self.shared {
+                shared.extend(duration.min(MAX_PAUSE)).await;
+            }
         }
         if !status.is_success() {
             return Err(EsiError::from_status(what, status));
@@ -262,35 +392,109 @@ impl Esi {
     /// whole call (404) when one id is unknown to it, so such a call is split until the unknown
     /// ids are isolated and left out.
     pub async fn names(&self, ids: &[i64]) -> Result<Vec<Name>, EsiError> {
-        let mut names = Vec::with_capacity(ids.len());
+        self.post_bulk("names", "/universe/names/", "resolving names", ids)
+            .await
+    }
+
+    /// `POST /characters/affiliation/` for any number of character ids, split as
+    /// [`Self::names`] is; ids ESI does not know are left out.
+    pub async fn affiliations(&self, ids: &[i64]) -> Result<Vec<Affiliation>, EsiError> {
+        self.post_bulk(
+            "affiliation",
+            "/characters/affiliation/",
+            "reading affiliations",
+            ids,
+        )
+        .await
+    }
+
+    /// A bulk POST of ids in calls of at most 1,000; a call refused for its input is halved
+    /// until the ids ESI refuses are alone, and those are left out.
+    async fn post_bulk<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        what: &str,
+        ids: &[i64],
+    ) -> Result<Vec<T>, EsiError> {
+        let mut found = Vec::with_capacity(ids.len());
         let mut pending: Vec<&[i64]> = ids.chunks(NAMES_PER_CALL).collect();
         while let Some(chunk) = pending.pop() {
-            match self.names_call(chunk).await {
-                Ok(mut found) => names.append(&mut found),
+            let what = format!("{what} of {} ids", chunk.len());
+            let request = self
+                .http
+                .post(format!("{}{path}", self.base_url))
+                .json(chunk);
+            let answer = match self.send(endpoint, &what, request).await {
+                Ok(response) => response
+                    .json::<Vec<T>>()
+                    .await
+                    .map_err(|e| EsiError::Transient(format!("{what}: unreadable answer: {e}"))),
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(mut some) => found.append(&mut some),
                 Err(EsiError::Permanent(_)) if chunk.len() > 1 => {
                     let (left, right) = chunk.split_at(chunk.len() / 2);
                     pending.push(left);
                     pending.push(right);
                 }
                 Err(EsiError::Permanent(reason)) => {
-                    tracing::debug!(id = chunk[0], %reason, "ESI cannot name id")
+                    tracing::debug!(id = chunk[0], %reason, "ESI does not know id")
                 }
                 Err(error) => return Err(error),
             }
         }
-        Ok(names)
+        Ok(found)
     }
 
-    async fn names_call(&self, ids: &[i64]) -> Result<Vec<Name>, EsiError> {
-        let what = format!("resolving {} names", ids.len());
-        let request = self
-            .http
-            .post(format!("{}/universe/names/", self.base_url))
-            .json(ids);
-        self.send("names", &what, request)
-            .await?
+    /// `GET /corporations/{id}/`; `Ok(None)` when ESI has no such corporation.
+    pub async fn corporation(&self, id: i64) -> Result<Option<CorporationInfo>, EsiError> {
+        self.get_json("corporation", format!("/corporations/{id}/"))
+            .await
+    }
+
+    /// `GET /alliances/{id}/`; `Ok(None)` when ESI has no such alliance.
+    pub async fn alliance(&self, id: i64) -> Result<Option<AllianceInfo>, EsiError> {
+        self.get_json("alliance", format!("/alliances/{id}/")).await
+    }
+
+    /// `GET /alliances/{id}/corporations/`: its member corporations' ids.
+    pub async fn alliance_corporations(&self, id: i64) -> Result<Option<Vec<i64>>, EsiError> {
+        self.get_json(
+            "alliance_corporations",
+            format!("/alliances/{id}/corporations/"),
+        )
+        .await
+    }
+
+    /// `GET /universe/types/{id}/`; `Ok(None)` when ESI has no such type.
+    pub async fn item_type(&self, id: i64) -> Result<Option<TypeInfo>, EsiError> {
+        self.get_json("type", format!("/universe/types/{id}/"))
+            .await
+    }
+
+    /// A GET of `path` read as `T`; a refusal for the input itself (404, 400) is `Ok(None)`:
+    /// ESI knows no such thing.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: String,
+    ) -> Result<Option<T>, EsiError> {
+        let what = format!("GET {path}");
+        let request = self.http.get(format!("{}{path}", self.base_url));
+        let response = match self.send(endpoint, &what, request).await {
+            Ok(response) => response,
+            Err(EsiError::Permanent(reason)) => {
+                tracing::debug!(%reason, "ESI does not know it");
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        response
             .json()
             .await
+            .map(Some)
             .map_err(|e| EsiError::Transient(format!("{what}: unreadable answer: {e}")))
     }
 }

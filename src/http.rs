@@ -2,7 +2,8 @@
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
 //! assets, `/updates` (see `updates`), zKillboard's RedisQ, R2Z2 and websocket (see `zkb_api`),
 //! and `/healthz`, `/readyz` and `/metrics` (see `health`). Every request is counted and timed by
-//! the route it matched (`telemetry::HTTP_REQUESTS`).
+//! the route it matched (`telemetry::HTTP_REQUESTS`). Browsers on the origins `CORS_ORIGINS`
+//! names may call `/graphql` (see [`cors_layer`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
@@ -47,17 +49,58 @@ pub struct AppState {
     pub updates: Updates,
     /// zKillboard's RedisQ queues and websocket (R2Z2 needs only the store).
     pub zkb_api: ZkbApi,
+    /// CORS on `/graphql`, when some origins are allowed (see [`cors_layer`]).
+    pub cors: Option<CorsLayer>,
+}
+
+/// How long a browser may keep a preflight's answer.
+const CORS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// CORS for `/graphql` from these origins (`*`: any); none, no CORS headers at all, so that
+/// browsers keep other origins out. Queries are POSTed as JSON, with a bearer token when
+/// logged in; no cookies, so no credentials are allowed.
+pub fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allowed = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin.trim_end_matches('/'))
+                    .map_err(|_| anyhow::anyhow!("CORS_ORIGINS: {origin:?} is not an origin"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .max_age(CORS_MAX_AGE),
+    ))
 }
 
 pub fn router(state: AppState, readiness: Readiness, metrics: Option<PrometheusHandle>) -> Router {
     let zkb_api = crate::zkb_api::routes(state.zkb_api.clone());
+    let graphql = get(graphql_get)
+        .post(graphql_post)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Around the method router, so that a preflight (OPTIONS) is answered too.
+    let graphql = match state.cors.clone() {
+        Some(cors) => graphql.layer(cors),
+        None => graphql,
+    };
     Router::new()
-        .route(
-            "/graphql",
-            get(graphql_get)
-                .post(graphql_post)
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
-        )
+        .route("/graphql", graphql)
         .route("/updates", get(updates_get))
         .with_state(state)
         .merge(zkb_api)

@@ -17,6 +17,7 @@
 //!   status    workerStatus: heartbeats of every process, queues, feeds, once per interval
 //! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
 //! import    archives and files → store → announce                                queue import
+//! enrich    entity.enrich jobs → ESI → characters, corporations, alliances, types  worker-enrich
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
 //! feed      the live feeds (R2Z2, RedisQ) → jobs                                 worker-redisq
 //!   repair    zKillboard's daily history against the store → missing as jobs     queue repair
@@ -28,7 +29,7 @@
 //!     db        PostgreSQL: migrate, killmails (and their events), the event log, outbox, names
 //!     queue     RabbitMQ: topology, jobs, confirms, retries, dead letters, the job runner
 //!     events    Redis pub/sub: the killmail-added event
-//!     esi       ESI over HTTP, its error limit shared by a process
+//!     esi       ESI over HTTP, its error limit shared by processes through Redis
 //!       killmail  the domain: ESI killmails, zkb, ids; no I/O
 //!       backoff, shutdown, graphiql   delays and waiting for services; the signal; assets
 //!       telemetry   metric names and the recorder a binary installs (served by health)
@@ -41,6 +42,7 @@ pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod db;
+pub mod enrich;
 pub mod esi;
 pub mod event_log;
 pub mod events;

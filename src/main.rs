@@ -55,6 +55,8 @@ struct Args {
     status: StatusArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    cors: killreport::config::CorsArgs,
 }
 
 #[tokio::main]
@@ -165,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         ws: ws.clone(),
         updates: updates.clone(),
         zkb_api,
+        cors: killreport::http::cors_layer(&args.cors.cors_origins)?,
     };
     let limits = args.http.http_limits();
     let management = serve(

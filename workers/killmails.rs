@@ -6,7 +6,8 @@ use clap::Parser;
 use killreport::announce::Announcer;
 use killreport::backoff::until_up;
 use killreport::config::{
-    ConsumerArgs, DatabaseArgs, EsiArgs, HealthArgs, MetricsArgs, RabbitArgs, RedisArgs, StatusArgs,
+    ConsumerArgs, DatabaseArgs, EsiArgs, EsiPauseArgs, HealthArgs, MetricsArgs, RabbitArgs,
+    RedisArgs, StatusArgs,
 };
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
@@ -36,6 +37,8 @@ struct Args {
     #[command(flatten)]
     esi: EsiArgs,
     #[command(flatten)]
+    esi_pause: EsiPauseArgs,
+    #[command(flatten)]
     health: HealthArgs,
     #[command(flatten)]
     status: StatusArgs,
@@ -53,8 +56,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = killreport::telemetry::install(args.metrics.metrics)?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
-    let esi = args.esi.client()?;
     let (redis_url, channel) = (&args.redis.redis_url, &args.redis.events_channel);
+    let esi = until_up("Redis", &shutdown, || {
+        args.esi_pause.client(&args.esi, redis_url)
+    })
+    .await?;
     let events = until_up("Redis", &shutdown, || {
         EventPublisher::connect(redis_url, channel)
     })

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use killreport::announce::Announcer;
 use killreport::backfill::Backfill;
-use killreport::config::{DatabaseArgs, EverefArgs, RabbitArgs, RedisArgs, ZkbArgs};
+use killreport::config::{DatabaseArgs, EnrichArgs, EverefArgs, RabbitArgs, RedisArgs, ZkbArgs};
+use killreport::enrich::Kind;
 use killreport::events::EventPublisher;
 use killreport::import::{Announce, Importer};
 use killreport::queue::{Publisher, dlq};
@@ -40,6 +41,50 @@ enum Command {
     /// Inspect, replay or purge the dead-letter queue (jobs that failed for good).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Queue characters for worker-enrich to describe again (names and affiliations).
+    Characters(RefreshArgs),
+    /// Queue corporations for worker-enrich to describe again (name, ticker, members, alliance).
+    Corporations(RefreshArgs),
+    /// Queue alliances for worker-enrich to describe again (name, ticker, corporations, members).
+    Alliances(RefreshArgs),
+    /// Queue today's snapshot of every alliance or corporation the store knows: each is
+    /// described again by worker-enrich, which records its member (and corporation) count for
+    /// the day.
+    Snapshot(SnapshotArgs),
+}
+
+/// Which entities: the ids given, or with --all every one the store knows.
+#[derive(Args)]
+struct RefreshArgs {
+    #[arg(value_name = "ID", required_unless_present = "all")]
+    ids: Vec<i64>,
+    /// Every one the store knows (it needs the database).
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
+    #[command(flatten)]
+    enrich: EnrichArgs,
+    #[command(flatten, next_help_heading = "PostgreSQL (only with --all)")]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    rabbit: RabbitArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SnapshotOf {
+    Alliances,
+    Corporations,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    #[arg(value_enum)]
+    of: SnapshotOf,
+    #[command(flatten)]
+    enrich: EnrichArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    rabbit: RabbitArgs,
 }
 
 #[derive(Subcommand)]
@@ -216,7 +261,62 @@ async fn main() -> anyhow::Result<()> {
         Command::Backfill(args) => backfill(args, shutdown).await,
         Command::Repair(args) => repair(args, shutdown).await,
         Command::Dlq(command) => dlq(command).await,
+        Command::Characters(args) => refresh(Kind::Characters, args).await,
+        Command::Corporations(args) => refresh(Kind::Corporations, args).await,
+        Command::Alliances(args) => refresh(Kind::Alliances, args).await,
+        Command::Snapshot(args) => snapshot(args).await,
     }
+}
+
+/// A publisher on the entity queue.
+async fn enrich_publisher(
+    enrich: &EnrichArgs,
+    rabbit: &RabbitArgs,
+) -> anyhow::Result<(lapin::Connection, Publisher)> {
+    let connection = killreport::queue::connect(&rabbit.rabbitmq_url, "queue enrich")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let publisher = Publisher::new(&connection, enrich.topology(rabbit))
+        .await
+        .context("declaring the RabbitMQ topology")?;
+    Ok((connection, publisher))
+}
+
+async fn refresh(kind: Kind, args: RefreshArgs) -> anyhow::Result<()> {
+    let (connection, publisher) = enrich_publisher(&args.enrich, &args.rabbit).await?;
+    let jobs = if args.all {
+        let pool = args
+            .database
+            .connect()
+            .await
+            .context("connecting to PostgreSQL")?;
+        let jobs = killreport::enrich::queue_all(&pool, &publisher, kind).await?;
+        pool.close().await;
+        jobs
+    } else {
+        killreport::enrich::queue_refresh(&publisher, kind, &args.ids).await?
+    };
+    println!("{jobs} jobs queued on {}", args.enrich.enrich_queue);
+    connection.close(200, "done").await.ok();
+    Ok(())
+}
+
+async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let kind = match args.of {
+        SnapshotOf::Alliances => Kind::Alliances,
+        SnapshotOf::Corporations => Kind::Corporations,
+    };
+    let (connection, publisher) = enrich_publisher(&args.enrich, &args.rabbit).await?;
+    let pool = args
+        .database
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let jobs = killreport::enrich::queue_snapshot(&pool, &publisher, kind).await?;
+    println!("{jobs} jobs queued on {}", args.enrich.enrich_queue);
+    connection.close(200, "done").await.ok();
+    pool.close().await;
+    Ok(())
 }
 
 async fn dlq(command: DlqCommand) -> anyhow::Result<()> {

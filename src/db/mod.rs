@@ -6,6 +6,7 @@ pub mod announcements;
 pub mod backfill_days;
 pub mod copy;
 pub mod cursors;
+pub mod enrichment;
 pub mod entities;
 pub mod events;
 pub mod feed_gaps;

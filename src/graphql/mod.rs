@@ -2,6 +2,7 @@
 //! live hub), its limits, and the errors clients see. Static names (systems, regions, item
 //! types) are held in memory; entity names are batch-loaded per request.
 
+mod entities;
 mod filter;
 mod limits;
 mod loaders;
@@ -61,6 +62,14 @@ pub fn schema(
     schema_builder()
         .data(DataLoader::new(
             loaders::NameLoader(pool.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            entities::CorporationLoader(pool.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            entities::AllianceLoader(pool.clone()),
             tokio::spawn,
         ))
         .data(pool)

@@ -51,12 +51,16 @@ impl QueryRoot {
         killmails_page(ctx, &filter.unwrap_or_default(), first, after).await
     }
 
-    /// A character the store has seen or can name, with its newest known affiliation.
+    /// A character the store has seen or can name, with its affiliation as ESI last said it,
+    /// else as on its newest killmail.
     async fn character(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Character>> {
         let id = parse_id(&id, "character")?;
-        let seen = db::entities::character_affiliation(ctx.data::<PgPool>()?, id)
-            .await
-            .map_err(internal)?;
+        let seen = match super::entities::character(ctx, id).await? {
+            Some(row) => Some((row.corporation_id, row.alliance_id)),
+            None => db::entities::character_affiliation(ctx.data::<PgPool>()?, id)
+                .await
+                .map_err(internal)?,
+        };
         if seen.is_none() && !known_name(ctx, id).await? {
             return Ok(None);
         }
@@ -71,9 +75,13 @@ impl QueryRoot {
 
     async fn corporation(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Corporation>> {
         let id = parse_id(&id, "corporation")?;
-        let seen = db::entities::corporation_alliance(ctx.data::<PgPool>()?, id)
-            .await
-            .map_err(internal)?;
+        // Its alliance as ESI last said it, else as on its newest killmail.
+        let seen = match super::entities::corporation(ctx, id).await? {
+            Some(row) if row.updated_at.is_some() => Some(row.alliance_id),
+            _ => db::entities::corporation_alliance(ctx.data::<PgPool>()?, id)
+                .await
+                .map_err(internal)?,
+        };
         if seen.is_none() && !known_name(ctx, id).await? {
             return Ok(None);
         }
@@ -86,9 +94,10 @@ impl QueryRoot {
 
     async fn alliance(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Alliance>> {
         let id = parse_id(&id, "alliance")?;
-        let seen = db::entities::alliance_seen(ctx.data::<PgPool>()?, id)
-            .await
-            .map_err(internal)?;
+        let seen = super::entities::alliance(ctx, id).await?.is_some()
+            || db::entities::alliance_seen(ctx.data::<PgPool>()?, id)
+                .await
+                .map_err(internal)?;
         if !seen && !known_name(ctx, id).await? {
             return Ok(None);
         }

@@ -15,6 +15,7 @@ use async_graphql::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
 
+use super::entities::{self, EntitySnapshot};
 use super::loaders::NameLoader;
 use super::{Involvement, KillmailFilter, MAX_PAGE, Statics, bad_input, internal};
 use crate::db;
@@ -85,6 +86,15 @@ async fn entity_name(
         .load_one(id)
         .await
         .map_err(|e| internal(anyhow::anyhow!(e)))
+}
+
+/// An item type's name: from the static data in memory, else from the store, where
+/// worker-enrich adds the types newer than the static data this process loaded.
+async fn type_name(ctx: &Context<'_>, id: i64) -> Result<Option<String>> {
+    match statics(ctx)?.type_name(id) {
+        Some(name) => Ok(Some(name.to_owned())),
+        None => entity_name(ctx, None, id).await,
+    }
 }
 
 #[Object(name = "Killmail")]
@@ -224,9 +234,7 @@ impl Victim {
         self.name(ctx, self.0.0.killmail.victim.alliance_id).await
     }
     async fn ship_type_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
-        Ok(statics(ctx)?
-            .type_name(self.0.0.killmail.victim.ship_type_id)
-            .map(str::to_owned))
+        type_name(ctx, self.0.0.killmail.victim.ship_type_id).await
     }
 }
 
@@ -504,9 +512,42 @@ impl Corporation {
     async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         entity_name(ctx, self.node.as_ref(), self.id).await
     }
-    /// Not known yet: always null.
-    async fn ticker(&self) -> Option<String> {
-        None
+    /// From ESI, once worker-enrich has described the corporation (as for the fields below).
+    async fn ticker(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(entities::corporation(ctx, self.id).await?.and_then(|c| c.ticker))
+    }
+    async fn member_count(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
+        Ok(entities::corporation(ctx, self.id).await?.and_then(|c| c.member_count))
+    }
+    async fn ceo(&self, ctx: &Context<'_>) -> Result<Option<Character>> {
+        let row = entities::corporation(ctx, self.id).await?;
+        Ok(row.and_then(|c| {
+            c.ceo_id.map(|id| Character {
+                id,
+                corporation_id: Some(self.id),
+                alliance_id: c.alliance_id,
+                node: None,
+            })
+        }))
+    }
+    async fn date_founded(&self, ctx: &Context<'_>) -> Result<Option<EsiTime>> {
+        Ok(entities::corporation(ctx, self.id)
+            .await?
+            .and_then(|c| c.date_founded.map(EsiTime)))
+    }
+    /// Member counts of the last `days` days (today included), oldest first: one per day on
+    /// which the corporation was described.
+    async fn snapshots(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 30)] days: i32,
+    ) -> Result<Vec<EntitySnapshot>> {
+        entities::corporation_snapshots(ctx, self.id, days).await
+    }
+    /// Members now (the newest snapshot) less members `days` days ago (the newest snapshot
+    /// at least that old); null without both.
+    async fn member_count_change(&self, ctx: &Context<'_>, days: i32) -> Result<Option<i32>> {
+        entities::member_change(ctx, self.id, days, false).await
     }
     async fn alliance(&self) -> Option<Alliance> {
         self.alliance_id.map(|id| Alliance {
@@ -544,9 +585,53 @@ impl Alliance {
     async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         entity_name(ctx, self.node.as_ref(), self.id).await
     }
-    /// Not known yet: always null.
-    async fn ticker(&self) -> Option<String> {
-        None
+    /// From ESI, once worker-enrich has described the alliance (as for the fields below).
+    async fn ticker(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(entities::alliance(ctx, self.id).await?.and_then(|a| a.ticker))
+    }
+    /// Members of its corporations, summed.
+    async fn member_count(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
+        Ok(entities::alliance(ctx, self.id).await?.and_then(|a| a.member_count))
+    }
+    async fn corporation_count(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
+        Ok(entities::alliance(ctx, self.id)
+            .await?
+            .and_then(|a| a.corporation_count))
+    }
+    async fn executor_corporation(&self, ctx: &Context<'_>) -> Result<Option<Corporation>> {
+        let row = entities::alliance(ctx, self.id).await?;
+        Ok(row.and_then(|a| {
+            a.executor_corporation_id.map(|id| Corporation {
+                id,
+                alliance_id: Some(self.id),
+                node: None,
+            })
+        }))
+    }
+    async fn date_founded(&self, ctx: &Context<'_>) -> Result<Option<EsiTime>> {
+        Ok(entities::alliance(ctx, self.id)
+            .await?
+            .and_then(|a| a.date_founded.map(EsiTime)))
+    }
+    /// Member and corporation counts of the last `days` days (today included), oldest first.
+    async fn snapshots(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 30)] days: i32,
+    ) -> Result<Vec<EntitySnapshot>> {
+        entities::alliance_snapshots(ctx, self.id, days).await
+    }
+    /// Members now less members `days` days ago (see `Corporation.memberCountChange`).
+    async fn member_count_change(&self, ctx: &Context<'_>, days: i32) -> Result<Option<i32>> {
+        entities::member_change(ctx, self.id, days, true).await
+    }
+    /// Corporations now less corporations `days` days ago.
+    async fn corporation_count_change(
+        &self,
+        ctx: &Context<'_>,
+        days: i32,
+    ) -> Result<Option<i32>> {
+        entities::corporation_count_change(ctx, self.id, days).await
     }
     #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
@@ -575,7 +660,7 @@ impl ItemType {
         ID(self.id.to_string())
     }
     async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
-        Ok(statics(ctx)?.type_name(self.id).map(str::to_owned))
+        type_name(ctx, self.id).await
     }
     async fn group_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         Ok(statics(ctx)?
