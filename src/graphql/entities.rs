@@ -23,7 +23,9 @@ impl Loader<i64> for CorporationLoader {
     type Error = Arc<sqlx::Error>;
 
     async fn load(&self, ids: &[i64]) -> Result<HashMap<i64, CorporationRow>, Self::Error> {
-        let rows = enrichment::corporations(&self.0, ids).await.map_err(Arc::new)?;
+        let rows = enrichment::corporations(&self.0, ids)
+            .await
+            .map_err(Arc::new)?;
         Ok(rows.into_iter().map(|r| (r.corporation_id, r)).collect())
     }
 }
@@ -36,7 +38,9 @@ impl Loader<i64> for AllianceLoader {
     type Error = Arc<sqlx::Error>;
 
     async fn load(&self, ids: &[i64]) -> Result<HashMap<i64, AllianceRow>, Self::Error> {
-        let rows = enrichment::alliances(&self.0, ids).await.map_err(Arc::new)?;
+        let rows = enrichment::alliances(&self.0, ids)
+            .await
+            .map_err(Arc::new)?;
         Ok(rows.into_iter().map(|r| (r.alliance_id, r)).collect())
     }
 }
@@ -144,8 +148,12 @@ pub async fn member_change(
         .map(|(now, then)| now.member_count - then.member_count))
 }
 
-pub async fn corporation_count_change(ctx: &Context<'_>, id: i64, back: i32) -> Result<Option<i32>> {
-    Ok(change(ctx, id, back, true).await?.and_then(|(now, then)| {
-        Some(now.corporation_count? - then.corporation_count?)
-    }))
+pub async fn corporation_count_change(
+    ctx: &Context<'_>,
+    id: i64,
+    back: i32,
+) -> Result<Option<i32>> {
+    Ok(change(ctx, id, back, true)
+        .await?
+        .and_then(|(now, then)| Some(now.corporation_count? - then.corporation_count?)))
 }

@@ -514,10 +514,14 @@ impl Corporation {
     }
     /// From ESI, once worker-enrich has described the corporation (as for the fields below).
     async fn ticker(&self, ctx: &Context<'_>) -> Result<Option<String>> {
-        Ok(entities::corporation(ctx, self.id).await?.and_then(|c| c.ticker))
+        Ok(entities::corporation(ctx, self.id)
+            .await?
+            .and_then(|c| c.ticker))
     }
     async fn member_count(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
-        Ok(entities::corporation(ctx, self.id).await?.and_then(|c| c.member_count))
+        Ok(entities::corporation(ctx, self.id)
+            .await?
+            .and_then(|c| c.member_count))
     }
     async fn ceo(&self, ctx: &Context<'_>) -> Result<Option<Character>> {
         let row = entities::corporation(ctx, self.id).await?;
@@ -587,11 +591,15 @@ impl Alliance {
     }
     /// From ESI, once worker-enrich has described the alliance (as for the fields below).
     async fn ticker(&self, ctx: &Context<'_>) -> Result<Option<String>> {
-        Ok(entities::alliance(ctx, self.id).await?.and_then(|a| a.ticker))
+        Ok(entities::alliance(ctx, self.id)
+            .await?
+            .and_then(|a| a.ticker))
     }
     /// Members of its corporations, summed.
     async fn member_count(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
-        Ok(entities::alliance(ctx, self.id).await?.and_then(|a| a.member_count))
+        Ok(entities::alliance(ctx, self.id)
+            .await?
+            .and_then(|a| a.member_count))
     }
     async fn corporation_count(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
         Ok(entities::alliance(ctx, self.id)
@@ -626,11 +634,7 @@ impl Alliance {
         entities::member_change(ctx, self.id, days, true).await
     }
     /// Corporations now less corporations `days` days ago.
-    async fn corporation_count_change(
-        &self,
-        ctx: &Context<'_>,
-        days: i32,
-    ) -> Result<Option<i32>> {
+    async fn corporation_count_change(&self, ctx: &Context<'_>, days: i32) -> Result<Option<i32>> {
         entities::corporation_count_change(ctx, self.id, days).await
     }
     #[graphql(complexity = "super::limits::page(first, child_complexity)")]

@@ -4,6 +4,7 @@
 
 mod backfill;
 mod db;
+mod enrich;
 mod fault_suite;
 mod faults;
 mod feed;

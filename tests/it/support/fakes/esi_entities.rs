@@ -33,7 +33,14 @@ pub struct Entities {
 }
 
 impl FakeEsi {
-    pub fn add_corporation(&self, id: i64, name: &str, ticker: &str, members: i64, alliance: Option<i64>) {
+    pub fn add_corporation(
+        &self,
+        id: i64,
+        name: &str,
+        ticker: &str,
+        members: i64,
+        alliance: Option<i64>,
+    ) {
         let mut body = json!({
             "name": name, "ticker": ticker, "member_count": members, "ceo_id": 90000001,
             "date_founded": "2010-05-01T12:00:00Z", "creator_id": 90000001, "tax_rate": 0.1,
@@ -118,12 +125,24 @@ fn scripted(esi: &FakeEsi, path: String, headers: &HeaderMap) -> Option<Response
 }
 
 fn not_found(what: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": format!("{what} not found")}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": format!("{what} not found")})),
+    )
+        .into_response()
 }
 
 /// Like ESI: 404 for the whole call when any id is not a character.
-async fn affiliation(State(esi): State<FakeEsi>, headers: HeaderMap, Json(ids): Json<Vec<i64>>) -> Response {
-    if let Some(answer) = scripted(&esi, format!("/characters/affiliation/ ({} ids)", ids.len()), &headers) {
+async fn affiliation(
+    State(esi): State<FakeEsi>,
+    headers: HeaderMap,
+    Json(ids): Json<Vec<i64>>,
+) -> Response {
+    if let Some(answer) = scripted(
+        &esi,
+        format!("/characters/affiliation/ ({} ids)", ids.len()),
+        &headers,
+    ) {
         return answer;
     }
     let state = esi.state();
@@ -141,7 +160,11 @@ async fn affiliation(State(esi): State<FakeEsi>, headers: HeaderMap, Json(ids): 
     Json(out).into_response()
 }
 
-async fn corporation(State(esi): State<FakeEsi>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn corporation(
+    State(esi): State<FakeEsi>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
     if let Some(answer) = scripted(&esi, format!("/corporations/{id}/"), &headers) {
         return answer;
     }
@@ -175,7 +198,11 @@ async fn alliance_corporations(
     }
 }
 
-async fn item_type(State(esi): State<FakeEsi>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn item_type(
+    State(esi): State<FakeEsi>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
     if let Some(answer) = scripted(&esi, format!("/universe/types/{id}/"), &headers) {
         return answer;
     }
