@@ -3,6 +3,7 @@
 //! types) are held in memory; entity names are batch-loaded per request.
 
 mod filter;
+mod fitting;
 mod limits;
 mod loaders;
 mod query;
