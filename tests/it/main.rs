@@ -26,4 +26,5 @@ mod support;
 mod telemetry;
 mod tls;
 mod updates;
+mod valuation;
 mod zkb_api;

@@ -30,6 +30,8 @@ pub struct EsiState {
     pub requests: Vec<String>,
     /// When each of `requests` arrived.
     pub request_times: Vec<Instant>,
+    /// `GET /markets/prices/`'s answer (see `esi_market`); 404 while `None`.
+    pub market_prices: Option<serde_json::Value>,
 }
 
 pub type FakeEsi = Fake<EsiState>;
@@ -82,7 +84,8 @@ impl FakeEsi {
         self.serve_routes(
             axum::Router::new()
                 .route("/killmails/{id}/{hash}/", get(killmail))
-                .route("/universe/names/", post(names)),
+                .route("/universe/names/", post(names))
+                .route("/markets/prices/", get(super::esi_market::market_prices)),
         )
         .await
     }
