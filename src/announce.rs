@@ -140,7 +140,7 @@ impl Announcer {
                 seq: s.seq,
                 hash: r.hash.clone(),
                 killmail: r.killmail.clone(),
-                zkb: r.zkb.clone(),
+                zkb: r.zkb.clone().or_else(|| s.estimate.clone()),
             })
             .collect();
         let events = db::names::events(&mut *tx, new).await?;

@@ -713,3 +713,20 @@ pub struct CorsArgs {
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 }
+/// Item prices for killreport's own killmail values (see `valuation`): how often
+/// worker-killmails makes sure today's are stored.
+#[derive(Debug, Clone, Args)]
+pub struct PricesArgs {
+    /// Seconds between checks that today's item prices (ESI `GET /markets/prices/`) are
+    /// stored, fetching them (and valuing again the killmails they now value) when not; one
+    /// worker does it at a time. 0: never.
+    #[arg(long, env = "PRICES_INTERVAL_SECS", default_value_t = 3600)]
+    pub prices_interval_secs: u64,
+}
+
+impl PricesArgs {
+    /// How often to check, unless never.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.prices_interval_secs > 0).then(|| Duration::from_secs(self.prices_interval_secs))
+    }
+}

@@ -1,4 +1,5 @@
-//! EVE's ESI: fetching a killmail by id and hash, and resolving ids to names. Every failure is
+//! EVE's ESI: fetching a killmail by id and hash, resolving ids to names, and the day's item
+//! prices. Every failure is
 //! sorted into permanent (the request can never succeed) or transient (try again later).
 //!
 //! ESI punishes a process that keeps failing: after 100 errors in its one-minute window it
@@ -187,6 +188,16 @@ impl SharedPauses {
             tracing::warn!(%error, "sharing an ESI pause through Redis failed");
         }
     }
+}
+
+/// One type's prices, as `GET /markets/prices/` lists them (ISK; either may be missing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarketPrice {
+    pub type_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_price: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjusted_price: Option<f64>,
 }
 
 /// When ESI may be asked again: one per client, shared by all its clones.
@@ -446,6 +457,17 @@ impl Esi {
             }
         }
         Ok(found)
+    }
+
+    /// `GET /markets/prices/`: every traded type's average and adjusted price, as of today.
+    pub async fn market_prices(&self) -> Result<Vec<MarketPrice>, EsiError> {
+        let what = "fetching market prices";
+        let url = format!("{}/markets/prices/", self.base_url);
+        self.send("market_prices", what, self.http.get(url))
+            .await?
+            .json()
+            .await
+            .map_err(|e| EsiError::Transient(format!("{what}: unreadable answer: {e}")))
     }
 
     /// `GET /corporations/{id}/`; `Ok(None)` when ESI has no such corporation.

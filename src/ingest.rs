@@ -1,7 +1,8 @@
 //! Storing killmails: the work of `worker-killmails` (the [`KillmailHandler`] of
 //! `killmail.ingest` jobs, run by the job runner) and of `queue import` (files), which share
-//! one validated path into the store, [`store`]. What was new is then announced (see
-//! `announce`).
+//! one validated path into the store, [`store`], which also writes killreport's own value of
+//! each killmail that came without zKillboard's (see `valuation`). What was new is then
+//! announced (see `announce`).
 
 use std::collections::HashSet;
 
@@ -18,6 +19,7 @@ use crate::killmail::{KillmailId, Received};
 use crate::queue::IngestJob;
 use crate::queue::runner::{Failure, Handler, Outcome};
 use crate::telemetry;
+use crate::valuation;
 
 /// Stores a batch in one transaction and returns what was new, its announcements queued,
 /// counted with how long after its fight each new killmail was stored.
@@ -43,7 +45,14 @@ pub async fn store_encoded(
     encoded: Encoded,
     announced: bool,
 ) -> sqlx::Result<Vec<Stored>> {
+    let mut encoded = encoded;
     let mut tx = pool.begin().await?;
+    // Valued under the store's lock, so that a revaluation waiting for it sees this batch
+    // (see `valuation`).
+    db::killmails::lock_ingest(&mut tx).await?;
+    let without_zkb = batch.iter().filter(|r| r.zkb.is_none());
+    let estimates = valuation::estimates(&mut tx, without_zkb.map(|r| &r.killmail)).await?;
+    encoded.set_estimates(estimates);
     let stored = db::killmails::store_encoded(&mut tx, encoded, announced).await?;
     tx.commit().await?;
     let now = Utc::now();

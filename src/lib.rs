@@ -19,6 +19,7 @@
 //! import    archives and files → store → announce                                queue import
 //! enrich    entity.enrich jobs → ESI → characters, corporations, alliances, types  worker-enrich
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
+//!   valuation  prices per day, estimates written with each killmail, revaluation; fittings
 //! feed      the live feeds (R2Z2, RedisQ) → jobs                                 worker-redisq
 //!   repair    zKillboard's daily history against the store → missing as jobs     queue repair
 //!   announce  outbox, names and sweep: stored killmails → Redis
@@ -63,6 +64,7 @@ pub mod statics;
 pub mod status;
 pub mod telemetry;
 pub mod updates;
+pub mod valuation;
 pub mod ws;
 pub mod zkb;
 pub mod zkb_api;

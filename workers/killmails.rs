@@ -1,4 +1,5 @@
-//! worker-killmails: consumes `killmail.ingest`, stores each killmail, announces it on Redis.
+//! worker-killmails: consumes `killmail.ingest`, stores each killmail, announces it on Redis;
+//! keeps today's item prices (for killmails' values).
 
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use clap::Parser;
 use killreport::announce::Announcer;
 use killreport::backoff::until_up;
 use killreport::config::{
-    ConsumerArgs, DatabaseArgs, EsiArgs, EsiPauseArgs, HealthArgs, MetricsArgs, RabbitArgs,
+    ConsumerArgs, DatabaseArgs, EsiArgs, EsiPauseArgs, HealthArgs, MetricsArgs, PricesArgs, RabbitArgs,
     RedisArgs, StatusArgs,
 };
 use killreport::events::EventPublisher;
@@ -14,6 +15,7 @@ use killreport::health::Readiness;
 use killreport::ingest::KillmailHandler;
 use killreport::queue::runner::{self, Handler};
 use killreport::shutdown::finish_within;
+use killreport::valuation;
 
 /// How long the batch in hand may take to finish after SIGTERM; then it is left to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -44,6 +46,8 @@ struct Args {
     status: StatusArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    prices: PricesArgs,
     /// Milliseconds an announcement may wait for ESI to name unknown characters and corporations.
     #[arg(long, env = "NAMES_BUDGET_MS", default_value_t = 1500)]
     names_budget_ms: u64,
@@ -79,6 +83,11 @@ async fn main() -> anyhow::Result<()> {
         .heartbeat(&args.redis)
         .start("worker-killmails", readiness.clone(), &shutdown);
     killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
+    // Today's item prices, for the values of killmails that come without zKillboard's.
+    let prices = args.prices.interval().map(|interval| {
+        let keeping = valuation::keep_prices(pool.clone(), esi.clone(), interval, shutdown.clone());
+        tokio::spawn(keeping)
+    });
     let handler = KillmailHandler {
         pool: pool.clone(),
         esi,
@@ -92,6 +101,11 @@ async fn main() -> anyhow::Result<()> {
         runner::run(&handler, &consuming, &shutdown),
         finish_within(&shutdown, SHUTDOWN_GRACE, sweep)
     );
+    if let Some(prices) = prices {
+        // It stops at the shutdown signal; a fetch or revaluation under way is given up (it is
+        // done again by the next worker, as the day is not marked revalued).
+        prices.abort();
+    }
     if swept.is_none() {
         tracing::warn!("overdue announcements did not finish in time; they stay pending");
     }

@@ -10,12 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use killreport::announce::Announcer;
 use killreport::backfill::Backfill;
-use killreport::config::{DatabaseArgs, EnrichArgs, EverefArgs, RabbitArgs, RedisArgs, ZkbArgs};
+use killreport::config::{
+    DatabaseArgs, EnrichArgs, EsiArgs, EverefArgs, RabbitArgs, RedisArgs, ZkbArgs,
+};
 use killreport::enrich::Kind;
 use killreport::events::EventPublisher;
 use killreport::import::{Announce, Importer};
 use killreport::queue::{Publisher, dlq};
 use killreport::repair::Repair;
+use killreport::valuation;
 use tokio_util::sync::CancellationToken;
 
 /// The exit code of an import stopped by SIGINT or SIGTERM after its batch in hand.
@@ -38,6 +41,7 @@ enum Command {
     Import(ImportArgs),
     Backfill(BackfillArgs),
     Repair(RepairArgs),
+    Prices(PricesArgs),
     /// Inspect, replay or purge the dead-letter queue (jobs that failed for good).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -252,6 +256,21 @@ struct RepairArgs {
     rabbit: RabbitArgs,
 }
 
+/// Fetch today's item prices from ESI now, unless the store has them, and value again the
+/// killmails they now value.
+///
+/// Killmails that came without zKillboard's values are valued by killreport from the item
+/// prices (ESI `GET /markets/prices/`) of their own day, or the nearest day that has prices;
+/// worker-killmails fetches them daily by itself (PRICES_INTERVAL_SECS). Prints what was stored
+/// and how many killmails were valued again; waits for a worker that is at it.
+#[derive(Args)]
+struct PricesArgs {
+    #[command(flatten)]
+    esi: EsiArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = killreport::config::init_process(|cli| &cli.log);
@@ -260,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Import(args) => import(args, shutdown).await,
         Command::Backfill(args) => backfill(args, shutdown).await,
         Command::Repair(args) => repair(args, shutdown).await,
+        Command::Prices(args) => prices(args).await,
         Command::Dlq(command) => dlq(command).await,
         Command::Characters(args) => refresh(Kind::Characters, args).await,
         Command::Corporations(args) => refresh(Kind::Corporations, args).await,
@@ -507,4 +527,25 @@ async fn repair(args: RepairArgs, shutdown: CancellationToken) -> anyhow::Result
         summary.days.len(),
         "compared",
     )
+}
+
+async fn prices(args: PricesArgs) -> anyhow::Result<()> {
+    let pool = args
+        .database
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let esi = args.esi.client()?;
+    let update = valuation::update_prices(&pool, &esi, valuation::Wait::Yes)
+        .await?
+        .context("the prices lock")?;
+    match update.stored {
+        Some((day, types)) => println!("prices of {day} stored: {types} types"),
+        None => println!("today's prices were stored already"),
+    }
+    for (day, killmails) in &update.revalued {
+        println!("killmails valued with the prices of {day}: {killmails} changed");
+    }
+    pool.close().await;
+    Ok(())
 }

@@ -17,10 +17,13 @@ use crate::killmail::{Attacker, Item, Killmail, KillmailId, Position, Received, 
 const SEQ_LOCK: i64 = 0x6b72_5f73_6571;
 
 /// A killmail this batch added to the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
     pub killmail_id: KillmailId,
     pub seq: Seq,
+    /// killreport's own zkb-style block, stored with it when it came without zKillboard's
+    /// (see `valuation`).
+    pub estimate: Option<Zkb>,
 }
 
 /// A killmail as the store holds it.
@@ -29,6 +32,8 @@ pub struct StoredKillmail {
     pub seq: Seq,
     pub hash: String,
     pub killmail: Killmail,
+    /// zKillboard's block when it came with one, else killreport's estimate (marked
+    /// `"estimated": true`; see `valuation`), so that every reader sees one value.
     pub zkb: Option<Zkb>,
 }
 
@@ -60,6 +65,9 @@ pub struct Encoded {
     spans: Vec<[(Mark, Mark); 2]>,
     /// Whether any killmail carries a zkb block (which one the store holds without may gain).
     with_zkb: bool,
+    /// killreport's own blocks for killmails without zKillboard's, by killmail id (see
+    /// [`Encoded::set_estimates`]).
+    estimates: (Vec<i64>, Vec<serde_json::Value>),
 }
 
 impl Encoded {
@@ -76,11 +84,18 @@ impl Encoded {
             items: BinaryRows::with_capacity(batch.len() * 16 * 90),
             spans: Vec::with_capacity(batch.len()),
             with_zkb: false,
+            estimates: Default::default(),
         };
         for (ord, received) in batch.into_iter().enumerate() {
             encoded.add(index_i32(ord), received);
         }
         encoded
+    }
+
+    /// Gives the killmails without a zkb block killreport's own, written with them (see
+    /// `valuation::estimates`).
+    pub fn set_estimates(&mut self, estimates: Vec<(KillmailId, serde_json::Value)>) {
+        self.estimates = estimates.into_iter().map(|(id, e)| (id.0, e)).unzip();
     }
 
     fn add(&mut self, ord: i32, received: &Received) {
@@ -186,14 +201,13 @@ pub async fn store_encoded(
         items,
         spans,
         with_zkb,
+        estimates: (estimate_ids, estimates),
     } = encoded;
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     // Held to the commit: it orders the sequence numbers.
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", SEQ_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    lock_ingest(&mut *tx).await?;
     if !announced {
         // History: a crash of the database may lose the last moments of it, which a backfill
         // imports again, as the day was not recorded (that record is committed durably, and
@@ -233,18 +247,22 @@ pub async fn store_encoded(
             victim_character_id, victim_corporation_id, victim_alliance_id, victim_faction_id,
             victim_ship_type_id, victim_damage_taken,
             victim_position_x, victim_position_y, victim_position_z,
-            attacker_count, zkb, source)
+            attacker_count, zkb, estimate, source)
         SELECT u.killmail_id, u.hash, u.killmail_time, u.solar_system_id, s.region_id, u.moon_id,
                u.war_id, u.victim_character_id, u.victim_corporation_id, u.victim_alliance_id,
                u.victim_faction_id, u.victim_ship_type_id, u.victim_damage_taken,
                u.victim_position_x, u.victim_position_y, u.victim_position_z, u.attacker_count,
-               u.zkb, u.source
+               u.zkb, e.estimate, u.source
         FROM killmail_staging u
         LEFT JOIN solar_systems s ON s.solar_system_id = u.solar_system_id
+        LEFT JOIN UNNEST($1::int8[], $2::jsonb[]) AS e(killmail_id, estimate)
+            ON e.killmail_id = u.killmail_id
         ORDER BY u.ord
         ON CONFLICT (killmail_id) DO NOTHING
-        RETURNING killmail_id, seq
-        "#
+        RETURNING killmail_id, seq, estimate
+        "#,
+        &estimate_ids,
+        &estimates
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -264,6 +282,7 @@ pub async fn store_encoded(
         .map(|row| Stored {
             killmail_id: KillmailId(row.killmail_id),
             seq: Seq(row.seq),
+            estimate: row.estimate.map(Zkb),
         })
         .collect();
     stored.sort_by_key(|s| s.seq);
@@ -321,6 +340,67 @@ pub async fn store_encoded(
     Ok(stored)
 }
 
+/// Takes the store's write lock, to the end of the transaction: it orders the ingest sequence
+/// numbers, and it is how a revaluation waits for every store in flight (one that read the
+/// prices before a day's arrived) to commit. Taking it again in the same transaction is free.
+pub async fn lock_ingest(tx: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", SEQ_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// One page of the killmails without a zkb block whose time is within `from..to` (either end
+/// open when `None`), after the position `after`, oldest first: (time, id).
+pub async fn without_zkb(
+    db: impl PgExecutor<'_>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    after: Option<(DateTime<Utc>, KillmailId)>,
+    limit: i64,
+) -> sqlx::Result<Vec<(DateTime<Utc>, KillmailId)>> {
+    let (after_time, after_id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id.0)));
+    let rows = sqlx::query!(
+        "SELECT killmail_time, killmail_id FROM killmails
+         WHERE zkb IS NULL
+           AND ($1::timestamptz IS NULL OR killmail_time >= $1)
+           AND ($2::timestamptz IS NULL OR killmail_time < $2)
+           AND ($3::timestamptz IS NULL OR (killmail_time, killmail_id) > ($3, $4::int8))
+         ORDER BY killmail_time, killmail_id
+         LIMIT $5",
+        from,
+        to,
+        after_time,
+        after_id,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.killmail_time, KillmailId(r.killmail_id)))
+        .collect())
+}
+
+/// Replaces the `estimate` of each killmail named (one UPDATE for them all).
+pub async fn set_estimates(
+    db: impl PgExecutor<'_>,
+    estimates: Vec<(KillmailId, serde_json::Value)>,
+) -> sqlx::Result<u64> {
+    let (ids, estimates): (Vec<i64>, Vec<serde_json::Value>) =
+        estimates.into_iter().map(|(id, e)| (id.0, e)).unzip();
+    let done = sqlx::query!(
+        "UPDATE killmails k SET estimate = u.estimate
+         FROM UNNEST($1::int8[], $2::jsonb[]) AS u(killmail_id, estimate)
+         WHERE k.killmail_id = u.killmail_id AND k.estimate IS DISTINCT FROM u.estimate",
+        &ids,
+        &estimates
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 fn index_i32(index: usize) -> i32 {
     i32::try_from(index).unwrap_or(i32::MAX)
 }
@@ -334,7 +414,8 @@ pub async fn load(db: &mut PgConnection, ids: &[KillmailId]) -> sqlx::Result<Vec
         SELECT killmail_id, hash, seq, killmail_time, solar_system_id, moon_id, war_id,
                victim_character_id, victim_corporation_id, victim_alliance_id, victim_faction_id,
                victim_ship_type_id, victim_damage_taken,
-               victim_position_x, victim_position_y, victim_position_z, zkb
+               victim_position_x, victim_position_y, victim_position_z,
+               coalesce(zkb, estimate) AS "zkb?"
         FROM killmails WHERE killmail_id = ANY($1)
         "#,
         &ids

@@ -12,6 +12,7 @@ pub mod events;
 pub mod feed_gaps;
 pub mod killmails;
 pub mod names;
+pub mod prices;
 pub mod sde;
 pub mod statics;
 

@@ -4,6 +4,7 @@
 
 mod entities;
 mod filter;
+mod fitting;
 mod limits;
 mod loaders;
 mod query;

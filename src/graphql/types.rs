@@ -164,6 +164,11 @@ impl KillmailNode {
                 index,
             })
     }
+    /// The killmail's values and flags: zKillboard's when it came with them, otherwise
+    /// killreport's own estimate by zKillboard's rules from the item prices of its day
+    /// (`estimated` is then true; until some day's prices are known, `totalValue` is 0 and
+    /// the other values null).
+    /// Filters (`minValue`, `npc`, `solo`) and statistics read the same values.
     async fn zkb(&self) -> Option<Zkb> {
         self.0.zkb.clone().map(Zkb)
     }
@@ -222,6 +227,12 @@ impl Victim {
             .cloned()
             .map(KillmailItem)
             .collect()
+    }
+    /// The same items by slot rack and hold (high, mid, low, rig, subsystem, drone bay,
+    /// cargo, fleet hangar, …), from their flags.
+    #[graphql(complexity = "super::limits::list(super::limits::ITEMS, child_complexity)")]
+    async fn fitting(&self) -> Vec<super::fitting::FittingSlot> {
+        super::fitting::slots(&self.0.0.killmail)
     }
     async fn character_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         self.name(ctx, self.0.0.killmail.victim.character_id).await
@@ -300,7 +311,7 @@ impl Attacker {
     }
 }
 
-pub struct KillmailItem(Item);
+pub struct KillmailItem(pub(super) Item);
 
 #[Object]
 impl KillmailItem {
@@ -328,7 +339,7 @@ impl KillmailItem {
     }
 }
 
-/// zKillboard's values for a killmail.
+/// zKillboard's values for a killmail, or killreport's estimate of them.
 pub struct Zkb(EsiZkb);
 
 impl Zkb {
@@ -369,6 +380,11 @@ impl Zkb {
     }
     async fn awox(&self) -> bool {
         self.flag("awox")
+    }
+    /// Whether these are killreport's own estimate (the killmail came without zKillboard's
+    /// values) rather than zKillboard's.
+    async fn estimated(&self) -> bool {
+        self.flag("estimated")
     }
     async fn labels(&self) -> Vec<String> {
         self.0

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{TestEnv, fixtures, redis_url};
 
-async fn schema(env: &TestEnv) -> KillreportSchema {
+pub(crate) async fn schema(env: &TestEnv) -> KillreportSchema {
     let statics = Arc::new(Statics::load(&env.pool).await.expect("statics"));
     let hub = Hub::start(
         env.pool.clone(),
@@ -48,13 +48,13 @@ async fn run(schema: &KillreportSchema, query: &str, variables: Value) -> async_
         .await
 }
 
-async fn data(schema: &KillreportSchema, query: &str, variables: Value) -> Value {
+pub(crate) async fn data(schema: &KillreportSchema, query: &str, variables: Value) -> Value {
     let response = run(schema, query, variables).await;
     assert!(response.errors.is_empty(), "{:?}", response.errors);
     response.data.into_json().expect("JSON data")
 }
 
-async fn import_day(env: &TestEnv) {
+pub(crate) async fn import_day(env: &TestEnv) {
     let importer = Importer {
         pool: env.pool.clone(),
         announce: Announce::BySweep,

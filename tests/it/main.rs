@@ -27,4 +27,5 @@ mod support;
 mod telemetry;
 mod tls;
 mod updates;
+mod valuation;
 mod zkb_api;

@@ -397,7 +397,7 @@ impl TestEnv {
                 Some(KillmailAdded {
                     seq: s.seq,
                     killmail: received.killmail.clone(),
-                    zkb: received.zkb.clone(),
+                    zkb: received.zkb.clone().or_else(|| s.estimate.clone()),
                     hash: Some(received.hash.clone()),
                     names: Default::default(),
                 })

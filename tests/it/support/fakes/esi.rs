@@ -32,6 +32,8 @@ pub struct EsiState {
     pub request_times: Vec<Instant>,
     /// Corporations, alliances, affiliations and types: see `esi_entities`.
     pub entities: super::esi_entities::Entities,
+    /// `GET /markets/prices/`'s answer (see `esi_market`); 404 while `None`.
+    pub market_prices: Option<serde_json::Value>,
 }
 
 pub type FakeEsi = Fake<EsiState>;
@@ -85,7 +87,8 @@ impl FakeEsi {
             axum::Router::new()
                 .route("/killmails/{id}/{hash}/", get(killmail))
                 .route("/universe/names/", post(names))
-                .merge(super::esi_entities::routes()),
+                .merge(super::esi_entities::routes())
+                .route("/markets/prices/", get(super::esi_market::market_prices)),
         )
         .await
     }

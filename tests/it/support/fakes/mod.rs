@@ -3,6 +3,7 @@
 
 pub mod esi;
 pub mod esi_entities;
+pub mod esi_market;
 pub mod everef;
 pub mod r2z2;
 pub mod redisq;

@@ -1,0 +1,571 @@
+//! killreport's own values for killmails that came without zKillboard's: the real R2Z2 and
+//! RedisQ killmails valued beside zKillboard's own totals; an EVE Ref import valued and found
+//! by `minValue` (SQL, GraphQL and the live filter agreeing); revaluation as days' prices
+//! arrive; `queue prices` fetching today's prices from the fake ESI; fittings through GraphQL.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::NaiveDate;
+use killreport::announce::Announcer;
+use killreport::esi::MarketPrice;
+use killreport::events::EventPublisher;
+use killreport::filter::Filter;
+use killreport::killmail::{Killmail, KillmailId, Received, Source, Zkb};
+use killreport::statics::Statics;
+use killreport::valuation::{self, PriceUpdate};
+use serde_json::{Value, json};
+
+use crate::graphql::{data, import_day, schema};
+use crate::support::fakes::esi::FakeEsi;
+use crate::support::{TestEnv, fixtures, receive_events};
+
+fn day(text: &str) -> NaiveDate {
+    text.parse().expect("a date")
+}
+
+/// The hand-set price list of the two zkb-valued fixtures (see fixtures/prices/README.md).
+fn hand_prices() -> Vec<MarketPrice> {
+    let text = std::fs::read_to_string(fixtures::dir().join("prices/hand-approximations.json"))
+        .expect("the price fixture");
+    serde_json::from_str(&text).expect("ESI's price shape")
+}
+
+/// The real killmails that came with zKillboard's values: (killmail, hash, zkb).
+fn zkb_valued() -> Vec<(Killmail, String, Value)> {
+    let upstream = fixtures::dir().join("upstream");
+    let read = |path: &str| -> Value {
+        let text = std::fs::read_to_string(upstream.join(path)).expect("fixture");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    let r2z2 = read("r2z2/r2z2-ephemeral-96599404-killmail-134265477.aa-killtracker.json");
+    let redisq = read("redisq/redisq-package-119455394.andimiller-killmail-router.json");
+    let package = &redisq["package"];
+    [
+        (r2z2["esi"].clone(), r2z2["zkb"].clone()),
+        (package["killmail"].clone(), package["zkb"].clone()),
+    ]
+    .into_iter()
+    .map(|(esi, zkb)| {
+        let hash = zkb["hash"].as_str().expect("hash").to_owned();
+        (serde_json::from_value(esi).expect("ESI"), hash, zkb)
+    })
+    .collect()
+}
+
+/// As an import receives them: no zkb.
+fn without_zkb(killmails: impl IntoIterator<Item = (Killmail, String)>) -> Vec<Received> {
+    killmails
+        .into_iter()
+        .map(|(killmail, hash)| Received {
+            killmail,
+            hash,
+            zkb: None,
+            source: Source::Import,
+        })
+        .collect()
+}
+
+async fn estimate_of(env: &TestEnv, id: KillmailId) -> Value {
+    sqlx::query_scalar::<_, Option<Value>>("SELECT estimate FROM killmails WHERE killmail_id = $1")
+        .bind(id.0)
+        .fetch_one(&env.pool)
+        .await
+        .expect("the killmail")
+        .expect("an estimate")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+#[tokio::test]
+async fn the_real_feed_killmails_valued_beside_zkillboards_own() {
+    let env = TestEnv::new().await;
+    let valued = zkb_valued();
+    // Prices first, so the estimate is the one written with the killmail itself.
+    for (killmail, ..) in &valued {
+        valuation::add_prices(
+            &env.pool,
+            killmail.killmail_time.date_naive(),
+            &hand_prices(),
+        )
+        .await
+        .expect("prices");
+    }
+    let batch = without_zkb(valued.iter().map(|(k, h, _)| (k.clone(), h.clone())));
+    let stored = killreport::ingest::store(&env.pool, &batch)
+        .await
+        .expect("storing");
+    assert_eq!(stored.len(), 2);
+
+    let mut differences = Vec::new();
+    println!(
+        "{:>10} {:>16} {:>16} {:>8}   (fitted, dropped, destroyed: ours / zKillboard's)",
+        "killmail", "zKillboard", "killreport", "diff"
+    );
+    for (killmail, _, zkb) in &valued {
+        let ours = estimate_of(&env, killmail.killmail_id).await;
+        let stored = stored
+            .iter()
+            .find(|s| s.killmail_id == killmail.killmail_id)
+            .expect("stored");
+        assert_eq!(stored.estimate.as_ref().map(|e| &e.0), Some(&ours));
+        let theirs_total = zkb["totalValue"].as_f64().expect("zkb total");
+        let ours_total = ours["totalValue"].as_f64().expect("our total");
+        let difference = (ours_total - theirs_total) / theirs_total;
+        differences.push(difference.abs());
+        let pair = |key: &str| {
+            format!(
+                "{:.1}M/{:.1}M",
+                ours[key].as_f64().unwrap_or_default() / 1e6,
+                zkb[key].as_f64().unwrap_or_default() / 1e6
+            )
+        };
+        println!(
+            "{:>10} {theirs_total:>16.2} {ours_total:>16.2} {:>+7.1}%   {} {} {}",
+            killmail.killmail_id,
+            difference * 100.0,
+            pair("fittedValue"),
+            pair("droppedValue"),
+            pair("destroyedValue"),
+        );
+        // The flags are zKillboard's exactly; so are the labels, but for the prime-time label
+        // the older of the two (2024) predates.
+        for flag in ["npc", "solo", "awox"] {
+            assert_eq!(ours[flag], zkb[flag], "{flag} of {}", killmail.killmail_id);
+        }
+        let labels = |block: &Value| -> BTreeSet<String> {
+            block["labels"]
+                .as_array()
+                .expect("labels")
+                .iter()
+                .map(|l| l.as_str().expect("a label").to_owned())
+                .collect()
+        };
+        let (ours_labels, theirs_labels) = (labels(&ours), labels(zkb));
+        assert!(
+            theirs_labels.is_subset(&ours_labels),
+            "{theirs_labels:?} ⊄ {ours_labels:?}"
+        );
+        assert!(
+            ours_labels
+                .difference(&theirs_labels)
+                .all(|l| l.starts_with("tz:")),
+            "{ours_labels:?} beyond {theirs_labels:?}"
+        );
+        assert_eq!(ours["estimated"], true);
+    }
+    let (median, worst) = (
+        median(differences.clone()),
+        differences.iter().copied().fold(0.0, f64::max),
+    );
+    println!(
+        "over {} killmails: median |difference| {:.1}%, worst {:.1}% (hand-set prices, see fixtures/prices)",
+        differences.len(),
+        median * 100.0,
+        worst * 100.0
+    );
+    // The bound says the rules are in zKillboard's range with rough prices; the figures above
+    // are the measurement.
+    assert!(worst < 0.75, "worst relative difference {worst}");
+}
+
+#[tokio::test]
+async fn an_everef_import_is_valued_and_found_by_min_value_everywhere_alike() {
+    let env = TestEnv::new().await;
+    // A price for every type of the day: 1,000 ISK per unit of type id modulo 1,000, so the
+    // values spread over orders of magnitude.
+    let type_ids: BTreeSet<i64> = fixtures::archive_values(&fixtures::archive("2021-12-03"))
+        .into_iter()
+        .flat_map(|(_, v)| {
+            let killmail: Killmail = serde_json::from_value(v).expect("ESI");
+            let mut ids = vec![killmail.victim.ship_type_id];
+            ids.extend(
+                killmail
+                    .items_preorder()
+                    .into_iter()
+                    .map(|(_, item)| item.item_type_id),
+            );
+            ids
+        })
+        .collect();
+    let prices: Vec<MarketPrice> = type_ids
+        .iter()
+        .map(|&type_id| MarketPrice {
+            type_id,
+            average_price: Some(1000.0 * (type_id % 1000 + 1) as f64),
+            adjusted_price: None,
+        })
+        .collect();
+    valuation::add_prices(&env.pool, day("2021-12-03"), &prices)
+        .await
+        .expect("prices");
+    import_day(&env).await;
+
+    let (valued, estimated): (i64, i64) = sqlx::query_as(
+        "SELECT count(total_value), count(*) FILTER (WHERE estimate->>'pricesDate' = '2021-12-03')
+         FROM killmails",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("counting");
+    assert_eq!((valued, estimated), (4158, 4158));
+
+    let min_value = 5e8;
+    let by_sql: BTreeSet<i64> =
+        sqlx::query_scalar("SELECT killmail_id FROM killmails WHERE total_value >= $1")
+            .bind(min_value)
+            .fetch_all(&env.pool)
+            .await
+            .expect("SQL")
+            .into_iter()
+            .collect();
+    assert!(
+        by_sql.len() > 10 && by_sql.len() < 4000,
+        "{} of 4158 at 500M or more",
+        by_sql.len()
+    );
+
+    // GraphQL's connection, and each node's zkb block.
+    let schema = schema(&env).await;
+    let mut by_graphql = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = data(
+            &schema,
+            "query($f: KillmailFilter, $after: String) {
+                killmails(filter: $f, first: 100, after: $after) {
+                    edges { node { killmailId zkb { totalValue estimated } } }
+                    pageInfo { hasNextPage endCursor }
+                } }",
+            json!({"f": {"minValue": min_value}, "after": after}),
+        )
+        .await;
+        let connection = &page["killmails"];
+        for edge in connection["edges"].as_array().expect("edges") {
+            let node = &edge["node"];
+            assert!(node["zkb"]["totalValue"].as_f64().expect("value") >= min_value);
+            assert_eq!(node["zkb"]["estimated"], true);
+            let id: i64 = node["killmailId"]
+                .as_str()
+                .expect("id")
+                .parse()
+                .expect("id");
+            by_graphql.insert(id);
+        }
+        if connection["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = connection["pageInfo"]["endCursor"]
+            .as_str()
+            .map(str::to_owned);
+    }
+    assert_eq!(by_graphql, by_sql);
+
+    // The live filter, over the killmails as events carry them.
+    let statics = Statics::load(&env.pool).await.expect("statics");
+    let filter = Filter {
+        min_value: Some(min_value),
+        ..Filter::default()
+    };
+    let ids: Vec<KillmailId> = fixtures::archive_values(&fixtures::archive("2021-12-03"))
+        .iter()
+        .map(|(_, v)| KillmailId(v["killmail_id"].as_i64().expect("id")))
+        .collect();
+    let mut conn = env.pool.acquire().await.expect("a connection");
+    let loaded = killreport::db::killmails::load(&mut conn, &ids)
+        .await
+        .expect("loading");
+    let by_filter: BTreeSet<i64> = loaded
+        .iter()
+        .filter(|s| filter.matches(&s.killmail, s.zkb.as_ref(), &statics))
+        .map(|s| s.killmail.killmail_id.0)
+        .collect();
+    assert_eq!(by_filter, by_sql);
+}
+
+#[tokio::test]
+async fn a_new_killmail_is_announced_with_its_estimate() {
+    let env = TestEnv::new().await;
+    let (killmail, hash, _) = zkb_valued().remove(0);
+    valuation::add_prices(
+        &env.pool,
+        killmail.killmail_time.date_naive(),
+        &hand_prices(),
+    )
+    .await
+    .expect("prices");
+    let mut events = env.subscribe().await;
+    let batch = without_zkb([(killmail.clone(), hash)]);
+    let stored = killreport::ingest::store(&env.pool, &batch)
+        .await
+        .expect("storing");
+    let publisher = EventPublisher::connect(&env.redis_url, &env.channel)
+        .await
+        .expect("Redis");
+    Announcer::new(env.pool.clone(), publisher, None)
+        .announce(&batch, &stored)
+        .await
+        .expect("announcing");
+    let event = receive_events(&mut events, 1).await.remove(0);
+    let zkb = event.zkb.expect("the estimate on the event");
+    assert_eq!(zkb.0, estimate_of(&env, killmail.killmail_id).await);
+    let total = zkb.total_value().expect("a value");
+    let statics = Statics::load(&env.pool).await.expect("statics");
+    let matching = |min_value| Filter {
+        min_value: Some(min_value),
+        solo: Some(true),
+        ..Filter::default()
+    };
+    assert!(matching(total).matches(&event.killmail, Some(&zkb), &statics));
+    assert!(!matching(total + 1.0).matches(&event.killmail, Some(&zkb), &statics));
+}
+
+/// (killmail id, pricesDate, totalValue) of every stored killmail.
+async fn estimates(env: &TestEnv) -> HashMap<i64, (Option<String>, Option<f64>)> {
+    let rows: Vec<(i64, Option<String>, Option<f64>)> =
+        sqlx::query_as("SELECT killmail_id, estimate->>'pricesDate', total_value FROM killmails")
+            .fetch_all(&env.pool)
+            .await
+            .expect("estimates");
+    rows.into_iter().map(|(id, d, v)| (id, (d, v))).collect()
+}
+
+fn flat_prices(price: f64) -> Vec<MarketPrice> {
+    fixtures::killmails()
+        .iter()
+        .flat_map(|(k, _)| {
+            std::iter::once(k.victim.ship_type_id)
+                .chain(k.items_preorder().into_iter().map(|(_, i)| i.item_type_id))
+        })
+        .collect::<BTreeSet<i64>>()
+        .into_iter()
+        .map(|type_id| MarketPrice {
+            type_id,
+            average_price: Some(price),
+            adjusted_price: Some(price / 2.0),
+        })
+        .collect()
+}
+
+fn revalued(update: &PriceUpdate) -> Vec<(String, u64)> {
+    update
+        .revalued
+        .iter()
+        .map(|(day, n)| (day.to_string(), *n))
+        .collect()
+}
+
+#[tokio::test]
+async fn stored_killmails_are_valued_again_when_a_days_prices_first_arrive() {
+    let env = TestEnv::new().await;
+    // 2021-12-03's killmails, all but one without zkb; then one of 2021-11-28.
+    let all = fixtures::killmails();
+    let (december, november): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(k, _)| k.killmail_time.date_naive() == day("2021-12-03"));
+    let mut batch = without_zkb(december.into_iter().take(20));
+    batch[0].zkb = Some(Zkb(
+        json!({"totalValue": 123.0, "npc": false, "solo": false}),
+    ));
+    batch.extend(without_zkb(november.into_iter().take(1)));
+    let zkb_id = batch[0].killmail.killmail_id.0;
+    let november_id = batch[20].killmail.killmail_id.0;
+    killreport::ingest::store(&env.pool, &batch)
+        .await
+        .expect("storing");
+
+    // No prices yet: flags and labels, no value.
+    let before = estimates(&env).await;
+    assert_eq!(before.len(), 21);
+    assert_eq!(
+        before[&zkb_id],
+        (None, Some(123.0)),
+        "zKillboard's value stands"
+    );
+    assert!(
+        before
+            .iter()
+            .filter(|(id, _)| **id != zkb_id)
+            .all(|(_, e)| *e == (None, None))
+    );
+
+    // A later day: every killmail takes it (nearest later).
+    let update = valuation::add_prices(&env.pool, day("2021-12-05"), &flat_prices(1000.0))
+        .await
+        .expect("prices");
+    assert_eq!(
+        update.stored,
+        Some((day("2021-12-05"), flat_prices(1.0).len()))
+    );
+    assert_eq!(revalued(&update), [("2021-12-05".to_owned(), 20)]);
+    let after = estimates(&env).await;
+    assert!(
+        after
+            .iter()
+            .filter(|(id, _)| **id != zkb_id)
+            .all(|(_, (d, v))| {
+                d.as_deref() == Some("2021-12-05") && v.is_some_and(|v| v > 0.0)
+            })
+    );
+
+    // An earlier day: both days' killmails move to it (nearest earlier, else it, being first).
+    let update = valuation::add_prices(&env.pool, day("2021-12-01"), &flat_prices(2000.0))
+        .await
+        .expect("prices");
+    assert_eq!(revalued(&update), [("2021-12-01".to_owned(), 20)]);
+    // A day after theirs: nothing of theirs changes.
+    let update = valuation::add_prices(&env.pool, day("2021-12-04"), &flat_prices(3000.0))
+        .await
+        .expect("prices");
+    assert_eq!(revalued(&update), [("2021-12-04".to_owned(), 0)]);
+    // Their own day, at last; the November killmail keeps the first of December.
+    let update = valuation::add_prices(&env.pool, day("2021-12-03"), &flat_prices(4000.0))
+        .await
+        .expect("prices");
+    assert_eq!(revalued(&update), [("2021-12-03".to_owned(), 19)]);
+    let last = estimates(&env).await;
+    for (id, (prices_date, value)) in &last {
+        let expected = match *id {
+            id if id == zkb_id => None,
+            id if id == november_id => Some("2021-12-01"),
+            _ => Some("2021-12-03"),
+        };
+        assert_eq!(prices_date.as_deref(), expected, "killmail {id}");
+        if expected == Some("2021-12-03") {
+            // Every type at 4,000 ISK against 1,000 then: worth more, unless all it had was
+            // priced by hand (an empty capsule's 10,000 ISK).
+            let (_, then) = &after[id];
+            assert!(value.zip(*then).is_some_and(|(now, then)| now >= then));
+        }
+    }
+    // The same prices again change nothing.
+    let again = valuation::add_prices(&env.pool, day("2021-12-03"), &flat_prices(9.0))
+        .await
+        .expect("prices");
+    assert_eq!(again.stored, None);
+    assert!(again.revalued.is_empty());
+    assert_eq!(estimates(&env).await, last);
+}
+
+#[tokio::test]
+async fn queue_prices_fetches_todays_prices_from_esi_and_values_the_store() {
+    let mut env = TestEnv::new().await;
+    let esi = FakeEsi::default();
+    let _served = esi.serve_for(&mut env).await;
+    esi.set_market_prices(serde_json::to_value(flat_prices(1500.0)).expect("JSON"));
+    killreport::ingest::store(
+        &env.pool,
+        &without_zkb(fixtures::killmails().into_iter().take(5)),
+    )
+    .await
+    .expect("storing");
+
+    let output = env.run("queue", &["prices"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let today = chrono::Utc::now().date_naive();
+    let types = flat_prices(1.0).len();
+    assert!(
+        stdout.contains(&format!("prices of {today} stored: {types} types")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "killmails valued with the prices of {today}: 5 changed"
+        )),
+        "{stdout}"
+    );
+    let valued = estimates(&env).await;
+    let today_text = today.to_string();
+    assert!(
+        valued
+            .values()
+            .all(|(d, v)| d.as_deref() == Some(today_text.as_str()) && v.is_some())
+    );
+
+    // Today's prices are kept once: a second run does not ask ESI again.
+    let output = env.run("queue", &["prices"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("today's prices were stored already"),
+        "{stdout}"
+    );
+    let asked = esi
+        .requests()
+        .iter()
+        .filter(|r| *r == "/markets/prices/")
+        .count();
+    assert_eq!(asked, 1);
+
+    // ESI failing is an error with its reason, and nothing changes.
+    let mut env_down = TestEnv::new().await;
+    let down = FakeEsi::default();
+    let _down = down.serve_for(&mut env_down).await;
+    let output = env_down.run("queue", &["prices"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("fetching item prices from ESI"), "{stderr}");
+    let days: i64 = sqlx::query_scalar("SELECT count(*) FROM price_days")
+        .fetch_one(&env_down.pool)
+        .await
+        .expect("counting");
+    assert_eq!(days, 0);
+}
+
+#[tokio::test]
+async fn a_victims_fitting_comes_through_graphql_by_slot() {
+    let env = TestEnv::new().await;
+    let (killmail, hash, _) = zkb_valued().remove(0);
+    killreport::ingest::store(&env.pool, &without_zkb([(killmail.clone(), hash)]))
+        .await
+        .expect("storing");
+    let schema = schema(&env).await;
+    let answer = data(
+        &schema,
+        "query($id: ID!) { killmail(id: $id) { victim { fitting {
+             name label flags items { itemType { id } flag quantityDropped quantityDestroyed }
+         } } zkb { estimated totalValue solo labels } } }",
+        json!({"id": killmail.killmail_id.0.to_string()}),
+    )
+    .await;
+    let slots = answer["killmail"]["victim"]["fitting"]
+        .as_array()
+        .expect("slots");
+    let names: Vec<&str> = slots
+        .iter()
+        .map(|s| s["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["high", "mid", "low", "rig", "droneBay", "miningHold"]
+    );
+    assert_eq!(slots[0]["label"], "High slots");
+    assert_eq!(slots[2]["flags"], json!([11, 12, 13]));
+    assert_eq!(slots[4]["items"][0]["quantityDestroyed"], 10);
+    let items: usize = slots
+        .iter()
+        .map(|s| s["items"].as_array().expect("items").len())
+        .sum();
+    assert_eq!(items, killmail.victim.items.len());
+    // No prices known: an estimate all the same, with flags and labels, worth nothing yet.
+    let zkb = &answer["killmail"]["zkb"];
+    assert_eq!(zkb["estimated"], true);
+    assert_eq!(zkb["totalValue"], 0.0);
+    assert_eq!(zkb["solo"], true);
+    assert_eq!(
+        zkb["labels"],
+        json!(["tz:ru", "cat:6", "solo", "pvp", "loc:nullsec"])
+    );
+}
