@@ -40,6 +40,19 @@ enum Command {
     /// Inspect, replay or purge the dead-letter queue (jobs that failed for good).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The statistics aggregates.
+    #[command(subcommand)]
+    Stats(StatsCommand),
+}
+
+#[derive(Subcommand)]
+enum StatsCommand {
+    /// Recompute every statistics aggregate from the stored killmails, in one transaction
+    /// (queries see the old figures until it commits; killmails being stored wait for it).
+    Rebuild {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,6 +229,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Backfill(args) => backfill(args, shutdown).await,
         Command::Repair(args) => repair(args, shutdown).await,
         Command::Dlq(command) => dlq(command).await,
+        Command::Stats(StatsCommand::Rebuild { database }) => {
+            let pool = database
+                .connect()
+                .await
+                .context("connecting to PostgreSQL")?;
+            let started = std::time::Instant::now();
+            killreport::stats::rebuild(&pool)
+                .await
+                .context("rebuilding the statistics aggregates")?;
+            println!(
+                "statistics aggregates rebuilt in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
     }
 }
 
