@@ -408,6 +408,23 @@ pub struct BusArgs {
     pub bus_channel: String,
 }
 
+/// The `statistics` event (see `stats::event`): today's top lists, sent by one server process
+/// when they change.
+#[derive(Debug, Clone, Args)]
+pub struct StatisticsArgs {
+    /// Seconds between looks at today's top lists; 0: this process never sends the event.
+    #[arg(long, env = "STATISTICS_INTERVAL_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub statistics_interval_secs: u64,
+}
+
+impl StatisticsArgs {
+    pub fn interval(&self) -> Option<Duration> {
+        (self.statistics_interval_secs > 0)
+            .then(|| Duration::from_secs(self.statistics_interval_secs))
+    }
+}
+
 /// The status view (`workerStatus`): where every process writes its heartbeat, and how often.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {

@@ -24,6 +24,7 @@
 //!   repair    zKillboard's daily history against the store → missing as jobs     queue repair
 //!   announce  outbox, names and sweep: stored killmails → Redis
 //!   filter, statics   killmail filters and the static universe they need
+//!   stats     statistics from per-day aggregates the store's triggers keep; the statistics event
 //!   zkb       zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
 //!   health    /healthz, /readyz and /metrics for every process
 //!     bus       events of any type: send_event logs one (db) and rings Redis, for every process
@@ -61,6 +62,7 @@ pub mod queue;
 pub mod repair;
 pub mod shutdown;
 pub mod statics;
+pub mod stats;
 pub mod status;
 pub mod telemetry;
 pub mod updates;

@@ -7,7 +7,7 @@ use clap::Parser;
 use killreport::backoff::until_up;
 use killreport::config::{
     BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, LiveArgs, MetricsArgs, QueryArgs, RabbitArgs,
-    RedisArgs, StatusArgs, UpdatesArgs, ZkbWebsocketArgs,
+    RedisArgs, StatisticsArgs, StatusArgs, UpdatesArgs, ZkbWebsocketArgs,
 };
 use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
@@ -15,6 +15,7 @@ use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
 use killreport::statics::Statics;
+use killreport::stats::event::Statistics;
 use killreport::status::{Monitor, Sources};
 use killreport::updates::Updates;
 use killreport::updates::management::{self, Management};
@@ -57,6 +58,8 @@ struct Args {
     metrics: MetricsArgs,
     #[command(flatten)]
     cors: killreport::config::CorsArgs,
+    #[command(flatten)]
+    statistics: StatisticsArgs,
 }
 
 #[tokio::main]
@@ -115,6 +118,19 @@ async fn main() -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    if let Some(interval) = args.statistics.interval() {
+        let statistics = Statistics {
+            pool: pool.clone(),
+            redis: until_up("Redis", &shutdown, || {
+                killreport::events::connect(redis_url)
+            })
+            .await?,
+            channel: bus_channel.clone(),
+            statics: Arc::clone(&statics),
+            interval,
+        };
+        tokio::spawn(statistics.run(shutdown.clone()));
+    }
     let queries = args.queries.connect(&args.database).await?;
     let schema = killreport::graphql::schema(
         queries,

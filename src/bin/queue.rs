@@ -55,6 +55,19 @@ enum Command {
     /// described again by worker-enrich, which records its member (and corporation) count for
     /// the day.
     Snapshot(SnapshotArgs),
+    /// The statistics aggregates.
+    #[command(subcommand)]
+    Stats(StatsCommand),
+}
+
+#[derive(Subcommand)]
+enum StatsCommand {
+    /// Recompute every statistics aggregate from the stored killmails, in one transaction
+    /// (queries see the old figures until it commits; killmails being stored wait for it).
+    Rebuild {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 /// Which entities: the ids given, or with --all every one the store knows.
@@ -285,6 +298,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Corporations(args) => refresh(Kind::Corporations, args).await,
         Command::Alliances(args) => refresh(Kind::Alliances, args).await,
         Command::Snapshot(args) => snapshot(args).await,
+        Command::Stats(StatsCommand::Rebuild { database }) => {
+            let pool = database
+                .connect()
+                .await
+                .context("connecting to PostgreSQL")?;
+            let started = std::time::Instant::now();
+            killreport::stats::rebuild(&pool)
+                .await
+                .context("rebuilding the statistics aggregates")?;
+            println!(
+                "statistics aggregates rebuilt in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
     }
 }
 

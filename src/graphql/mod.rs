@@ -8,6 +8,7 @@ mod fitting;
 mod limits;
 mod loaders;
 mod query;
+mod stats;
 mod status;
 mod subscription;
 mod types;
@@ -20,7 +21,7 @@ pub use types::KillmailNode;
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{EmptyMutation, ErrorExtensions, Schema, SchemaBuilder};
+use async_graphql::{EmptyMutation, ErrorExtensions, MergedObject, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
 use crate::event_log::EventLog;
@@ -28,7 +29,12 @@ use crate::live::Hub;
 use crate::statics::Statics;
 use crate::status::Status;
 
-pub type KillreportSchema = Schema<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot>;
+pub type KillreportSchema = Schema<Query, EmptyMutation, subscription::SubscriptionRoot>;
+
+/// Every query: the killmails and entities, and the statistics.
+#[derive(MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct Query(query::QueryRoot, stats::StatsQuery);
 
 /// Deepest query accepted: enough for a killmail's nested item tree and entity links.
 pub const MAX_DEPTH: usize = 12;
@@ -40,10 +46,9 @@ pub const MAX_COMPLEXITY: usize = 20_000;
 pub const MAX_PAGE: i32 = 200;
 
 /// The schema without its data: enough to export the SDL.
-pub fn schema_builder()
--> SchemaBuilder<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot> {
+pub fn schema_builder() -> SchemaBuilder<Query, EmptyMutation, subscription::SubscriptionRoot> {
     Schema::build(
-        query::QueryRoot,
+        Query::default(),
         EmptyMutation,
         subscription::SubscriptionRoot,
     )

@@ -13,6 +13,7 @@ use crate::db;
 use crate::killmail::KillmailId;
 use crate::status::WorkerStatus;
 
+#[derive(Default)]
 pub struct QueryRoot;
 
 async fn known_name(ctx: &Context<'_>, id: i64) -> Result<bool> {
@@ -22,7 +23,8 @@ async fn known_name(ctx: &Context<'_>, id: i64) -> Result<bool> {
         .contains_key(&id))
 }
 
-#[Object(name = "Query")]
+/// The killmails and entities (part of `Query`).
+#[Object]
 impl QueryRoot {
     /// The pipeline as the server last worked it out (every few seconds): processes alive,
     /// queues, dead letters, feed cursors, the store's rate.

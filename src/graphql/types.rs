@@ -22,6 +22,7 @@ use crate::db;
 use crate::db::killmails::StoredKillmail;
 use crate::events::KillmailAdded;
 use crate::killmail::{Attacker as EsiAttacker, Item, KillmailId, Zkb as EsiZkb};
+use crate::stats::{EntityKind, EntityTop};
 
 /// The schema's `DateTime`: written with a fraction of a second only when there is one.
 pub struct EsiTime(pub DateTime<Utc>);
@@ -512,6 +513,27 @@ impl Character {
         };
         killmails_page(ctx, &filter, first, after).await
     }
+    /// Its kills, losses, ISK destroyed and lost, solo kills and points between `from`
+    /// (inclusive) and `to` (exclusive), on `killmail_time`.
+    async fn stats(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<EsiTime>,
+        to: Option<EsiTime>,
+    ) -> Result<super::stats::EntityStats> {
+        super::stats::entity_stats(ctx, EntityKind::Character, self.id, from, to).await
+    }
+    /// Its top ships (flown on its kills), systems or victims between `from` and `to`.
+    async fn top(
+        &self,
+        ctx: &Context<'_>,
+        of: EntityTop,
+        from: Option<EsiTime>,
+        to: Option<EsiTime>,
+        #[graphql(default = 10)] first: Option<i32>,
+    ) -> Result<Vec<super::stats::TopEntry>> {
+        super::stats::entity_top(ctx, (EntityKind::Character, self.id), of, from, to, first).await
+    }
 }
 
 pub struct Corporation {
@@ -590,6 +612,27 @@ impl Corporation {
         };
         killmails_page(ctx, &filter, first, after).await
     }
+    /// Its kills, losses, ISK destroyed and lost, solo kills and points between `from`
+    /// (inclusive) and `to` (exclusive), on `killmail_time`.
+    async fn stats(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<EsiTime>,
+        to: Option<EsiTime>,
+    ) -> Result<super::stats::EntityStats> {
+        super::stats::entity_stats(ctx, EntityKind::Corporation, self.id, from, to).await
+    }
+    /// Its top ships (flown on its kills), systems or victims between `from` and `to`.
+    async fn top(
+        &self,
+        ctx: &Context<'_>,
+        of: EntityTop,
+        from: Option<EsiTime>,
+        to: Option<EsiTime>,
+        #[graphql(default = 10)] first: Option<i32>,
+    ) -> Result<Vec<super::stats::TopEntry>> {
+        super::stats::entity_top(ctx, (EntityKind::Corporation, self.id), of, from, to, first).await
+    }
 }
 
 pub struct Alliance {
@@ -667,6 +710,27 @@ impl Alliance {
             ..Default::default()
         };
         killmails_page(ctx, &filter, first, after).await
+    }
+    /// Its kills, losses, ISK destroyed and lost, solo kills and points between `from`
+    /// (inclusive) and `to` (exclusive), on `killmail_time`.
+    async fn stats(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<EsiTime>,
+        to: Option<EsiTime>,
+    ) -> Result<super::stats::EntityStats> {
+        super::stats::entity_stats(ctx, EntityKind::Alliance, self.id, from, to).await
+    }
+    /// Its top ships (flown on its kills), systems or victims between `from` and `to`.
+    async fn top(
+        &self,
+        ctx: &Context<'_>,
+        of: EntityTop,
+        from: Option<EsiTime>,
+        to: Option<EsiTime>,
+        #[graphql(default = 10)] first: Option<i32>,
+    ) -> Result<Vec<super::stats::TopEntry>> {
+        super::stats::entity_top(ctx, (EntityKind::Alliance, self.id), of, from, to, first).await
     }
 }
 

@@ -20,6 +20,7 @@ mod repair;
 mod robustness;
 mod server;
 mod slow_clients;
+mod stats;
 mod status;
 mod store;
 mod subscriptions;

@@ -1,0 +1,716 @@
+//! Statistics over the store: top lists, killmails per day and an entity's figures, read from
+//! the per-day aggregates that triggers keep with every stored killmail (see the migration
+//! `20261203000500_statistics.sql`), with the partial days at either end of a time range, and
+//! any filter the aggregates cannot answer, read from the killmail rows. Also what a killboard
+//! page needs beside them: an entity's top ships, systems and opponents (from its rows, through
+//! the entity indexes), the most valuable killmails, and name search. The `statistics` event is
+//! in [`event`].
+
+pub mod event;
+
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Utc};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+
+use crate::filter::{Filter, Involvement};
+
+/// What `top` ranks.
+#[derive(async_graphql::Enum, Copy, Clone, Debug, Eq, PartialEq, Hash)]
+pub enum TopKind {
+    /// Characters by kills.
+    Character,
+    /// Corporations by kills.
+    Corporation,
+    /// Alliances by kills.
+    Alliance,
+    /// Victims' ship types by how many were destroyed.
+    ShipType,
+    /// Solar systems by killmails.
+    SolarSystem,
+}
+
+impl TopKind {
+    pub const ALL: [TopKind; 5] = [
+        TopKind::Character,
+        TopKind::Corporation,
+        TopKind::Alliance,
+        TopKind::ShipType,
+        TopKind::SolarSystem,
+    ];
+
+    fn entity(self) -> Option<EntityKind> {
+        match self {
+            TopKind::Character => Some(EntityKind::Character),
+            TopKind::Corporation => Some(EntityKind::Corporation),
+            TopKind::Alliance => Some(EntityKind::Alliance),
+            TopKind::ShipType | TopKind::SolarSystem => None,
+        }
+    }
+}
+
+/// A character, corporation or alliance: the `kind` of `stats_entity_days` and its columns.
+#[derive(Copy, Clone, Debug, Eq, PartialEq, Hash)]
+pub enum EntityKind {
+    Character,
+    Corporation,
+    Alliance,
+}
+
+impl EntityKind {
+    fn code(self) -> i16 {
+        match self {
+            EntityKind::Character => 1,
+            EntityKind::Corporation => 2,
+            EntityKind::Alliance => 3,
+        }
+    }
+
+    /// (column on `killmails`, column on `attackers`): fixed names, safe to put in SQL.
+    fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            EntityKind::Character => ("victim_character_id", "character_id"),
+            EntityKind::Corporation => ("victim_corporation_id", "corporation_id"),
+            EntityKind::Alliance => ("victim_alliance_id", "alliance_id"),
+        }
+    }
+}
+
+/// The dimensions of `stats_days`.
+#[derive(Copy, Clone)]
+enum Dimension {
+    All = 0,
+    ShipType = 1,
+    SolarSystem = 3,
+    Region = 5,
+}
+
+/// Where the figures come from.
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+pub enum Source {
+    /// Whole UTC days from the aggregates, the partial days at the ends from the rows.
+    Aggregates,
+    /// Everything from the killmail rows (for comparison, and what a filter the aggregates
+    /// cannot answer falls back to).
+    Rows,
+}
+
+/// A time range split into whole UTC days `[days.0, days.1)`, answered by the aggregates, and
+/// at most two stretches `[from, to)` answered by the rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    days: Option<(NaiveDate, NaiveDate)>,
+    edges: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+fn start_of(day: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&day.and_time(NaiveTime::MIN))
+}
+
+/// Bounds for an open end: before EVE and long after it (PostgreSQL's dates stop at 5874897).
+fn first_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or_default()
+}
+
+fn last_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or_default()
+}
+
+impl Plan {
+    /// `from` inclusive, `to` exclusive, either open.
+    pub fn new(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, source: Source) -> Self {
+        let whole = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| Plan {
+            days: None,
+            edges: vec![(
+                from.unwrap_or_else(|| start_of(first_day())),
+                to.unwrap_or_else(|| start_of(last_day())),
+            )],
+        };
+        if source == Source::Rows {
+            return whole(from, to);
+        }
+        let first = match from {
+            Some(from) if start_of(from.date_naive()) == from => from.date_naive(),
+            Some(from) => from.date_naive() + Days::new(1),
+            None => first_day(),
+        };
+        let end = to.map_or_else(last_day, |to| to.date_naive());
+        if first >= end {
+            return whole(from, to);
+        }
+        let mut edges = Vec::new();
+        if let Some(from) = from.filter(|from| *from < start_of(first)) {
+            edges.push((from, start_of(first)));
+        }
+        if let Some(to) = to.filter(|to| start_of(end) < *to) {
+            edges.push((start_of(end), to));
+        }
+        Plan {
+            days: Some((first, end)),
+            edges,
+        }
+    }
+
+    /// The same range, all from the rows.
+    fn rows(&self) -> Plan {
+        let mut bounds = self.edges.clone();
+        if let Some((first, end)) = self.days {
+            bounds.push((start_of(first), start_of(end)));
+        }
+        let from = bounds.iter().map(|b| b.0).min();
+        let to = bounds.iter().map(|b| b.1).max();
+        match (from, to) {
+            (Some(from), Some(to)) => Plan {
+                days: None,
+                edges: vec![(from, to)],
+            },
+            _ => self.clone(),
+        }
+    }
+
+    /// ` JOIN` of `killmails k` (or another table with `killmail_time`, as `alias`) to the
+    /// stretches answered by the rows.
+    fn push_edges(&self, sql: &mut QueryBuilder<'_, Postgres>, alias: &str) {
+        let (from, to): (Vec<_>, Vec<_>) = self.edges.iter().copied().unzip();
+        sql.push(" JOIN UNNEST(")
+            .push_bind(from)
+            .push("::timestamptz[], ")
+            .push_bind(to)
+            .push(format_args!(
+                "::timestamptz[]) AS e(f, t) ON {alias}.killmail_time >= e.f AND {alias}.killmail_time < e.t"
+            ));
+    }
+
+    fn push_days(
+        &self,
+        sql: &mut QueryBuilder<'_, Postgres>,
+        (first, end): (NaiveDate, NaiveDate),
+    ) {
+        sql.push(" AND day >= ")
+            .push_bind(first)
+            .push(" AND day < ")
+            .push_bind(end);
+    }
+}
+
+/// One line of a top list.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct TopRow {
+    pub id: i64,
+    pub kills: i64,
+    pub isk: f64,
+}
+
+/// The `first` leaders of `kind` in the plan's range among the killmails `filter` lets
+/// through; ties by ISK, then id. Only an empty filter is answered by the aggregates.
+pub async fn top(
+    db: &mut PgConnection,
+    kind: TopKind,
+    plan: &Plan,
+    filter: &Filter,
+    first: i64,
+) -> sqlx::Result<Vec<TopRow>> {
+    let rows_plan;
+    let plan = if *filter == Filter::default() {
+        plan
+    } else {
+        rows_plan = plan.rows();
+        &rows_plan
+    };
+    let mut sql =
+        QueryBuilder::new("SELECT id, sum(kills)::int8 AS kills, sum(isk)::float8 AS isk FROM (");
+    let mut parts = 0;
+    if let Some(days) = plan.days {
+        match kind.entity() {
+            Some(entity) => {
+                sql.push(
+                    "SELECT entity_id AS id, kills::int8 AS kills, isk_destroyed AS isk
+                     FROM stats_entity_days WHERE kills > 0 AND kind = ",
+                )
+                .push_bind(entity.code());
+            }
+            None => {
+                let dimension = match kind {
+                    TopKind::ShipType => Dimension::ShipType,
+                    _ => Dimension::SolarSystem,
+                };
+                sql.push("SELECT key AS id, killmails::int8 AS kills, isk FROM stats_days WHERE dimension = ")
+                    .push_bind(dimension as i16);
+            }
+        }
+        plan.push_days(&mut sql, days);
+        parts += 1;
+    }
+    if !plan.edges.is_empty() {
+        if parts > 0 {
+            sql.push(" UNION ALL ");
+        }
+        match kind.entity() {
+            Some(entity) => {
+                let (_, column) = entity.columns();
+                sql.push(format_args!(
+                    "SELECT a.id, count(*) AS kills, sum(coalesce(k.total_value, 0)) AS isk FROM killmails k
+                     JOIN LATERAL (SELECT DISTINCT {column} AS id FROM attackers a
+                                   WHERE a.killmail_id = k.killmail_id AND {column} IS NOT NULL) a ON true"
+                ));
+            }
+            None => {
+                let column = match kind {
+                    TopKind::ShipType => "victim_ship_type_id",
+                    _ => "solar_system_id",
+                };
+                sql.push(format_args!(
+                    "SELECT k.{column} AS id, count(*) AS kills, sum(coalesce(k.total_value, 0)) AS isk FROM killmails k"
+                ));
+            }
+        }
+        plan.push_edges(&mut sql, "k");
+        sql.push(" WHERE true");
+        filter.push_sql(&mut sql);
+        sql.push(" GROUP BY 1");
+    }
+    sql.push(") x GROUP BY id ORDER BY kills DESC, isk DESC, id LIMIT ")
+        .push_bind(first);
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// Which aggregate answers killmails per day under a filter, if any: every killmail, those of
+/// some ship types, systems or regions (a killmail has one of each), or those of one entity.
+enum DayCounts<'f> {
+    Dimension(Dimension, &'f [i64]),
+    Entity(EntityKind, i64, Involvement),
+}
+
+fn day_counts_source(filter: &Filter) -> Option<DayCounts<'_>> {
+    let lists = [
+        (&filter.ships, Dimension::ShipType),
+        (&filter.systems, Dimension::SolarSystem),
+        (&filter.regions, Dimension::Region),
+    ];
+    let entities = [
+        (&filter.characters, EntityKind::Character),
+        (&filter.corporations, EntityKind::Corporation),
+        (&filter.alliances, EntityKind::Alliance),
+    ];
+    let plain = Filter {
+        characters: Default::default(),
+        corporations: Default::default(),
+        alliances: Default::default(),
+        ships: Default::default(),
+        systems: Default::default(),
+        regions: Default::default(),
+        involvement: Involvement::default(),
+        ..filter.clone()
+    };
+    if plain != Filter::default() {
+        return None;
+    }
+    let used: Vec<_> = lists.iter().filter(|(ids, _)| !ids.is_empty()).collect();
+    let used_entities: Vec<_> = entities.iter().filter(|(ids, _)| !ids.is_empty()).collect();
+    match (used.as_slice(), used_entities.as_slice()) {
+        ([], []) => Some(DayCounts::Dimension(Dimension::All, &[0])),
+        ([(ids, dimension)], []) => Some(DayCounts::Dimension(*dimension, ids.as_slice())),
+        ([], [(ids, kind)]) if ids.as_slice().len() == 1 => Some(DayCounts::Entity(
+            *kind,
+            ids.as_slice()[0],
+            filter.involvement,
+        )),
+        _ => None,
+    }
+}
+
+/// Killmails per UTC day with any, oldest first, among those `filter` lets through.
+pub async fn date_counts(
+    db: &mut PgConnection,
+    plan: &Plan,
+    filter: &Filter,
+) -> sqlx::Result<Vec<(NaiveDate, i64)>> {
+    let source = day_counts_source(filter);
+    let rows_plan;
+    let plan = if source.is_some() {
+        plan
+    } else {
+        rows_plan = plan.rows();
+        &rows_plan
+    };
+    let mut sql = QueryBuilder::new("SELECT day, sum(n)::int8 AS n FROM (");
+    let mut parts = 0;
+    if let (Some(days), Some(source)) = (plan.days, &source) {
+        match source {
+            DayCounts::Dimension(dimension, keys) => {
+                sql.push("SELECT day, killmails::int8 AS n FROM stats_days WHERE dimension = ")
+                    .push_bind(*dimension as i16)
+                    .push(" AND key = ANY(")
+                    .push_bind(keys.to_vec())
+                    .push(")");
+            }
+            DayCounts::Entity(kind, id, involvement) => {
+                let count = match involvement {
+                    Involvement::Victim => "losses",
+                    Involvement::Attacker => "kills",
+                    Involvement::Any => "kills + losses - kills_of_own",
+                };
+                sql.push(format_args!(
+                    "SELECT day, ({count})::int8 AS n FROM stats_entity_days WHERE kind = "
+                ))
+                .push_bind(kind.code())
+                .push(" AND entity_id = ")
+                .push_bind(*id);
+            }
+        }
+        plan.push_days(&mut sql, days);
+        parts += 1;
+    }
+    if !plan.edges.is_empty() {
+        if parts > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push("SELECT (k.killmail_time AT TIME ZONE 'UTC')::date AS day, count(*) AS n FROM killmails k");
+        plan.push_edges(&mut sql, "k");
+        sql.push(" WHERE true");
+        filter.push_sql(&mut sql);
+        sql.push(" GROUP BY 1");
+    }
+    sql.push(") x GROUP BY day HAVING sum(n) > 0 ORDER BY day");
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// A character's, corporation's or alliance's figures over a range.
+#[derive(Clone, Debug, Default, PartialEq, sqlx::FromRow)]
+pub struct EntityStats {
+    pub kills: i64,
+    pub losses: i64,
+    pub isk_destroyed: f64,
+    pub isk_lost: f64,
+    pub solo_kills: i64,
+    pub points: i64,
+}
+
+pub async fn entity_stats(
+    db: &mut PgConnection,
+    kind: EntityKind,
+    id: i64,
+    plan: &Plan,
+) -> sqlx::Result<EntityStats> {
+    let mut sql = QueryBuilder::new(
+        "SELECT coalesce(sum(kills), 0)::int8 AS kills, coalesce(sum(losses), 0)::int8 AS losses,
+                coalesce(sum(isk_destroyed), 0)::float8 AS isk_destroyed,
+                coalesce(sum(isk_lost), 0)::float8 AS isk_lost,
+                coalesce(sum(solo_kills), 0)::int8 AS solo_kills,
+                coalesce(sum(points), 0)::int8 AS points
+         FROM (",
+    );
+    let mut parts = 0;
+    if let Some(days) = plan.days {
+        sql.push(
+            "SELECT kills::int8 AS kills, losses::int8 AS losses, isk_destroyed, isk_lost,
+                    solo_kills::int8 AS solo_kills, points
+             FROM stats_entity_days WHERE kind = ",
+        )
+        .push_bind(kind.code())
+        .push(" AND entity_id = ")
+        .push_bind(id);
+        plan.push_days(&mut sql, days);
+        parts += 1;
+    }
+    if !plan.edges.is_empty() {
+        if parts > 0 {
+            sql.push(" UNION ALL ");
+        }
+        let (victim, attacker) = kind.columns();
+        // The killmails it was in, found through both entity indexes, then split.
+        sql.push(format_args!(
+            "SELECT count(*) FILTER (WHERE r.attacker) AS kills,
+                    count(*) FILTER (WHERE r.victim) AS losses,
+                    coalesce(sum(r.isk) FILTER (WHERE r.attacker), 0) AS isk_destroyed,
+                    coalesce(sum(r.isk) FILTER (WHERE r.victim), 0) AS isk_lost,
+                    count(*) FILTER (WHERE r.attacker AND r.solo) AS solo_kills,
+                    coalesce(sum(r.points) FILTER (WHERE r.attacker), 0)::int8 AS points
+             FROM (SELECT coalesce(k.total_value, 0) AS isk, k.solo IS TRUE AS solo,
+                          coalesce(k.points, 0)::int8 AS points,
+                          k.{victim} IS NOT DISTINCT FROM "
+        ))
+        .push_bind(id)
+        .push(format_args!(
+            " AS victim, EXISTS (SELECT 1 FROM attackers a
+                                 WHERE a.killmail_id = k.killmail_id AND a.{attacker} = "
+        ))
+        .push_bind(id)
+        .push(") AS attacker FROM killmails k WHERE k.killmail_id IN (SELECT k.killmail_id FROM killmails k");
+        plan.push_edges(&mut sql, "k");
+        sql.push(format_args!(" WHERE k.{victim} = "))
+            .push_bind(id)
+            .push(" UNION SELECT a.killmail_id FROM attackers a");
+        plan.push_edges(&mut sql, "a");
+        sql.push(format_args!(" WHERE a.{attacker} = "))
+            .push_bind(id)
+            .push(")) r");
+    }
+    sql.push(") x");
+    sql.build_query_as().fetch_one(db).await
+}
+
+/// What an entity's own top list ranks.
+#[derive(async_graphql::Enum, Copy, Clone, Debug, Eq, PartialEq)]
+pub enum EntityTop {
+    /// Ship types it flew on its kills.
+    Ships,
+    /// Systems of its kills and losses.
+    Systems,
+    /// Characters it killed.
+    VictimCharacters,
+    /// Corporations it killed.
+    VictimCorporations,
+    /// Alliances it killed.
+    VictimAlliances,
+}
+
+/// An entity's top ships, systems or opponents in a range, from its rows (through the entity
+/// indexes): kills (killmails for systems) and ISK.
+pub async fn entity_top(
+    db: &mut PgConnection,
+    kind: EntityKind,
+    id: i64,
+    what: EntityTop,
+    plan: &Plan,
+    first: i64,
+) -> sqlx::Result<Vec<TopRow>> {
+    let plan = plan.rows();
+    let (victim, attacker) = kind.columns();
+    let mut sql = QueryBuilder::new("");
+    // Its kills: killmail ids where it was among the attackers.
+    let kills = |sql: &mut QueryBuilder<'_, Postgres>| {
+        sql.push("SELECT DISTINCT a.killmail_id FROM attackers a");
+        plan.push_edges(sql, "a");
+        sql.push(format_args!(" WHERE a.{attacker} = "))
+            .push_bind(id);
+    };
+    match what {
+        EntityTop::Ships => {
+            sql.push(format_args!(
+                "SELECT a.ship_type_id AS id, count(DISTINCT a.killmail_id)::int8 AS kills,
+                        sum(coalesce(k.total_value, 0))::float8 AS isk
+                 FROM attackers a JOIN killmails k ON k.killmail_id = a.killmail_id"
+            ));
+            plan.push_edges(&mut sql, "a");
+            sql.push(format_args!(
+                " WHERE a.ship_type_id IS NOT NULL AND a.{attacker} = "
+            ))
+            .push_bind(id)
+            .push(" GROUP BY 1");
+        }
+        EntityTop::Systems => {
+            sql.push(
+                "SELECT k.solar_system_id AS id, count(*)::int8 AS kills,
+                        sum(coalesce(k.total_value, 0))::float8 AS isk
+                 FROM killmails k WHERE k.killmail_id IN (",
+            );
+            kills(&mut sql);
+            sql.push(" UNION SELECT k.killmail_id FROM killmails k");
+            plan.push_edges(&mut sql, "k");
+            sql.push(format_args!(" WHERE k.{victim} = "))
+                .push_bind(id)
+                .push(") GROUP BY 1");
+        }
+        EntityTop::VictimCharacters
+        | EntityTop::VictimCorporations
+        | EntityTop::VictimAlliances => {
+            let column = match what {
+                EntityTop::VictimCharacters => "victim_character_id",
+                EntityTop::VictimCorporations => "victim_corporation_id",
+                _ => "victim_alliance_id",
+            };
+            sql.push(format_args!(
+                "SELECT k.{column} AS id, count(*)::int8 AS kills,
+                        sum(coalesce(k.total_value, 0))::float8 AS isk
+                 FROM killmails k WHERE k.{column} IS NOT NULL AND k.killmail_id IN ("
+            ));
+            kills(&mut sql);
+            sql.push(") GROUP BY 1");
+        }
+    }
+    sql.push(" ORDER BY kills DESC, isk DESC, id LIMIT ")
+        .push_bind(first);
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// The ids of the `first` most valuable killmails in the range among those `filter` lets
+/// through (through the value index), most valuable first, after `after` (a value and an id).
+pub async fn most_valuable(
+    db: &mut PgConnection,
+    plan: &Plan,
+    filter: &Filter,
+    first: i64,
+) -> sqlx::Result<Vec<i64>> {
+    let plan = plan.rows();
+    let mut sql = QueryBuilder::new("SELECT k.killmail_id FROM killmails k");
+    plan.push_edges(&mut sql, "k");
+    sql.push(" WHERE k.total_value IS NOT NULL");
+    filter.push_sql(&mut sql);
+    sql.push(" ORDER BY k.total_value DESC, k.killmail_id DESC LIMIT ")
+        .push_bind(first);
+    sql.build_query_scalar().fetch_all(db).await
+}
+
+/// What a name search looks in.
+#[derive(async_graphql::Enum, Copy, Clone, Debug, Eq, PartialEq)]
+pub enum SearchKind {
+    Character,
+    Corporation,
+    Alliance,
+    SolarSystem,
+    ItemType,
+}
+
+/// A name found by [`search`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    pub kind: SearchKind,
+    pub id: i64,
+    pub name: String,
+}
+
+/// `text` as the start of a `LIKE` pattern, matched literally.
+fn prefix_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 1);
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Names starting with `text` (case-insensitive), shortest first, at most `first` of each
+/// kind asked for, then at most `first` in all.
+pub async fn search(
+    db: impl PgExecutor<'_>,
+    text: &str,
+    kinds: &[SearchKind],
+    first: i64,
+) -> sqlx::Result<Vec<Found>> {
+    let pattern = prefix_pattern(text);
+    let entity_categories: Vec<String> = kinds
+        .iter()
+        .filter_map(|kind| match kind {
+            SearchKind::Character => Some("character"),
+            SearchKind::Corporation => Some("corporation"),
+            SearchKind::Alliance => Some("alliance"),
+            _ => None,
+        })
+        .map(str::to_owned)
+        .collect();
+    let rows = sqlx::query!(
+        r#"
+        (SELECT category AS "kind!", id AS "id!", name AS "name!" FROM entity_names
+         WHERE lower(name) LIKE $1 AND category = ANY($2)
+         ORDER BY length(name), name LIMIT $3)
+        UNION ALL
+        (SELECT 'solar_system', solar_system_id, name FROM solar_systems
+         WHERE $4 AND lower(name) LIKE $1 ORDER BY length(name), name LIMIT $3)
+        UNION ALL
+        (SELECT 'inventory_type', type_id, name FROM item_types
+         WHERE $5 AND lower(name) LIKE $1 AND name IS NOT NULL
+         ORDER BY length(name), name LIMIT $3)
+        "#,
+        pattern,
+        &entity_categories,
+        first,
+        kinds.contains(&SearchKind::SolarSystem),
+        kinds.contains(&SearchKind::ItemType),
+    )
+    .fetch_all(db)
+    .await?;
+    let mut found: Vec<Found> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let kind = match row.kind.as_str() {
+                "character" => SearchKind::Character,
+                "corporation" => SearchKind::Corporation,
+                "alliance" => SearchKind::Alliance,
+                "solar_system" => SearchKind::SolarSystem,
+                "inventory_type" => SearchKind::ItemType,
+                _ => return None,
+            };
+            Some(Found {
+                kind,
+                id: row.id,
+                name: row.name,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
+    found.truncate(usize::try_from(first).unwrap_or(0));
+    Ok(found)
+}
+
+/// Recomputes every aggregate from the killmail rows, in one transaction (`queue stats
+/// rebuild`): readers see the old figures until it commits, writers wait for it.
+pub async fn rebuild(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query!("SELECT stats_rebuild()").execute(db).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn whole_days_come_from_the_aggregates_and_the_ends_from_the_rows() {
+        let plan = Plan::new(
+            Some(at("2021-12-01T10:00:00Z")),
+            Some(at("2021-12-04T06:00:00Z")),
+            Source::Aggregates,
+        );
+        assert_eq!(plan.days, Some((day("2021-12-02"), day("2021-12-04"))));
+        assert_eq!(
+            plan.edges,
+            vec![
+                (at("2021-12-01T10:00:00Z"), at("2021-12-02T00:00:00Z")),
+                (at("2021-12-04T00:00:00Z"), at("2021-12-04T06:00:00Z")),
+            ]
+        );
+        let aligned = Plan::new(
+            Some(at("2021-12-01T00:00:00Z")),
+            Some(at("2021-12-03T00:00:00Z")),
+            Source::Aggregates,
+        );
+        assert_eq!(aligned.days, Some((day("2021-12-01"), day("2021-12-03"))));
+        assert!(aligned.edges.is_empty());
+        assert_eq!(
+            aligned.rows().edges,
+            vec![(at("2021-12-01T00:00:00Z"), at("2021-12-03T00:00:00Z"))]
+        );
+    }
+
+    #[test]
+    fn a_range_within_one_day_is_read_from_the_rows() {
+        let from = at("2021-12-01T10:00:00Z");
+        let to = at("2021-12-01T12:00:00Z");
+        let plan = Plan::new(Some(from), Some(to), Source::Aggregates);
+        assert_eq!(plan.days, None);
+        assert_eq!(plan.edges, vec![(from, to)]);
+    }
+
+    #[test]
+    fn open_ends_are_whole_days() {
+        let plan = Plan::new(None, None, Source::Aggregates);
+        assert!(plan.edges.is_empty());
+        assert!(plan.days.is_some());
+    }
+
+    #[test]
+    fn a_search_text_is_matched_literally() {
+        assert_eq!(prefix_pattern("Jita_4%"), "jita\\_4\\%%");
+    }
+}

@@ -1,0 +1,662 @@
+//! Statistics: every aggregate equals a recomputation from the stored killmails (done here in
+//! Rust, apart from the SQL that keeps them) after the three EVE Ref archives, a live stream
+//! through worker-killmails (a killmail stored twice, one held without zkb gaining it, one late
+//! for an old day), revaluations and `queue stats rebuild`; the aggregates answer as the rows
+//! do; the GraphQL answers; the `statistics` event.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{Request, Variables};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use indicatif::ProgressBar;
+use killreport::event_log::EventLog;
+use killreport::filter::Filter;
+use killreport::graphql::KillreportSchema;
+use killreport::import::{Announce, Importer};
+use killreport::killmail::{KillmailId, Received, Source as Origin, Zkb};
+use killreport::live::Hub;
+use killreport::statics::Statics;
+use killreport::stats::{self, EntityKind, Plan, Source, TopKind};
+use serde_json::{Value, json};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{TestEnv, fixtures, redis_url, wait_until};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+async fn import(env: &TestEnv, days: &[&str]) -> usize {
+    let importer = Importer {
+        pool: env.pool.clone(),
+        announce: Announce::Never,
+        publisher: None,
+        batch_size: 1000,
+        max_reasons: 5,
+    };
+    let paths: Vec<_> = days.iter().map(|day| fixtures::archive(day)).collect();
+    importer
+        .import(&paths, &ProgressBar::hidden(), &CancellationToken::new())
+        .await
+        .expect("import")
+        .stored
+}
+
+/// (kind, id, day) → [kills, losses, kills_of_own, solo_kills, points] and [isk destroyed, lost].
+type EntityDays = BTreeMap<(i16, i64, NaiveDate), ([i64; 5], [f64; 2])>;
+/// (dimension, key, day) → (killmails, isk).
+type PlaceDays = BTreeMap<(i16, i64, NaiveDate), (i64, f64)>;
+
+/// Both aggregates recomputed from the killmail and attacker rows.
+async fn recomputed(env: &TestEnv) -> (EntityDays, PlaceDays) {
+    let killmails = sqlx::query(
+        "SELECT k.killmail_id, k.killmail_time, k.victim_character_id, k.victim_corporation_id,
+                k.victim_alliance_id, k.victim_ship_type_id, t.group_id, k.solar_system_id,
+                s.constellation_id, s.region_id, k.total_value, k.solo, k.points
+         FROM killmails k
+         LEFT JOIN item_types t ON t.type_id = k.victim_ship_type_id
+         LEFT JOIN solar_systems s ON s.solar_system_id = k.solar_system_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("killmails");
+    let attackers =
+        sqlx::query("SELECT killmail_id, character_id, corporation_id, alliance_id FROM attackers")
+            .fetch_all(&env.pool)
+            .await
+            .expect("attackers");
+    let mut killers: HashMap<i64, [HashSet<i64>; 3]> = HashMap::new();
+    for row in attackers {
+        let sets = killers.entry(row.get("killmail_id")).or_default();
+        for (index, column) in ["character_id", "corporation_id", "alliance_id"]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(id) = row.get::<Option<i64>, _>(column) {
+                sets[index].insert(id);
+            }
+        }
+    }
+    let mut entities = EntityDays::new();
+    let mut places = PlaceDays::new();
+    for row in killmails {
+        let id: i64 = row.get("killmail_id");
+        let day = row.get::<DateTime<Utc>, _>("killmail_time").date_naive();
+        let isk = row.get::<Option<f64>, _>("total_value").unwrap_or(0.0);
+        let solo = row.get::<Option<bool>, _>("solo").unwrap_or(false);
+        let points = i64::from(row.get::<Option<i32>, _>("points").unwrap_or(0));
+        let victims: [Option<i64>; 3] = [
+            row.get("victim_character_id"),
+            row.get("victim_corporation_id"),
+            row.get("victim_alliance_id"),
+        ];
+        let keys: [(i16, Option<i64>); 6] = [
+            (0, Some(0)),
+            (1, row.get("victim_ship_type_id")),
+            (2, row.get("group_id")),
+            (3, row.get("solar_system_id")),
+            (4, row.get("constellation_id")),
+            (5, row.get("region_id")),
+        ];
+        for (dimension, key) in keys {
+            if let Some(key) = key {
+                let entry = places.entry((dimension, key, day)).or_default();
+                entry.0 += 1;
+                entry.1 += isk;
+            }
+        }
+        for (index, victim) in victims.iter().enumerate() {
+            if let Some(victim) = victim {
+                let kind = i16::try_from(index + 1).expect("kind");
+                let entry = entities.entry((kind, *victim, day)).or_default();
+                entry.0[1] += 1;
+                entry.1[1] += isk;
+            }
+        }
+        for (index, set) in killers.remove(&id).unwrap_or_default().iter().enumerate() {
+            let kind = i16::try_from(index + 1).expect("kind");
+            for killer in set {
+                let entry = entities.entry((kind, *killer, day)).or_default();
+                entry.0[0] += 1;
+                entry.0[2] += i64::from(victims[index] == Some(*killer));
+                entry.0[3] += i64::from(solo);
+                entry.0[4] += points;
+                entry.1[0] += isk;
+            }
+        }
+    }
+    (entities, places)
+}
+
+async fn aggregates(env: &TestEnv) -> (EntityDays, PlaceDays) {
+    let entities = sqlx::query(
+        "SELECT kind, entity_id, day, kills, losses, kills_of_own, solo_kills, points,
+                isk_destroyed, isk_lost
+         FROM stats_entity_days",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("stats_entity_days")
+    .into_iter()
+    .map(|r| {
+        (
+            (r.get("kind"), r.get("entity_id"), r.get("day")),
+            (
+                [
+                    i64::from(r.get::<i32, _>("kills")),
+                    i64::from(r.get::<i32, _>("losses")),
+                    i64::from(r.get::<i32, _>("kills_of_own")),
+                    i64::from(r.get::<i32, _>("solo_kills")),
+                    r.get("points"),
+                ],
+                [r.get("isk_destroyed"), r.get("isk_lost")],
+            ),
+        )
+    })
+    .collect();
+    let places = sqlx::query("SELECT dimension, key, day, killmails, isk FROM stats_days")
+        .fetch_all(&env.pool)
+        .await
+        .expect("stats_days")
+        .into_iter()
+        .map(|r| {
+            (
+                (r.get("dimension"), r.get("key"), r.get("day")),
+                (i64::from(r.get::<i32, _>("killmails")), r.get("isk")),
+            )
+        })
+        .collect();
+    (entities, places)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Fails with the first difference between the aggregates and their recomputation. A row of
+/// the aggregates whose figures all came back to 0 (a value revalued to nothing) counts as
+/// absent.
+async fn assert_aggregates_match(env: &TestEnv, when: &str) {
+    let (want_entities, want_places) = recomputed(env).await;
+    let (got_entities, got_places) = aggregates(env).await;
+    assert!(!want_entities.is_empty(), "{when}: nothing stored");
+    for (key, (counts, isk)) in &want_entities {
+        let got = got_entities.get(key);
+        assert!(
+            got.is_some_and(|(c, i)| c == counts && close(i[0], isk[0]) && close(i[1], isk[1])),
+            "{when}: entity {key:?}: recomputed {counts:?} {isk:?}, aggregate {got:?}"
+        );
+    }
+    for (key, got) in &got_entities {
+        assert!(
+            want_entities.contains_key(key) || (got.0 == [0; 5] && got.1 == [0.0; 2]),
+            "{when}: entity {key:?} in the aggregate ({got:?}) but in no killmail"
+        );
+    }
+    for (key, (count, isk)) in &want_places {
+        let got = got_places.get(key);
+        assert!(
+            got.is_some_and(|(c, i)| c == count && close(*i, *isk)),
+            "{when}: place {key:?}: recomputed {count} {isk}, aggregate {got:?}"
+        );
+    }
+    assert_eq!(
+        got_places.len(),
+        want_places.len(),
+        "{when}: places in the aggregate but in no killmail"
+    );
+}
+
+/// A fixture killmail as a live job would bring it: with a zkb block.
+fn with_zkb(id: i64, total_value: f64, solo: bool, points: i64) -> killreport::queue::IngestJob {
+    let (killmail, hash) = fixtures::killmails()
+        .into_iter()
+        .find(|(k, _)| k.killmail_id.0 == id)
+        .expect("a fixture with that id");
+    let zkb = Zkb(json!({
+        "hash": hash, "totalValue": total_value, "npc": false, "solo": solo, "awox": false,
+        "points": points, "labels": ["pvp"], "locationID": 40_000_001
+    }));
+    fixtures::job_with(killmail, hash, Some(zkb), true)
+}
+
+#[tokio::test]
+async fn every_aggregate_equals_a_recomputation_through_imports_a_live_stream_revaluations_and_a_rebuild()
+ {
+    let env = TestEnv::new().await;
+    let archives = import(&env, &["2021-12-01", "2021-12-02", "2021-12-03"]).await;
+    assert_eq!(archives, 10_671 + 10_938 + 4_158);
+    assert_aggregates_match(&env, "after the three archives").await;
+
+    // The live stream: 97089202 is held (from the 2021-12-03 archive) without zkb and gains
+    // one; 97001694 is late, for 2021-11-28; both are sent twice.
+    let publisher = env.publisher().await;
+    let _worker = env.spawn("worker-killmails", &[]);
+    let held = with_zkb(97_089_202, 250_000_000.0, true, 12);
+    let late = with_zkb(97_001_694, 75_500_000.5, false, 4);
+    for job in [&held, &late, &held, &late] {
+        publisher.publish(job).await.expect("publish");
+    }
+    env.wait_for_killmails(i64::try_from(archives).expect("count") + 1)
+        .await;
+    wait_until("the held killmail to gain its zkb", PATIENCE, || async {
+        sqlx::query_scalar::<_, Option<f64>>(
+            "SELECT total_value FROM killmails WHERE killmail_id = 97089202",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .expect("value")
+            == Some(250_000_000.0)
+    })
+    .await;
+    // Both jobs' duplicates are behind them in the queue: a last job to wait for.
+    let last = with_zkb(97_002_000, 1.0, false, 1);
+    publisher.publish(&last).await.expect("publish");
+    env.wait_for_killmails(i64::try_from(archives).expect("count") + 2)
+        .await;
+    assert_aggregates_match(&env, "after the live stream").await;
+
+    // Revaluations: a day's estimates arrive, then change; zKillboard's block changes too.
+    sqlx::query(
+        "UPDATE killmails SET estimate = jsonb_build_object(
+             'totalValue', victim_damage_taken * 1000.5, 'solo', attacker_count = 1,
+             'points', attacker_count % 7)
+         WHERE killmail_time < '2021-12-02'",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("revalue");
+    assert_aggregates_match(&env, "after estimates arrived").await;
+    sqlx::query(
+        "UPDATE killmails SET estimate = estimate || jsonb_build_object(
+             'totalValue', (estimate->>'totalValue')::float8 / 3, 'solo', false)
+         WHERE killmail_id % 3 = 0 AND estimate IS NOT NULL",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("revalue again");
+    sqlx::query(
+        "UPDATE killmails SET zkb = zkb || '{\"totalValue\": 1e9, \"points\": 99}'
+         WHERE killmail_id = 97089202",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("zkb changes");
+    assert_aggregates_match(&env, "after revaluations").await;
+
+    let output = env.run("queue", &["stats", "rebuild"]).await;
+    assert!(
+        output.status.success(),
+        "queue stats rebuild: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("statistics aggregates rebuilt"));
+    assert_aggregates_match(&env, "after queue stats rebuild").await;
+    env.cleanup().await;
+}
+
+fn at(day: &str, time: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(&format!("{day}T{time}Z"))
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+/// Ranges that are whole days, partial days at either end, within one day, and open.
+fn ranges() -> Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+    vec![
+        (None, None),
+        (
+            Some(at("2021-12-01", "00:00:00")),
+            Some(at("2021-12-02", "00:00:00")),
+        ),
+        (
+            Some(at("2021-12-01", "07:30:00")),
+            Some(at("2021-12-03", "13:15:00")),
+        ),
+        (
+            Some(at("2021-12-02", "10:00:00")),
+            Some(at("2021-12-02", "11:00:00")),
+        ),
+        (Some(at("2021-12-02", "18:00:00")), None),
+        (None, Some(at("2021-12-02", "06:00:00"))),
+    ]
+}
+
+#[tokio::test]
+async fn the_aggregates_answer_as_the_killmail_rows_do() {
+    let env = TestEnv::new().await;
+    import(&env, &["2021-12-01", "2021-12-02", "2021-12-03"]).await;
+    // Values, so that ISK orders ties and sums.
+    sqlx::query(
+        "UPDATE killmails SET estimate = jsonb_build_object(
+             'totalValue', victim_damage_taken * 1000.25, 'solo', attacker_count = 1,
+             'points', attacker_count % 5)",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("values");
+    let mut db = env.pool.acquire().await.expect("connection");
+    let busiest: Vec<(EntityKind, i64)> = vec![
+        (EntityKind::Character, busiest(&env, "character_id").await),
+        (
+            EntityKind::Corporation,
+            busiest(&env, "corporation_id").await,
+        ),
+        (EntityKind::Alliance, busiest(&env, "alliance_id").await),
+    ];
+    let filters = [
+        Filter::default(),
+        Filter {
+            regions: [10_000_002].into_iter().collect(),
+            ..Filter::default()
+        },
+        Filter {
+            corporations: [busiest[1].1].into_iter().collect(),
+            ..Filter::default()
+        },
+        Filter {
+            min_value: Some(50_000_000.0),
+            ..Filter::default()
+        },
+    ];
+    for (from, to) in ranges() {
+        let fast = Plan::new(from, to, Source::Aggregates);
+        let slow = Plan::new(from, to, Source::Rows);
+        for kind in TopKind::ALL {
+            let a = stats::top(&mut db, kind, &fast, &Filter::default(), 10)
+                .await
+                .expect("top");
+            let b = stats::top(&mut db, kind, &slow, &Filter::default(), 10)
+                .await
+                .expect("top");
+            assert_eq!(
+                ids_and_kills(&a),
+                ids_and_kills(&b),
+                "top {kind:?} {from:?}..{to:?}"
+            );
+            assert!(a.iter().zip(&b).all(|(a, b)| close(a.isk, b.isk)));
+        }
+        for filter in &filters {
+            let a = stats::date_counts(&mut db, &fast, filter)
+                .await
+                .expect("counts");
+            let b = stats::date_counts(&mut db, &slow, filter)
+                .await
+                .expect("counts");
+            assert_eq!(a, b, "date counts {filter:?} {from:?}..{to:?}");
+        }
+        for (kind, id) in &busiest {
+            let a = stats::entity_stats(&mut db, *kind, *id, &fast)
+                .await
+                .expect("stats");
+            let b = stats::entity_stats(&mut db, *kind, *id, &slow)
+                .await
+                .expect("stats");
+            assert_eq!(
+                (a.kills, a.losses, a.solo_kills, a.points),
+                (b.kills, b.losses, b.solo_kills, b.points),
+                "stats {kind:?} {id} {from:?}..{to:?}"
+            );
+            assert!(close(a.isk_destroyed, b.isk_destroyed) && close(a.isk_lost, b.isk_lost));
+        }
+    }
+    drop(db);
+    env.cleanup().await;
+}
+
+fn ids_and_kills(rows: &[stats::TopRow]) -> Vec<(i64, i64)> {
+    rows.iter().map(|r| (r.id, r.kills)).collect()
+}
+
+/// The entity with the most attacker rows.
+async fn busiest(env: &TestEnv, column: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT {column} FROM attackers WHERE {column} IS NOT NULL
+         GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+    ))
+    .fetch_one(&env.pool)
+    .await
+    .expect("busiest")
+}
+
+async fn schema(env: &TestEnv) -> KillreportSchema {
+    let statics = Arc::new(Statics::load(&env.pool).await.expect("statics"));
+    let hub = Hub::start(
+        env.pool.clone(),
+        Arc::clone(&statics),
+        &redis_url(),
+        &env.channel,
+        Duration::from_secs(3),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("hub");
+    let log = EventLog::start(
+        env.pool.clone(),
+        hub.clone(),
+        &redis_url(),
+        &env.bus_channel(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("event log");
+    killreport::graphql::schema(env.pool.clone(), hub, log, statics, env.status().await)
+}
+
+async fn run(schema: &KillreportSchema, query: &str, variables: Value) -> async_graphql::Response {
+    schema
+        .execute(Request::new(query).variables(Variables::from_json(variables)))
+        .await
+}
+
+async fn data(schema: &KillreportSchema, query: &str, variables: Value) -> Value {
+    let response = run(schema, query, variables).await;
+    assert!(response.errors.is_empty(), "{:?}", response.errors);
+    response.data.into_json().expect("JSON data")
+}
+
+#[tokio::test]
+async fn graphql_answers_top_date_counts_stats_most_valuable_and_search() {
+    let env = TestEnv::new().await;
+    import(&env, &["2021-12-03"]).await;
+    sqlx::query(
+        "UPDATE killmails SET estimate = jsonb_build_object('totalValue', victim_damage_taken * 10.0)",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("values");
+    let schema = schema(&env).await;
+    let day = json!({"from": "2021-12-03T00:00:00Z", "to": "2021-12-04T00:00:00Z"});
+
+    let top = data(
+        &schema,
+        "query($from: DateTime, $to: DateTime) {
+           top(kind: SOLAR_SYSTEM, from: $from, to: $to, first: 3) { id name kills iskDestroyed }
+         }",
+        day.clone(),
+    )
+    .await;
+    let expected: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT solar_system_id, count(*) FROM killmails
+         WHERE killmail_time >= '2021-12-03' AND killmail_time < '2021-12-04'
+         GROUP BY 1 ORDER BY 2 DESC, sum(total_value) DESC, 1 LIMIT 3",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("expected top");
+    let got: Vec<(i64, i64)> = top["top"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|e| {
+            assert!(e["name"].is_string(), "a system has its name: {e}");
+            (
+                e["id"].as_str().expect("id").parse().expect("id"),
+                e["kills"].as_i64().expect("kills"),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+
+    let counts = data(&schema, "{ killmailsDateCounts { date count } }", json!({})).await;
+    let expected: Vec<Value> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT to_char(killmail_time AT TIME ZONE 'UTC', 'YYYY-MM-DD'), count(*)
+         FROM killmails GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("expected counts")
+    .into_iter()
+    .map(|(date, count)| json!({"date": date, "count": count}))
+    .collect();
+    assert_eq!(counts["killmailsDateCounts"], Value::Array(expected));
+
+    let character = busiest(&env, "character_id").await;
+    let stats = data(
+        &schema,
+        "query($id: ID!, $from: DateTime, $to: DateTime) {
+           character(id: $id) {
+             stats(from: $from, to: $to) { kills losses iskDestroyed iskLost soloKills points }
+             top(of: SHIPS, first: 1) { id kills }
+           }
+         }",
+        json!({"id": character.to_string(), "from": day["from"], "to": day["to"]}),
+    )
+    .await;
+    let kills: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT killmail_id) FROM attackers WHERE character_id = $1
+         AND killmail_time >= '2021-12-03' AND killmail_time < '2021-12-04'",
+    )
+    .bind(character)
+    .fetch_one(&env.pool)
+    .await
+    .expect("kills");
+    assert_eq!(stats["character"]["stats"]["kills"].as_i64(), Some(kills));
+    assert!(stats["character"]["top"][0]["kills"].as_i64() > Some(0));
+
+    let valuable = data(
+        &schema,
+        "{ mostValuable(first: 2) { killmailId zkb { totalValue } } }",
+        json!({}),
+    )
+    .await;
+    let most: i64 = sqlx::query_scalar(
+        "SELECT killmail_id FROM killmails ORDER BY total_value DESC, killmail_id DESC LIMIT 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("most valuable");
+    assert_eq!(
+        valuable["mostValuable"][0]["killmailId"],
+        json!(most.to_string())
+    );
+
+    let found = data(
+        &schema,
+        r#"{ search(text: "jIt", kinds: [SOLAR_SYSTEM]) { kind id name } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        found["search"][0],
+        json!({"kind": "SOLAR_SYSTEM", "id": "30000142", "name": "Jita"})
+    );
+    let roots = data(
+        &schema,
+        r#"{ region(id: "10000002") { name } itemType(id: "587") { name } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        roots,
+        json!({"region": {"name": "The Forge"}, "itemType": {"name": "Rifter"}})
+    );
+
+    for (query, needle) in [
+        (
+            "{ top(kind: CHARACTER, first: 1000) { id } }",
+            "first must be between 0 and 100",
+        ),
+        (
+            r#"{ search(text: "a") { id } }"#,
+            "between 2 and 100 characters",
+        ),
+    ] {
+        let response = run(&schema, query, json!({})).await;
+        let error = response
+            .errors
+            .first()
+            .unwrap_or_else(|| panic!("{query}: no error"));
+        assert!(error.message.contains(needle), "{query}: {}", error.message);
+        let code = error
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .map(|c| c.clone().into_json().expect("code"));
+        assert_eq!(code, Some(json!("BAD_USER_INPUT")), "{query}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_change_of_todays_top_lists_is_sent_as_a_statistics_event() {
+    let mut env = TestEnv::new().await;
+    env.vars
+        .insert("STATISTICS_INTERVAL_SECS".into(), "1".into());
+    let (_server, _url) = env.start_server().await;
+    // The server's first look is only what later ones are compared with.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let now = Utc::now();
+    let (mut killmail, hash) = fixtures::killmails().remove(0);
+    killmail.killmail_id = KillmailId(4_000_000_001);
+    killmail.killmail_time = Utc.timestamp_opt(now.timestamp(), 0).single().expect("now");
+    let mut killers: Vec<i64> = killmail
+        .attackers
+        .iter()
+        .filter_map(|a| a.character_id)
+        .collect();
+    killers.dedup();
+    killreport::ingest::store(
+        &env.pool,
+        &[Received {
+            killmail,
+            hash,
+            zkb: None,
+            source: Origin::Redisq,
+        }],
+    )
+    .await
+    .expect("store");
+
+    let latest = || async {
+        sqlx::query_scalar::<_, Value>(
+            "SELECT data FROM events WHERE type = 'statistics' ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&env.pool)
+        .await
+        .expect("events")
+    };
+    wait_until("a statistics event", Duration::from_secs(15), || async {
+        latest().await.is_some()
+    })
+    .await;
+    let event = latest().await.expect("the event");
+    assert_eq!(
+        event["date"],
+        json!(now.date_naive().format("%Y-%m-%d").to_string())
+    );
+    // Every attacker has the one kill; ties go by id, so the first ten hold the lowest.
+    let mut attackers: Vec<i64> = killers.clone();
+    attackers.sort_unstable();
+    let listed: Vec<i64> = event["top"]["character"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").parse().expect("id"))
+        .collect();
+    assert_eq!(listed, attackers[..attackers.len().min(10)], "{event}");
+    assert_eq!(event["top"]["solarSystem"][0]["kills"], json!(1));
+    env.cleanup().await;
+}
