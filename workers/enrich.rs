@@ -16,7 +16,6 @@ use killreport::health::Readiness;
 use killreport::queue::Publisher;
 use killreport::queue::runner;
 use killreport::shutdown::finish_within;
-use killreport::status::heartbeat;
 
 /// How long the job in hand may take to finish after SIGTERM; then it is left to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -75,16 +74,9 @@ async fn main() -> anyhow::Result<()> {
     let readiness = Readiness::default()
         .postgres(pool.clone())
         .rabbitmq(consuming.connector.broker.clone());
-    let (keys, interval) = (args.status.keys(), args.status.interval());
-    let name = "worker-enrich";
-    heartbeat::start(
-        redis_url,
-        keys,
-        interval,
-        name,
-        readiness.clone(),
-        &shutdown,
-    );
+    args.status
+        .heartbeat(&args.redis)
+        .start("worker-enrich", readiness.clone(), &shutdown);
     killreport::health::serve(
         args.health.health_addr.as_deref(),
         readiness,
