@@ -332,14 +332,20 @@ async fn the_killmails_connection_matches_sql_for_every_filter_and_pages_cover_e
         ),
         (
             json!({"minValue": 5e8}),
-            "(k.zkb->>'totalValue')::float8 >= 5e8".into(),
+            "(coalesce(k.zkb, k.estimate)->>'totalValue')::float8 >= 5e8".into(),
         ),
-        (json!({"npc": true}), "(k.zkb->>'npc')::bool".into()),
-        (json!({"solo": false}), "NOT (k.zkb->>'solo')::bool".into()),
+        (
+            json!({"npc": true}),
+            "(coalesce(k.zkb, k.estimate)->>'npc')::bool".into(),
+        ),
+        (
+            json!({"solo": false}),
+            "NOT (coalesce(k.zkb, k.estimate)->>'solo')::bool".into(),
+        ),
         (
             json!({"allianceIds": [alliance.to_string()], "regionIds": [region.to_string()], "minValue": 1e8}),
             format!(
-                "(k.victim_alliance_id = {alliance} OR {}) AND k.region_id = {region} AND (k.zkb->>'totalValue')::float8 >= 1e8",
+                "(k.victim_alliance_id = {alliance} OR {}) AND k.region_id = {region} AND (coalesce(k.zkb, k.estimate)->>'totalValue')::float8 >= 1e8",
                 as_attacker("alliance_id", alliance)
             ),
         ),

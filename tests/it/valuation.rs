@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::graphql::{data, import_day, schema};
 use crate::support::fakes::esi::FakeEsi;
-use crate::support::{TestEnv, fixtures, receive_events};
+use crate::support::{PATIENCE, TestEnv, fixtures, receive_events, wait_until};
 
 fn day(text: &str) -> NaiveDate {
     text.parse().expect("a date")
@@ -522,6 +522,38 @@ async fn queue_prices_fetches_todays_prices_from_esi_and_values_the_store() {
         .await
         .expect("counting");
     assert_eq!(days, 0);
+}
+
+#[tokio::test]
+async fn worker_killmails_keeps_todays_prices_one_worker_at_a_time() {
+    let mut env = TestEnv::new().await;
+    let esi = FakeEsi::default();
+    let _served = esi.serve_for(&mut env).await;
+    esi.set_market_prices(serde_json::to_value(flat_prices(1500.0)).expect("JSON"));
+    env.vars
+        .insert("PRICES_INTERVAL_SECS".into(), "3600".into());
+    let _first = env.spawn("worker-killmails", &[]);
+    let _second = env.spawn("worker-killmails", &[]);
+    let today = chrono::Utc::now().date_naive();
+    wait_until("today's prices", PATIENCE, || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM price_days WHERE day = $1 AND revalued_at IS NOT NULL)",
+        )
+        .bind(today)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or(false)
+    })
+    .await;
+    // Both started at once; whichever came second found the day stored.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let asked = esi
+        .requests()
+        .iter()
+        .filter(|r| *r == "/markets/prices/")
+        .count();
+    assert_eq!(asked, 1);
+    env.cleanup().await;
 }
 
 #[tokio::test]
