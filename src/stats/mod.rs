@@ -664,12 +664,12 @@ mod tests {
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
-            .unwrap()
+            .expect("an RFC 3339 time")
             .with_timezone(&Utc)
     }
 
     fn day(text: &str) -> NaiveDate {
-        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").expect("a date")
     }
 
     #[test]

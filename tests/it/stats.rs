@@ -302,8 +302,11 @@ fn at(day: &str, time: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// One end of a range; `None` is open.
+type Bound = Option<DateTime<Utc>>;
+
 /// Ranges that are whole days, partial days at either end, within one day, and open.
-fn ranges() -> Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+fn ranges() -> Vec<(Bound, Bound)> {
     vec![
         (None, None),
         (

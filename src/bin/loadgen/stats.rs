@@ -12,6 +12,9 @@ use sqlx::PgConnection;
 
 use crate::latency::Percentiles;
 
+/// One end of a range; `None` is open.
+type Bound = Option<DateTime<Utc>>;
+
 /// One question, asked with a plan.
 #[derive(Clone)]
 enum Question {
@@ -100,7 +103,7 @@ pub async fn run(database_url: &str, requests: usize) -> anyhow::Result<()> {
         ),
     ];
     let week_end = (first + Days::new(7)).min(last + Days::new(1));
-    let ranges: Vec<(&str, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = vec![
+    let ranges: Vec<(&str, Bound, Bound)> = vec![
         (
             "a day",
             Some(start_of(first)),
