@@ -540,7 +540,7 @@ pub async fn entity_top(
 }
 
 /// The ids of the `first` most valuable killmails in the range among those `filter` lets
-/// through (through the value index), most valuable first, after `after` (a value and an id).
+/// through (through the value index), most valuable first.
 pub async fn most_valuable(
     db: &mut PgConnection,
     plan: &Plan,
