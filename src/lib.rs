@@ -12,6 +12,7 @@
 //!   zkb_api   zKillboard's RedisQ, R2Z2 and websocket, served from the store
 //!   ws        WebSocket sessions, shared executions, outboxes, both protocols, places by address
 //!   graphql   schema, queries, killmailAdded, filters, loaders
+//!   stats     statistics from per-day aggregates the store's triggers keep; the statistics event
 //!   event_log every event with its cursor: killmails (live) and the log's others; retention
 //!   live      one Redis subscription per process as hints; new killmails read from the store
 //!   status    workerStatus: heartbeats of every process, queues, feeds, once per interval
@@ -24,7 +25,6 @@
 //!   repair    zKillboard's daily history against the store → missing as jobs     queue repair
 //!   announce  outbox, names and sweep: stored killmails → Redis
 //!   filter, statics   killmail filters and the static universe they need
-//!   stats     statistics from per-day aggregates the store's triggers keep; the statistics event
 //!   zkb       zKillboard's wire formats (R2Z2 object, RedisQ package) → checked jobs
 //!   health    /healthz, /readyz and /metrics for every process
 //!     bus       events of any type: send_event logs one (db) and rings Redis, for every process

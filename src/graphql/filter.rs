@@ -3,9 +3,10 @@
 
 use async_graphql::{ID, InputObject};
 
+use super::types::EsiTime;
 use super::{bad_input, parse_id};
-pub use crate::filter::Involvement;
 use crate::filter::{Filter, Ids};
+pub use crate::filter::{Involvement, SecurityClass};
 
 #[derive(InputObject, Clone, Debug, Default)]
 pub struct KillmailFilter {
@@ -22,6 +23,21 @@ pub struct KillmailFilter {
     pub solo: Option<bool>,
     #[graphql(default)]
     pub involvement: Involvement,
+    /// `killmailTime` from (inclusive) and to (exclusive).
+    pub from: Option<EsiTime>,
+    pub to: Option<EsiTime>,
+    pub constellation_ids: Option<Vec<ID>>,
+    /// The victim's ship group.
+    pub ship_group_ids: Option<Vec<ID>>,
+    /// Any of these security classes of the system.
+    pub security: Option<Vec<SecurityClass>>,
+    pub min_attackers: Option<i32>,
+    pub max_attackers: Option<i32>,
+    /// Any of these zKillboard labels (`pvp`, `solo`, `ganked`, `loc:highsec`, …).
+    pub labels: Option<Vec<String>>,
+    pub war_ids: Option<Vec<ID>>,
+    /// Whether the killmail belongs to a war.
+    pub war: Option<bool>,
 }
 
 /// Most ids one list of a filter may hold.
@@ -51,6 +67,24 @@ impl KillmailFilter {
             npc: self.npc,
             solo: self.solo,
             involvement: self.involvement,
+            from: self.from.as_ref().map(|t| t.0),
+            to: self.to.as_ref().map(|t| t.0),
+            constellations: ids(&self.constellation_ids, "constellation")?,
+            groups: ids(&self.ship_group_ids, "ship group")?,
+            security: self.security.clone().unwrap_or_default(),
+            min_attackers: self.min_attackers,
+            max_attackers: self.max_attackers,
+            labels: match &self.labels {
+                Some(labels) if labels.len() > MAX_FILTER_IDS => {
+                    return Err(bad_input(format!(
+                        "a filter lists {} labels; at most {MAX_FILTER_IDS}",
+                        labels.len()
+                    )));
+                }
+                labels => labels.clone().unwrap_or_default(),
+            },
+            wars: ids(&self.war_ids, "war")?,
+            war: self.war,
         })
     }
 }

@@ -25,6 +25,7 @@ use crate::killmail::{Attacker as EsiAttacker, Item, KillmailId, Zkb as EsiZkb};
 use crate::stats::{EntityKind, EntityTop};
 
 /// The schema's `DateTime`: written with a fraction of a second only when there is one.
+#[derive(Clone, Copy, Debug)]
 pub struct EsiTime(pub DateTime<Utc>);
 
 /// A time in UTC as ESI writes it: RFC 3339 with `Z`, like `2021-12-03T00:00:08Z`. Any RFC 3339

@@ -23,7 +23,7 @@ pub const STATISTICS: &str = "statistics";
 /// Entries per top list in the event.
 pub const TOP_SIZE: i64 = 10;
 /// Arbitrary, but fixed: the lease of the process that sends the event.
-const LEASE: i64 = 0x6b72_5f73_7461_74;
+const LEASE: i64 = 0x006b_725f_7374_6174;
 
 /// What the task needs.
 pub struct Statistics {

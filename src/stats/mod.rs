@@ -79,7 +79,9 @@ impl EntityKind {
 enum Dimension {
     All = 0,
     ShipType = 1,
+    ShipGroup = 2,
     SolarSystem = 3,
+    Constellation = 4,
     Region = 5,
 }
 
@@ -273,7 +275,8 @@ pub async fn top(
 }
 
 /// Which aggregate answers killmails per day under a filter, if any: every killmail, those of
-/// some ship types, systems or regions (a killmail has one of each), or those of one entity.
+/// some ship types, ship groups, systems, constellations or regions (a killmail has one of
+/// each), or those of one entity.
 enum DayCounts<'f> {
     Dimension(Dimension, &'f [i64]),
     Entity(EntityKind, i64, Involvement),
@@ -282,7 +285,9 @@ enum DayCounts<'f> {
 fn day_counts_source(filter: &Filter) -> Option<DayCounts<'_>> {
     let lists = [
         (&filter.ships, Dimension::ShipType),
+        (&filter.groups, Dimension::ShipGroup),
         (&filter.systems, Dimension::SolarSystem),
+        (&filter.constellations, Dimension::Constellation),
         (&filter.regions, Dimension::Region),
     ];
     let entities = [
@@ -297,6 +302,8 @@ fn day_counts_source(filter: &Filter) -> Option<DayCounts<'_>> {
         ships: Default::default(),
         systems: Default::default(),
         regions: Default::default(),
+        groups: Default::default(),
+        constellations: Default::default(),
         involvement: Involvement::default(),
         ..filter.clone()
     };
@@ -533,7 +540,7 @@ pub async fn entity_top(
 }
 
 /// The ids of the `first` most valuable killmails in the range among those `filter` lets
-/// through (through the value index), most valuable first, after `after` (a value and an id).
+/// through (through the value index), most valuable first.
 pub async fn most_valuable(
     db: &mut PgConnection,
     plan: &Plan,
@@ -657,12 +664,12 @@ mod tests {
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
-            .unwrap()
+            .expect("an RFC 3339 time")
             .with_timezone(&Utc)
     }
 
     fn day(text: &str) -> NaiveDate {
-        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").expect("a date")
     }
 
     #[test]

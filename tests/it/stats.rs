@@ -12,7 +12,7 @@ use async_graphql::{Request, Variables};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use indicatif::ProgressBar;
 use killreport::event_log::EventLog;
-use killreport::filter::Filter;
+use killreport::filter::{Filter, SecurityClass};
 use killreport::graphql::KillreportSchema;
 use killreport::import::{Announce, Importer};
 use killreport::killmail::{KillmailId, Received, Source as Origin, Zkb};
@@ -302,8 +302,11 @@ fn at(day: &str, time: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// One end of a range; `None` is open.
+type Bound = Option<DateTime<Utc>>;
+
 /// Ranges that are whole days, partial days at either end, within one day, and open.
-fn ranges() -> Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+fn ranges() -> Vec<(Bound, Bound)> {
     vec![
         (None, None),
         (
@@ -617,6 +620,7 @@ async fn a_change_of_todays_top_lists_is_sent_as_a_statistics_event() {
         .iter()
         .filter_map(|a| a.character_id)
         .collect();
+    killers.sort_unstable();
     killers.dedup();
     killreport::ingest::store(
         &env.pool,
@@ -658,5 +662,104 @@ async fn a_change_of_todays_top_lists_is_sent_as_a_statistics_event() {
         .collect();
     assert_eq!(listed, attackers[..attackers.len().min(10)], "{event}");
     assert_eq!(event["top"]["solarSystem"][0]["kills"], json!(1));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_new_filters_select_the_same_killmails_in_sql_and_live() {
+    let env = TestEnv::new().await;
+    import(&env, &["2021-12-03"]).await;
+    sqlx::query(
+        "UPDATE killmails SET zkb = jsonb_build_object('totalValue', 1.0,
+             'labels', CASE WHEN attacker_count = 1 THEN '[\"solo\", \"pvp\"]'::jsonb
+                            ELSE '[\"pvp\"]'::jsonb END)
+         WHERE killmail_id % 2 = 0",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("labels");
+    let statics = Statics::load(&env.pool).await.expect("statics");
+    let ids: Vec<KillmailId> = sqlx::query_scalar("SELECT killmail_id FROM killmails")
+        .fetch_all(&env.pool)
+        .await
+        .expect("ids")
+        .into_iter()
+        .map(KillmailId)
+        .collect();
+    let mut db = env.pool.acquire().await.expect("connection");
+    let stored = killreport::db::killmails::load(&mut db, &ids)
+        .await
+        .expect("load");
+    let (war, _) = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT war_id, count(*) FROM killmails WHERE war_id IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 1",
+    )
+    .fetch_optional(&env.pool)
+    .await
+    .expect("a war")
+    .unwrap_or((1, 0));
+    let filters = [
+        Filter {
+            from: Some(at("2021-12-03", "06:00:00")),
+            to: Some(at("2021-12-03", "12:30:00")),
+            ..Filter::default()
+        },
+        Filter {
+            constellations: [20_000_020].into_iter().collect(),
+            ..Filter::default()
+        },
+        Filter {
+            groups: [25, 26].into_iter().collect(),
+            ..Filter::default()
+        },
+        Filter {
+            security: vec![SecurityClass::Highsec],
+            ..Filter::default()
+        },
+        Filter {
+            security: vec![SecurityClass::Lowsec, SecurityClass::Wspace],
+            ..Filter::default()
+        },
+        Filter {
+            security: vec![SecurityClass::Nullsec],
+            ..Filter::default()
+        },
+        Filter {
+            min_attackers: Some(2),
+            max_attackers: Some(5),
+            ..Filter::default()
+        },
+        Filter {
+            labels: vec!["solo".into()],
+            ..Filter::default()
+        },
+        Filter {
+            war: Some(true),
+            ..Filter::default()
+        },
+        Filter {
+            wars: [war].into_iter().collect(),
+            ..Filter::default()
+        },
+    ];
+    for filter in &filters {
+        let mut sql = sqlx::QueryBuilder::new("SELECT k.killmail_id FROM killmails k WHERE true");
+        filter.push_sql(&mut sql);
+        let mut in_sql: Vec<i64> = sql
+            .build_query_scalar()
+            .fetch_all(&mut *db)
+            .await
+            .expect("filter in SQL");
+        in_sql.sort_unstable();
+        let mut live: Vec<i64> = stored
+            .iter()
+            .filter(|s| filter.matches(&s.killmail, s.zkb.as_ref(), &statics))
+            .map(|s| s.killmail.killmail_id.0)
+            .collect();
+        live.sort_unstable();
+        assert_eq!(in_sql, live, "{filter:?}");
+        assert!(!live.is_empty(), "{filter:?} selects something");
+        assert!(live.len() < stored.len(), "{filter:?} leaves something out");
+    }
+    drop(db);
     env.cleanup().await;
 }

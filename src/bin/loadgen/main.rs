@@ -3,6 +3,7 @@
 //! - `loadgen ingest`: real killmails as `killmail.ingest` jobs at a fixed rate, each timed from
 //!   its publish to its event on Redis, through a running worker-killmails.
 //! - `loadgen query`: latency of the `killmails` query.
+//! - `loadgen stats`: latency of the statistics questions, from the aggregates and from the rows.
 //! - `loadgen fanout`: killmails (events on Redis, or jobs through the whole pipeline) to N
 //!   WebSocket subscribers with a mix of filtered documents (or zKillboard's `killstream` on
 //!   `/websocket/`, or every event on `/updates`), every delivery checked and timed, with the
@@ -29,6 +30,7 @@ mod fanout;
 mod latency;
 mod process;
 mod report;
+mod stats;
 mod target;
 mod workload;
 
@@ -58,6 +60,18 @@ enum Command {
     Ingest(IngestArgs),
     Query(QueryArgs),
     Fanout(FanoutArgs),
+    Stats(StatsArgs),
+}
+
+/// Latency of `top`, `killmailsDateCounts` and entity `stats` straight against the store,
+/// from the aggregates and from the killmail rows, side by side.
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    database: killreport::config::DatabaseArgs,
+    /// Requests per question and range from the aggregates (a tenth as many from the rows).
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
 }
 
 /// Latency of the `killmails` query over HTTP, one request after another.
@@ -185,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest(args).await,
         Command::Query(args) => query(args).await,
         Command::Fanout(args) => fanout(args).await,
+        Command::Stats(args) => stats::run(&args.database.database_url, args.requests).await,
     }
 }
 
