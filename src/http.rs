@@ -301,3 +301,22 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), goodbye).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_is_off_without_origins_and_refuses_what_is_not_an_origin() {
+        assert!(cors_layer(&[]).expect("valid").is_none());
+        assert!(cors_layer(&[" ".to_owned()]).expect("valid").is_none());
+        assert!(cors_layer(&["*".to_owned()]).expect("valid").is_some());
+        let origins = [
+            "https://a.example/".to_owned(),
+            "http://localhost:3000".to_owned(),
+        ];
+        assert!(cors_layer(&origins).expect("valid").is_some());
+        let bad = cors_layer(&["https://a\u{7}.example".to_owned()]).expect_err("refused");
+        assert!(bad.to_string().contains("is not an origin"), "{bad}");
+    }
+}

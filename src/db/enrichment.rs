@@ -298,109 +298,100 @@ pub async fn scan_end(
     Ok((row.upto, row.count))
 }
 
-/// Records the ids of `kind` on the killmails with sequence in `(after, upto]`, with the newest
-/// killmail time each was seen on; returns those never recorded before and not known to be
-/// unnameable: the ids first seen.
+/// Records the characters, corporations and alliances on the killmails with sequence in
+/// `(after, upto]`, each with the newest killmail time it was seen on, in one statement; returns
+/// those never recorded before (the ids first seen), less those ESI could not name lately.
 pub async fn record_seen(
     conn: &mut PgConnection,
-    kind: Kind,
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<(Kind, i64)>> {
+    let rows = sqlx::query!(
+        r#"WITH batch AS (
+               SELECT killmail_id, killmail_time, victim_character_id AS character_id,
+                      victim_corporation_id AS corporation_id, victim_alliance_id AS alliance_id
+               FROM killmails WHERE seq > $1 AND seq <= $2
+           ), seen AS (
+               SELECT character_id, corporation_id, alliance_id, killmail_time FROM batch
+               UNION ALL
+               SELECT a.character_id, a.corporation_id, a.alliance_id, a.killmail_time
+               FROM batch JOIN attackers a USING (killmail_id)
+           ), characters_seen AS (
+               INSERT INTO characters AS e (character_id, last_seen_at)
+               SELECT character_id, max(killmail_time) FROM seen
+               WHERE character_id IS NOT NULL GROUP BY character_id
+               ON CONFLICT (character_id) DO UPDATE
+               SET last_seen_at = greatest(e.last_seen_at, excluded.last_seen_at)
+               RETURNING 'characters' AS kind, character_id AS id, xmax = 0 AS new
+           ), corporations_seen AS (
+               INSERT INTO corporations AS e (corporation_id, last_seen_at)
+               SELECT corporation_id, max(killmail_time) FROM seen
+               WHERE corporation_id IS NOT NULL GROUP BY corporation_id
+               ON CONFLICT (corporation_id) DO UPDATE
+               SET last_seen_at = greatest(e.last_seen_at, excluded.last_seen_at)
+               RETURNING 'corporations' AS kind, corporation_id AS id, xmax = 0 AS new
+           ), alliances_seen AS (
+               INSERT INTO alliances AS e (alliance_id, last_seen_at)
+               SELECT alliance_id, max(killmail_time) FROM seen
+               WHERE alliance_id IS NOT NULL GROUP BY alliance_id
+               ON CONFLICT (alliance_id) DO UPDATE
+               SET last_seen_at = greatest(e.last_seen_at, excluded.last_seen_at)
+               RETURNING 'alliances' AS kind, alliance_id AS id, xmax = 0 AS new
+           )
+           -- xmax = 0: the row was inserted now, not updated.
+           SELECT kind AS "kind!", id AS "id!" FROM (
+               SELECT * FROM characters_seen UNION ALL SELECT * FROM corporations_seen
+               UNION ALL SELECT * FROM alliances_seen
+           ) recorded
+           WHERE new AND NOT EXISTS (SELECT 1 FROM unnamed_ids x
+                                     WHERE x.id = recorded.id
+                                       AND x.asked_at > now() - interval '1 day')
+           ORDER BY kind, id"#,
+        after,
+        upto
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let kind = match r.kind.as_str() {
+                "characters" => Kind::Characters,
+                "corporations" => Kind::Corporations,
+                _ => Kind::Alliances,
+            };
+            (kind, r.id)
+        })
+        .collect())
+}
+
+/// The item types on the killmails with sequence in `(after, upto]` (ships, weapons, items)
+/// that `item_types` lacks and ESI was not asked about lately.
+pub async fn unknown_types(
+    db: impl PgExecutor<'_>,
     after: i64,
     upto: i64,
 ) -> sqlx::Result<Vec<i64>> {
-    let new = match kind {
-        Kind::Characters => sqlx::query!(
-            r#"INSERT INTO characters AS e (character_id, last_seen_at)
-               SELECT id, max(t) FROM (
-                   SELECT victim_character_id, killmail_time FROM killmails
-                   WHERE seq > $1 AND seq <= $2
-                   UNION ALL
-                   SELECT a.character_id, a.killmail_time
-                   FROM killmails k JOIN attackers a USING (killmail_id)
-                   WHERE k.seq > $1 AND k.seq <= $2
-               ) seen(id, t) WHERE id IS NOT NULL GROUP BY id
-               ON CONFLICT (character_id) DO UPDATE
-               SET last_seen_at = greatest(e.last_seen_at, excluded.last_seen_at)
-               RETURNING character_id AS "id!", (xmax = 0) AS "new!""#,
-            after,
-            upto
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .filter_map(|r| r.new.then_some(r.id))
-        .collect(),
-        Kind::Corporations => sqlx::query!(
-            r#"INSERT INTO corporations AS e (corporation_id, last_seen_at)
-               SELECT id, max(t) FROM (
-                   SELECT victim_corporation_id, killmail_time FROM killmails
-                   WHERE seq > $1 AND seq <= $2
-                   UNION ALL
-                   SELECT a.corporation_id, a.killmail_time
-                   FROM killmails k JOIN attackers a USING (killmail_id)
-                   WHERE k.seq > $1 AND k.seq <= $2
-               ) seen(id, t) WHERE id IS NOT NULL GROUP BY id
-               ON CONFLICT (corporation_id) DO UPDATE
-               SET last_seen_at = greatest(e.last_seen_at, excluded.last_seen_at)
-               RETURNING corporation_id AS "id!", (xmax = 0) AS "new!""#,
-            after,
-            upto
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .filter_map(|r| r.new.then_some(r.id))
-        .collect(),
-        Kind::Alliances => sqlx::query!(
-            r#"INSERT INTO alliances AS e (alliance_id, last_seen_at)
-               SELECT id, max(t) FROM (
-                   SELECT victim_alliance_id, killmail_time FROM killmails
-                   WHERE seq > $1 AND seq <= $2
-                   UNION ALL
-                   SELECT a.alliance_id, a.killmail_time
-                   FROM killmails k JOIN attackers a USING (killmail_id)
-                   WHERE k.seq > $1 AND k.seq <= $2
-               ) seen(id, t) WHERE id IS NOT NULL GROUP BY id
-               ON CONFLICT (alliance_id) DO UPDATE
-               SET last_seen_at = greatest(e.last_seen_at, excluded.last_seen_at)
-               RETURNING alliance_id AS "id!", (xmax = 0) AS "new!""#,
-            after,
-            upto
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .filter_map(|r| r.new.then_some(r.id))
-        .collect(),
-        // Types are not recorded: the ones item_types lacks are the new ones.
-        Kind::Types => {
-            sqlx::query_scalar!(
-                r#"SELECT DISTINCT id AS "id!" FROM (
-                   SELECT victim_ship_type_id FROM killmails WHERE seq > $1 AND seq <= $2
-                   UNION ALL
-                   SELECT unnest(ARRAY[a.ship_type_id, a.weapon_type_id])
-                   FROM killmails k JOIN attackers a USING (killmail_id)
-                   WHERE k.seq > $1 AND k.seq <= $2
-                   UNION ALL
-                   SELECT i.item_type_id
-                   FROM killmails k JOIN items i USING (killmail_id)
-                   WHERE k.seq > $1 AND k.seq <= $2
-               ) seen(id)
-               WHERE id IS NOT NULL
-                 AND NOT EXISTS (SELECT 1 FROM item_types t WHERE t.type_id = seen.id)"#,
-                after,
-                upto
-            )
-            .fetch_all(&mut *conn)
-            .await?
-        }
-    };
     sqlx::query_scalar!(
-        r#"SELECT id AS "id!" FROM UNNEST($1::int8[]) AS u(id)
-           WHERE NOT EXISTS (SELECT 1 FROM unnamed_ids x
-                             WHERE x.id = u.id AND x.asked_at > now() - interval '1 day')"#,
-        &new
+        r#"SELECT DISTINCT id AS "id!" FROM (
+               SELECT victim_ship_type_id FROM killmails WHERE seq > $1 AND seq <= $2
+               UNION ALL
+               SELECT unnest(ARRAY[a.ship_type_id, a.weapon_type_id])
+               FROM killmails k JOIN attackers a USING (killmail_id)
+               WHERE k.seq > $1 AND k.seq <= $2
+               UNION ALL
+               SELECT i.item_type_id
+               FROM killmails k JOIN items i USING (killmail_id)
+               WHERE k.seq > $1 AND k.seq <= $2
+           ) seen(id)
+           WHERE id IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM item_types t WHERE t.type_id = seen.id)
+             AND NOT EXISTS (SELECT 1 FROM unnamed_ids x
+                             WHERE x.id = seen.id AND x.asked_at > now() - interval '1 day')"#,
+        after,
+        upto
     )
-    .fetch_all(conn)
+    .fetch_all(db)
     .await
 }
 
@@ -502,37 +493,45 @@ pub struct Snapshot {
     pub corporation_count: Option<i32>,
 }
 
-/// The snapshots of the last `days` days (today included), oldest first.
-pub async fn corporation_snapshots(
-    db: impl PgExecutor<'_>,
-    id: i64,
-    days: i32,
-) -> sqlx::Result<Vec<Snapshot>> {
-    sqlx::query_as!(
-        Snapshot,
-        r#"SELECT day, member_count, NULL::int4 AS "corporation_count?" FROM corporation_snapshots
-           WHERE corporation_id = $1 AND day > (now() AT TIME ZONE 'UTC')::date - $2::int4
-           ORDER BY day"#,
-        id,
-        days
-    )
-    .fetch_all(db)
-    .await
+/// Whose snapshots: each query reads both tables, the branch of the other kind filtered out
+/// by its constant condition before it reads anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshotted {
+    Corporation(i64),
+    Alliance(i64),
 }
 
-pub async fn alliance_snapshots(
+impl Snapshotted {
+    /// (id, whether an alliance).
+    fn key(self) -> (i64, bool) {
+        match self {
+            Snapshotted::Corporation(id) => (id, false),
+            Snapshotted::Alliance(id) => (id, true),
+        }
+    }
+}
+
+/// The snapshots of the last `days` days (today included), oldest first.
+pub async fn snapshots(
     db: impl PgExecutor<'_>,
-    id: i64,
+    of: Snapshotted,
     days: i32,
 ) -> sqlx::Result<Vec<Snapshot>> {
+    let (id, alliance) = of.key();
     sqlx::query_as!(
         Snapshot,
-        r#"SELECT day, member_count, corporation_count AS "corporation_count?"
-           FROM alliance_snapshots
-           WHERE alliance_id = $1 AND day > (now() AT TIME ZONE 'UTC')::date - $2::int4
+        r#"SELECT day AS "day!", member_count AS "member_count!",
+                  corporation_count AS "corporation_count?"
+           FROM (SELECT day, member_count, corporation_count FROM alliance_snapshots
+                 WHERE $3 AND alliance_id = $1
+                 UNION ALL
+                 SELECT day, member_count, NULL FROM corporation_snapshots
+                 WHERE NOT $3 AND corporation_id = $1) s
+           WHERE day > (now() AT TIME ZONE 'UTC')::date - $2::int4
            ORDER BY day"#,
         id,
-        days
+        days,
+        alliance
     )
     .fetch_all(db)
     .await
@@ -540,44 +539,31 @@ pub async fn alliance_snapshots(
 
 /// The newest snapshot and the newest one at least `days` days older than today: what a
 /// change over `days` is worked out from.
-pub async fn corporation_change(
+pub async fn change(
     db: impl PgExecutor<'_>,
-    id: i64,
+    of: Snapshotted,
     days: i32,
 ) -> sqlx::Result<Option<(Snapshot, Snapshot)>> {
+    let (id, alliance) = of.key();
     let rows = sqlx::query_as!(
         Snapshot,
-        r#"(SELECT day AS "day!", member_count AS "member_count!",
-                   NULL::int4 AS "corporation_count?"
-            FROM corporation_snapshots WHERE corporation_id = $1 ORDER BY day DESC LIMIT 1)
-           UNION ALL
-           (SELECT day, member_count, NULL::int4 FROM corporation_snapshots
-            WHERE corporation_id = $1 AND day <= (now() AT TIME ZONE 'UTC')::date - $2::int4
-            ORDER BY day DESC LIMIT 1)"#,
-        id,
-        days
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(pair(rows))
-}
-
-pub async fn alliance_change(
-    db: impl PgExecutor<'_>,
-    id: i64,
-    days: i32,
-) -> sqlx::Result<Option<(Snapshot, Snapshot)>> {
-    let rows = sqlx::query_as!(
-        Snapshot,
-        r#"(SELECT day AS "day!", member_count AS "member_count!",
+        r#"WITH s AS (
+               SELECT day, member_count, corporation_count FROM alliance_snapshots
+               WHERE $3 AND alliance_id = $1
+               UNION ALL
+               SELECT day, member_count, NULL FROM corporation_snapshots
+               WHERE NOT $3 AND corporation_id = $1
+           )
+           (SELECT day AS "day!", member_count AS "member_count!",
                    corporation_count AS "corporation_count?"
-            FROM alliance_snapshots WHERE alliance_id = $1 ORDER BY day DESC LIMIT 1)
+            FROM s ORDER BY day DESC LIMIT 1)
            UNION ALL
-           (SELECT day, member_count, corporation_count FROM alliance_snapshots
-            WHERE alliance_id = $1 AND day <= (now() AT TIME ZONE 'UTC')::date - $2::int4
+           (SELECT day, member_count, corporation_count FROM s
+            WHERE day <= (now() AT TIME ZONE 'UTC')::date - $2::int4
             ORDER BY day DESC LIMIT 1)"#,
         id,
-        days
+        days,
+        alliance
     )
     .fetch_all(db)
     .await?;

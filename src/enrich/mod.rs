@@ -314,3 +314,34 @@ fn sorted(ids: impl Iterator<Item = i64>) -> Vec<i64> {
     ids.dedup();
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_a_kind_and_some_ids() {
+        let job = EnrichJob::decode(br#"{"kind": "alliances", "ids": [99000001, 99000002]}"#);
+        assert_eq!(
+            job,
+            Ok(EnrichJob {
+                kind: Kind::Alliances,
+                ids: vec![99000001, 99000002]
+            })
+        );
+        let encoded = EnrichJob::decode(&job.expect("a job").encode()).expect("round trip");
+        assert_eq!(encoded.kind, Kind::Alliances);
+        for (body, reason) in [
+            (&br#"{"kind": "types", "ids": []}"#[..], "without ids"),
+            (br#"{"kind": "types", "ids": [5, -1]}"#, "-1 is not an id"),
+            (
+                br#"{"kind": "planets", "ids": [5]}"#,
+                "not an entity.enrich job",
+            ),
+            (b"[1, 2]", "not an entity.enrich job"),
+        ] {
+            let refused = EnrichJob::decode(body).expect_err("refused");
+            assert!(refused.contains(reason), "{refused}");
+        }
+    }
+}

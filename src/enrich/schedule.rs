@@ -76,8 +76,17 @@ pub async fn round(
     let after = schedule.scanned_seq;
     let (upto, scanned) = db::enrichment::scan_end(&mut *tx, after, settings.scan_batch).await?;
     if let Some(upto) = upto {
+        let seen = db::enrichment::record_seen(&mut tx, after, upto).await?;
+        let types = db::enrichment::unknown_types(&mut *tx, after, upto).await?;
         for kind in Kind::ALL {
-            let new = db::enrichment::record_seen(&mut tx, kind, after, upto).await?;
+            let new: Vec<i64> = match kind {
+                Kind::Types => types.clone(),
+                _ => seen
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, id)| *id)
+                    .collect(),
+            };
             if !new.is_empty() {
                 let jobs = queue_refresh(publisher, kind, &new).await?;
                 tracing::info!(ids = new.len(), jobs, ?kind, "queued ids first seen");

@@ -10,6 +10,7 @@ use async_graphql::{Context, Result, SimpleObject};
 use sqlx::PgPool;
 
 use super::{bad_input, internal};
+pub use crate::db::enrichment::Snapshotted;
 use crate::db::enrichment::{self, AllianceRow, CharacterRow, CorporationRow, Snapshot};
 
 /// The most days `snapshots` and the changes look back.
@@ -98,52 +99,31 @@ pub fn days(days: i32) -> Result<i32> {
     }
 }
 
-pub async fn corporation_snapshots(
+/// The snapshots of the last `last` days, oldest first.
+pub async fn snapshots(
     ctx: &Context<'_>,
-    id: i64,
+    of: Snapshotted,
     last: i32,
 ) -> Result<Vec<EntitySnapshot>> {
-    let rows = enrichment::corporation_snapshots(ctx.data::<PgPool>()?, id, days(last)?)
+    let rows = enrichment::snapshots(ctx.data::<PgPool>()?, of, days(last)?)
         .await
         .map_err(internal)?;
     Ok(rows.into_iter().map(EntitySnapshot::from).collect())
 }
 
-pub async fn alliance_snapshots(
-    ctx: &Context<'_>,
-    id: i64,
-    last: i32,
-) -> Result<Vec<EntitySnapshot>> {
-    let rows = enrichment::alliance_snapshots(ctx.data::<PgPool>()?, id, days(last)?)
-        .await
-        .map_err(internal)?;
-    Ok(rows.into_iter().map(EntitySnapshot::from).collect())
-}
-
-/// The newest snapshot against the newest at least `days` days old: (members, corporations).
+/// The newest snapshot against the newest at least `back` days old.
 async fn change(
     ctx: &Context<'_>,
-    id: i64,
+    of: Snapshotted,
     back: i32,
-    alliance: bool,
 ) -> Result<Option<(Snapshot, Snapshot)>> {
-    let pool = ctx.data::<PgPool>()?;
-    let back = days(back)?;
-    let pair = if alliance {
-        enrichment::alliance_change(pool, id, back).await
-    } else {
-        enrichment::corporation_change(pool, id, back).await
-    };
-    pair.map_err(internal)
+    enrichment::change(ctx.data::<PgPool>()?, of, days(back)?)
+        .await
+        .map_err(internal)
 }
 
-pub async fn member_change(
-    ctx: &Context<'_>,
-    id: i64,
-    back: i32,
-    alliance: bool,
-) -> Result<Option<i32>> {
-    Ok(change(ctx, id, back, alliance)
+pub async fn member_change(ctx: &Context<'_>, of: Snapshotted, back: i32) -> Result<Option<i32>> {
+    Ok(change(ctx, of, back)
         .await?
         .map(|(now, then)| now.member_count - then.member_count))
 }
@@ -153,7 +133,7 @@ pub async fn corporation_count_change(
     id: i64,
     back: i32,
 ) -> Result<Option<i32>> {
-    Ok(change(ctx, id, back, true)
+    Ok(change(ctx, Snapshotted::Alliance(id), back)
         .await?
         .and_then(|(now, then)| Some(now.corporation_count? - then.corporation_count?)))
 }

@@ -15,7 +15,7 @@ use async_graphql::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
 
-use super::entities::{self, EntitySnapshot};
+use super::entities::{self, EntitySnapshot, Snapshotted};
 use super::loaders::NameLoader;
 use super::{Involvement, KillmailFilter, MAX_PAGE, Statics, bad_input, internal};
 use crate::db;
@@ -585,12 +585,12 @@ impl Corporation {
         ctx: &Context<'_>,
         #[graphql(default = 30)] days: i32,
     ) -> Result<Vec<EntitySnapshot>> {
-        entities::corporation_snapshots(ctx, self.id, days).await
+        entities::snapshots(ctx, Snapshotted::Corporation(self.id), days).await
     }
     /// Members now (the newest snapshot) less members `days` days ago (the newest snapshot
     /// at least that old); null without both.
     async fn member_count_change(&self, ctx: &Context<'_>, days: i32) -> Result<Option<i32>> {
-        entities::member_change(ctx, self.id, days, false).await
+        entities::member_change(ctx, Snapshotted::Corporation(self.id), days).await
     }
     async fn alliance(&self) -> Option<Alliance> {
         self.alliance_id.map(|id| Alliance {
@@ -687,11 +687,11 @@ impl Alliance {
         ctx: &Context<'_>,
         #[graphql(default = 30)] days: i32,
     ) -> Result<Vec<EntitySnapshot>> {
-        entities::alliance_snapshots(ctx, self.id, days).await
+        entities::snapshots(ctx, Snapshotted::Alliance(self.id), days).await
     }
     /// Members now less members `days` days ago (see `Corporation.memberCountChange`).
     async fn member_count_change(&self, ctx: &Context<'_>, days: i32) -> Result<Option<i32>> {
-        entities::member_change(ctx, self.id, days, true).await
+        entities::member_change(ctx, Snapshotted::Alliance(self.id), days).await
     }
     /// Corporations now less corporations `days` days ago.
     async fn corporation_count_change(&self, ctx: &Context<'_>, days: i32) -> Result<Option<i32>> {

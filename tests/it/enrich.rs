@@ -38,10 +38,6 @@ fn enrich_queue(env: &mut TestEnv) -> Topology {
     env.vars.insert("ENRICH_QUEUE".into(), queue.clone());
     env.vars.insert("ENRICH_SCAN_SECS".into(), "1".into());
     env.vars.insert("DAILY_SNAPSHOTS".into(), "false".into());
-    env.vars.insert(
-        "ESI_PAUSE_KEY".into(),
-        format!("killreport:test:{}:esi-paused-until", env.id),
-    );
     EnrichArgs {
         enrich_queue: queue,
     }

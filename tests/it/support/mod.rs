@@ -334,6 +334,11 @@ impl TestEnv {
             .env("RABBITMQ_EXCHANGE", &self.rabbit.rabbitmq_exchange)
             .env("INGEST_QUEUE", &self.rabbit.ingest_queue)
             .env("ESI_BASE_URL", "http://127.0.0.1:9")
+            // ESI pauses are shared through Redis: each test's processes among themselves only.
+            .env(
+                "ESI_PAUSE_KEY",
+                format!("killreport:test:{}:esi-paused-until", self.id),
+            )
             .env("R2Z2_BASE_URL", "http://127.0.0.1:9")
             // worker-killmails' daily price fetch would be one more ESI request than a test
             // counts; the valuation tests ask for it.
