@@ -5,6 +5,7 @@ pub mod esi;
 pub mod everef;
 pub mod r2z2;
 pub mod redisq;
+pub mod sso;
 pub mod zkb;
 
 use std::net::SocketAddr;
