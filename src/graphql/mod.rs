@@ -2,10 +2,13 @@
 //! live hub), its limits, and the errors clients see. Static names (systems, regions, item
 //! types) are held in memory; entity names are batch-loaded per request.
 
+mod admin;
 mod filter;
 mod limits;
 mod loaders;
+mod me;
 mod query;
+mod rights;
 mod status;
 mod subscription;
 mod types;
@@ -18,7 +21,7 @@ pub use types::KillmailNode;
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{EmptyMutation, ErrorExtensions, Schema, SchemaBuilder};
+use async_graphql::{ErrorExtensions, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
 use crate::event_log::EventLog;
@@ -26,7 +29,11 @@ use crate::live::Hub;
 use crate::statics::Statics;
 use crate::status::Status;
 
-pub type KillreportSchema = Schema<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot>;
+pub type KillreportSchema =
+    Schema<query::QueryRoot, admin::MutationRoot, subscription::SubscriptionRoot>;
+
+/// Subscriptions whose results depend on who asks: never shared between connections.
+pub const PRIVATE_SUBSCRIPTIONS: [&str; 1] = ["myKillmailAdded"];
 
 /// Deepest query accepted: enough for a killmail's nested item tree and entity links.
 pub const MAX_DEPTH: usize = 12;
@@ -39,10 +46,10 @@ pub const MAX_PAGE: i32 = 200;
 
 /// The schema without its data: enough to export the SDL.
 pub fn schema_builder()
--> SchemaBuilder<query::QueryRoot, EmptyMutation, subscription::SubscriptionRoot> {
+-> SchemaBuilder<query::QueryRoot, admin::MutationRoot, subscription::SubscriptionRoot> {
     Schema::build(
         query::QueryRoot,
-        EmptyMutation,
+        admin::MutationRoot,
         subscription::SubscriptionRoot,
     )
     .extension(limits::DocumentSize)
