@@ -215,6 +215,11 @@ impl FakeSso {
         grant
     }
 
+    /// Puts `pilot` at the keyboard: the next login through `/v2/oauth/authorize` is theirs.
+    pub fn at_keyboard(&self, pilot: &Pilot) {
+        self.state().at_keyboard = Some(pilot.clone());
+    }
+
     /// A code for `pilot`, as if they had logged in asking with `challenge`.
     pub fn issue_code(&self, pilot: &Pilot, challenge: &str) -> String {
         let code = random_token();
