@@ -622,18 +622,16 @@ impl SsoArgs {
     /// The SSO client and token key; `None` when no application is configured.
     pub fn auth(&self) -> anyhow::Result<Option<crate::auth::Auth>> {
         use anyhow::Context as _;
-        let Some(client_id) = self.eve_client_id.clone() else {
+        // Empty counts as unset (docker-compose passes `${EVE_CLIENT_ID:-}` through).
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let Some(client_id) = given(&self.eve_client_id) else {
             return Ok(None);
         };
-        let client_secret = self
-            .eve_client_secret
-            .clone()
+        let client_secret = given(&self.eve_client_secret)
             .context("EVE_CLIENT_ID is set but EVE_CLIENT_SECRET is not")?;
-        let key = self
-            .token_key
-            .as_deref()
+        let key = given(&self.token_key)
             .context("EVE_CLIENT_ID is set but TOKEN_KEY (the key sealing tokens) is not")?;
-        let cipher = crate::auth::cipher::TokenCipher::from_base64(key)?;
+        let cipher = crate::auth::cipher::TokenCipher::from_base64(&key)?;
         reqwest::Url::parse(&self.eve_sso_url).context("EVE_SSO_URL is not a URL")?;
         let sso = crate::auth::sso::Sso::new(crate::auth::sso::SsoSettings {
             base_url: self.eve_sso_url.clone(),
