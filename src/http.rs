@@ -1,9 +1,11 @@
 //! The HTTP surface of `server`: `/graphql` (GraphiQL on a plain GET, a WebSocket on an upgrade
 //! speaking `graphql-transport-ws` or the legacy `graphql-ws`, queries on POST), GraphiQL's
 //! assets, `/updates` (see `updates`), zKillboard's RedisQ, R2Z2 and websocket (see `zkb_api`),
-//! and `/healthz`, `/readyz` and `/metrics` (see `health`). Every request is counted and timed by
-//! the route it matched (`telemetry::HTTP_REQUESTS`). Browsers on the origins `CORS_ORIGINS`
-//! names may call `/graphql` (see [`cors_layer`]).
+//! `/auth/login`, `/auth/callback` and `/auth/logout` (see `auth::routes`), and `/healthz`,
+//! `/readyz` and `/metrics` (see `health`). A request's `Authorization: Bearer` session tells
+//! the GraphQL resolvers who calls. Every request is counted and timed by the route it matched
+//! (`telemetry::HTTP_REQUESTS`). Browsers on the origins `CORS_ORIGINS` names may call
+//! `/graphql` (see [`cors_layer`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::Gate;
+use crate::auth::routes::Login;
 use crate::graphql::KillreportSchema;
 use crate::health::Readiness;
 use crate::telemetry;
@@ -49,6 +53,10 @@ pub struct AppState {
     pub updates: Updates,
     /// zKillboard's RedisQ queues and websocket (R2Z2 needs only the store).
     pub zkb_api: ZkbApi,
+    /// Who calls `/graphql`.
+    pub gate: Gate,
+    /// `/auth/*`.
+    pub login: Login,
     /// CORS on `/graphql`, when some origins are allowed (see [`cors_layer`]).
     pub cors: Option<CorsLayer>,
 }
@@ -99,11 +107,13 @@ pub fn router(state: AppState, readiness: Readiness, metrics: Option<PrometheusH
         Some(cors) => graphql.layer(cors),
         None => graphql,
     };
+    let auth = crate::auth::routes::routes(state.login.clone());
     Router::new()
         .route("/graphql", graphql)
         .route("/updates", get(updates_get))
         .with_state(state)
         .merge(zkb_api)
+        .merge(auth)
         .merge(readiness.routes(metrics))
         .merge(crate::graphiql::assets())
         .layer(middleware::from_fn(count_request))
@@ -177,8 +187,9 @@ async fn updates_get(
     state.updates.serve(peer.ip(), request).await
 }
 
-/// Runs one query; the body is a GraphQL-over-HTTP JSON request.
-async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
+/// Runs one query; the body is a GraphQL-over-HTTP JSON request, the caller's session in
+/// `Authorization: Bearer`.
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
@@ -187,6 +198,11 @@ async fn graphql_post(State(state): State<AppState>, body: Bytes) -> Response {
             return (StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
     };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or_default());
+    let caller = state.gate.caller(authorization).await;
+    let request = state.gate.admit(request, &caller);
     Json(state.schema.execute(request).await).into_response()
 }
 

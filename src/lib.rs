@@ -16,6 +16,8 @@
 //!   event_log every event with its cursor: killmails (live) and the log's others; retention
 //!   live      one Redis subscription per process as hints; new killmails read from the store
 //!   status    workerStatus: heartbeats of every process, queues, feeds, once per interval
+//! auth      EVE SSO logins, sessions, /auth/*, who calls (Gate)                  server
+//!   operations  admins' work over GraphQL: dead letters, repairs
 //! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
 //! import    archives and files → store → announce                                queue import
 //! enrich    entity.enrich jobs → ESI → characters, corporations, alliances, types  worker-enrich
@@ -39,6 +41,7 @@
 //! ```
 
 pub mod announce;
+pub mod auth;
 pub mod backfill;
 pub mod backoff;
 pub mod bus;
@@ -58,6 +61,7 @@ pub mod import;
 pub mod ingest;
 pub mod killmail;
 pub mod live;
+pub mod operations;
 pub mod queue;
 pub mod repair;
 pub mod shutdown;

@@ -4,16 +4,21 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use killreport::auth::Gate;
+use killreport::auth::routes::Login;
+use killreport::auth::sessions::Sessions;
 use killreport::backoff::until_up;
 use killreport::config::{
     BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, LiveArgs, MetricsArgs, QueryArgs, RabbitArgs,
-    RedisArgs, StatisticsArgs, StatusArgs, UpdatesArgs, ZkbWebsocketArgs,
+    RedisArgs, SessionArgs, SsoArgs, StatisticsArgs, StatusArgs, UpdatesArgs, ZkbArgs,
+    ZkbWebsocketArgs,
 };
 use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
 use killreport::live::Hub;
+use killreport::operations::Operations;
 use killreport::statics::Statics;
 use killreport::stats::event::Statistics;
 use killreport::status::{Monitor, Sources};
@@ -26,7 +31,7 @@ use killreport::zkb_api::{Redisq, Websocket, ZkbApi};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Serves killreport over HTTP: /graphql, /updates, RedisQ, R2Z2, /websocket/, /healthz, /readyz, /metrics; POST /events on MANAGEMENT_ADDR"
+    about = "Serves killreport over HTTP: /graphql, /auth/*, /updates, RedisQ, R2Z2, /websocket/, /healthz, /readyz, /metrics; POST /events on MANAGEMENT_ADDR"
 )]
 struct Args {
     #[command(flatten)]
@@ -60,6 +65,13 @@ struct Args {
     cors: killreport::config::CorsArgs,
     #[command(flatten)]
     statistics: StatisticsArgs,
+    #[command(flatten)]
+    sso: SsoArgs,
+    #[command(flatten)]
+    sessions: SessionArgs,
+    /// Where admins' repairs read zKillboard's history.
+    #[command(flatten)]
+    zkb: ZkbArgs,
 }
 
 #[tokio::main]
@@ -67,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
     let metrics = killreport::telemetry::install(args.metrics.metrics)?;
+    let auth = args.sso.auth().context("configuring EVE SSO")?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let (redis_url, channel) = (&args.redis.redis_url, &args.redis.events_channel);
@@ -168,12 +181,31 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.updates.management_addr))?;
     tracing::info!(addr = %management_listener.local_addr()?, "management API listening");
+    let sessions = Sessions::start(pool.clone(), args.sessions.settings(), shutdown.clone());
+    let gate = Gate {
+        sessions: sessions.clone(),
+        operations: Operations {
+            rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
+            topology: args.rabbit.topology(),
+            pool: pool.clone(),
+            zkb_base_url: args.zkb.zkb_base_url.clone(),
+            shutdown: shutdown.clone(),
+        },
+    };
+    let login = Login {
+        auth,
+        pool: pool.clone(),
+        sessions,
+        scopes: args.sessions.eve_sso_scopes.clone(),
+        redirect: args.sessions.auth_redirect_url.clone(),
+    };
     let ws = WsService::new(
         schema.clone(),
         hub,
         args.http.ws_limits(&peers),
         shutdown.clone(),
-    );
+    )
+    .with_gate(gate.clone());
     let readiness = Readiness::default().postgres(pool).redis(redis);
     args.status
         .heartbeat(&args.redis)
@@ -184,6 +216,8 @@ async fn main() -> anyhow::Result<()> {
         updates: updates.clone(),
         zkb_api,
         cors: killreport::http::cors_layer(&args.cors.cors_origins)?,
+        gate,
+        login,
     };
     let limits = args.http.http_limits();
     let management = serve(

@@ -11,9 +11,11 @@ pub mod entities;
 pub mod events;
 pub mod feed_gaps;
 pub mod killmails;
+pub mod logins;
 pub mod names;
 pub mod prices;
 pub mod sde;
+pub mod sessions;
 pub mod statics;
 
 use std::str::FromStr;

@@ -3,12 +3,15 @@
 //! types) are held in memory; entity names are batch-loaded per request.
 
 mod entities;
+mod admin;
 mod filter;
 mod fitting;
 mod limits;
 mod loaders;
+mod me;
 mod query;
 mod stats;
+mod rights;
 mod status;
 mod subscription;
 mod types;
@@ -21,7 +24,7 @@ pub use types::KillmailNode;
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{EmptyMutation, ErrorExtensions, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{ErrorExtensions, MergedObject, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
 use crate::event_log::EventLog;
@@ -29,7 +32,10 @@ use crate::live::Hub;
 use crate::statics::Statics;
 use crate::status::Status;
 
-pub type KillreportSchema = Schema<Query, EmptyMutation, subscription::SubscriptionRoot>;
+pub type KillreportSchema = Schema<Query, admin::MutationRoot, subscription::SubscriptionRoot>;
+
+/// Subscriptions whose results depend on who asks: never shared between connections.
+pub const PRIVATE_SUBSCRIPTIONS: [&str; 1] = ["myKillmailAdded"];
 
 /// Every query: the killmails and entities, and the statistics.
 #[derive(MergedObject, Default)]
@@ -46,10 +52,10 @@ pub const MAX_COMPLEXITY: usize = 20_000;
 pub const MAX_PAGE: i32 = 200;
 
 /// The schema without its data: enough to export the SDL.
-pub fn schema_builder() -> SchemaBuilder<Query, EmptyMutation, subscription::SubscriptionRoot> {
+pub fn schema_builder() -> SchemaBuilder<Query, admin::MutationRoot, subscription::SubscriptionRoot> {
     Schema::build(
         Query::default(),
-        EmptyMutation,
+        admin::MutationRoot,
         subscription::SubscriptionRoot,
     )
     .extension(limits::DocumentSize)

@@ -111,4 +111,20 @@ impl QueryRoot {
         let known = ctx.data::<Arc<Statics>>()?.systems.contains_key(&id);
         Ok(known.then_some(SolarSystem { id }))
     }
+
+    /// The logged-in pilot: character, corporation, alliance, scopes and last sync. Needs a
+    /// session (`Authorization: Bearer <token>` from `/auth/callback`).
+    async fn me(&self, ctx: &Context<'_>) -> Result<super::me::Me> {
+        super::me::me(ctx).await
+    }
+
+    /// Up to `first` jobs that failed for good, with their reasons, left where they are.
+    /// Admins only (`ADMIN_CHARACTER_IDS`).
+    async fn dead_letters(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 100)] first: i32,
+    ) -> Result<Vec<super::admin::DeadLetter>> {
+        super::admin::dead_letters(ctx, first).await
+    }
 }

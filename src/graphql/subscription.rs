@@ -80,38 +80,23 @@ impl SubscriptionRoot {
         filter: Option<KillmailFilter>,
         after: Option<String>,
     ) -> Result<impl Stream<Item = Result<KillmailNode>>> {
-        let filter = filter.unwrap_or_default().parse()?;
-        let after = after
-            .map(|cursor| {
-                cursor
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|seq| *seq >= 0)
-                    .map(Seq)
-                    .ok_or_else(|| bad_input(format!("{cursor:?} is not a killmail cursor")))
-            })
-            .transpose()?;
-        let hub = ctx.data::<Hub>()?;
-        let filter = Arc::new(filter);
-        let events = match (after, ctx.data_opt::<CatchUpTo>()) {
-            (Some(after), Some(CatchUpTo(until))) => {
-                hub.history(filter, after, *until).left_stream()
-            }
-            _ => hub.subscribe(filter, after).right_stream(),
+        killmails(ctx, filter.unwrap_or_default(), after)
+    }
+
+    /// The logged-in pilot's own kills and losses (as victim or attacker), from every source,
+    /// as they are stored; `after` replays what a reconnecting client missed. Needs a session;
+    /// when it expires or is ended, the connection is closed with 4403.
+    async fn my_killmail_added(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+    ) -> Result<impl Stream<Item = Result<KillmailNode>>> {
+        let session = super::rights::session(ctx)?;
+        let filter = KillmailFilter {
+            character_ids: Some(vec![async_graphql::ID(session.character_id.to_string())]),
+            ..KillmailFilter::default()
         };
-        let tap = ctx.data_opt::<SeqTap>().cloned();
-        // A replay that failed ends the subscription with a generic error, its store's text
-        // logged here, once; the client may resume.
-        Ok(events.map(move |event| {
-            let event = event.map_err(|error| {
-                tracing::error!(error = format!("{error:#}"), "replay from the store failed");
-                hidden("internal error: the replay failed; resume with `after`")
-            })?;
-            if let Some(tap) = &tap {
-                tap.0.store(event.seq.0, Ordering::SeqCst);
-            }
-            Ok(KillmailNode::from(event))
-        }))
+        killmails(ctx, filter, after)
     }
 
     /// Every event as it is sent (the stream `/updates` gives): `killmail` for each stored
@@ -141,4 +126,43 @@ impl SubscriptionRoot {
             Ok(EventNode::new(cursor, event))
         }))
     }
+}
+
+/// Killmails passing `filter` as they are stored, `after` replaying first (see
+/// `live::Hub::subscribe`).
+fn killmails(
+    ctx: &Context<'_>,
+    filter: KillmailFilter,
+    after: Option<String>,
+) -> Result<impl Stream<Item = Result<KillmailNode>>> {
+    let filter = filter.parse()?;
+    let after = after
+        .map(|cursor| {
+            cursor
+                .parse::<i64>()
+                .ok()
+                .filter(|seq| *seq >= 0)
+                .map(Seq)
+                .ok_or_else(|| bad_input(format!("{cursor:?} is not a killmail cursor")))
+        })
+        .transpose()?;
+    let hub = ctx.data::<Hub>()?;
+    let filter = Arc::new(filter);
+    let events = match (after, ctx.data_opt::<CatchUpTo>()) {
+        (Some(after), Some(CatchUpTo(until))) => hub.history(filter, after, *until).left_stream(),
+        _ => hub.subscribe(filter, after).right_stream(),
+    };
+    let tap = ctx.data_opt::<SeqTap>().cloned();
+    // A replay that failed ends the subscription with a generic error, its store's text
+    // logged here, once; the client may resume.
+    Ok(events.map(move |event| {
+        let event = event.map_err(|error| {
+            tracing::error!(error = format!("{error:#}"), "replay from the store failed");
+            hidden("internal error: the replay failed; resume with `after`")
+        })?;
+        if let Some(tap) = &tap {
+            tap.0.store(event.seq.0, Ordering::SeqCst);
+        }
+        Ok(KillmailNode::from(event))
+    }))
 }

@@ -3,7 +3,9 @@
 //! the others. Each connection is two tasks: a session that reads the client's messages and a
 //! writer that drains a bounded send queue into the socket, so writes to many sockets run in
 //! parallel and a client that does not read fills only its own queue, then is closed (1008)
-//! and may resume with `after`.
+//! and may resume with `after`. A connection may name a session in `connection_init`
+//! (`{"authorization": "Bearer …"}`): its operations run as that pilot, and it is closed with
+//! 4403 when the session expires or is ended.
 
 mod executions;
 mod outbox;
@@ -38,6 +40,8 @@ use self::outbox::Outbox;
 use self::peers::{Peers, peer_ip};
 use self::protocol::{ClientMessage, Close, Outgoing, Protocol, code};
 
+use crate::auth::Gate;
+use crate::auth::sessions::{Caller, Watch};
 use crate::graphql::KillreportSchema;
 use crate::live::Hub;
 use crate::telemetry;
@@ -75,6 +79,8 @@ pub struct WsService {
     limits: Arc<Limits>,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
+    /// Who calls: the session in `connection_init`'s `authorization`; `None`, nobody has one.
+    gate: Option<Gate>,
 }
 
 /// A client's connection once upgraded: tungstenite's own socket, not axum's wrapper of it, so
@@ -103,7 +109,15 @@ impl WsService {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             limits: Arc::new(limits),
             shutdown,
+            gate: None,
         }
+    }
+
+    /// Connections tell their session in `connection_init`'s payload
+    /// (`{"authorization": "Bearer …"}`), and are closed with 4403 when it ends.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Waits until every connection has said goodbye (after shutdown: its 1001 close frame is
@@ -166,6 +180,8 @@ impl WsService {
             operations: HashMap::new(),
             initialised: false,
             last_operation: Instant::now(),
+            caller: Caller::Anonymous,
+            watch: None,
         };
         // Two tasks: a message queued wakes only the writer, not the session's reads and
         // timers too.
@@ -185,6 +201,10 @@ struct Session {
     initialised: bool,
     /// When the client last started an operation.
     last_operation: Instant,
+    /// Who the client is, as its `connection_init` said.
+    caller: Caller,
+    /// The client's session, watched for its end, while it has one.
+    watch: Option<Watch>,
 }
 
 /// What to do after a client's message.
@@ -214,11 +234,13 @@ impl Session {
         let mut unused = Some(Instant::now());
         let close = loop {
             let deadline = unused.unwrap_or_else(Instant::now) + within;
+            let session_end = self.session_end();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
                     break Some(Close::new(code::GOING_AWAY, "server shutting down"));
                 }
+                reason = session_end => break Some(Close::new(code::FORBIDDEN, reason)),
                 () = tokio::time::sleep_until(deadline), if unused.is_some() => {
                     // Subscriptions the server completed meanwhile count as none.
                     self.operations.retain(|_, membership| !membership.ended());
@@ -281,6 +303,47 @@ impl Session {
         }
     }
 
+    /// Resolves when the connection's session ends (logout anywhere) or expires, with the
+    /// reason; never without a session.
+    fn session_end(&self) -> impl Future<Output = &'static str> + use<> {
+        let held = self
+            .watch
+            .as_ref()
+            .zip(self.caller.session())
+            .map(|(watch, session)| (watch.ended.clone(), session.expires_at));
+        async move {
+            let Some((ended, expires_at)) = held else {
+                return std::future::pending().await;
+            };
+            let left = (expires_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            tokio::select! {
+                () = ended.cancelled() => "the session was ended (logged out); log in again",
+                () = tokio::time::sleep(left) => "the session expired; log in again",
+            }
+        }
+    }
+
+    /// The caller `connection_init`'s payload names (`authorization`: `Bearer <token>`).
+    async fn identify(&mut self, payload: Option<&serde_json::Value>) {
+        let Some(gate) = &self.service.gate else {
+            return;
+        };
+        let authorization = payload
+            .and_then(|payload| {
+                payload
+                    .get("authorization")
+                    .or_else(|| payload.get("Authorization"))
+            })
+            .and_then(serde_json::Value::as_str);
+        self.caller = gate.caller(authorization).await;
+        self.watch = self
+            .caller
+            .session()
+            .map(|session| gate.sessions.watch(session));
+    }
+
     /// A read error ends the connection; a message over the size limit is told so.
     fn read_failed(&self, error: &tungstenite::Error) -> Option<Close> {
         matches!(error, tungstenite::Error::Capacity(_)).then(|| {
@@ -318,13 +381,14 @@ impl Session {
             }
         };
         match message {
-            ClientMessage::ConnectionInit { .. } => {
+            ClientMessage::ConnectionInit { payload } => {
                 if self.initialised {
                     return Flow::Close(Some(Close::new(
                         code::TOO_MANY_INITS,
                         "Too many initialisation requests",
                     )));
                 }
+                self.identify(payload.as_ref()).await;
                 self.initialised = true;
                 self.outbox.push(Outgoing::Ack);
                 if self.protocol == Protocol::SubscriptionsTransportWS {
@@ -378,7 +442,11 @@ impl Session {
 
     /// Starts operation `id`: a subscription joins its execution; a query or mutation is
     /// answered at once.
-    async fn start(&mut self, id: String, mut request: async_graphql::Request) {
+    async fn start(&mut self, id: String, request: async_graphql::Request) {
+        let mut request = match &self.service.gate {
+            Some(gate) => gate.admit(request, &self.caller),
+            None => request,
+        };
         let id_json = protocol::id_json(&id);
         if self.operations.len() >= self.service.limits.max_subscriptions {
             let message = format!(

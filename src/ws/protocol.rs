@@ -225,6 +225,8 @@ pub mod code {
     pub const TOO_BIG: u16 = 1009;
     pub const BAD_REQUEST: u16 = 4400;
     pub const UNAUTHORIZED: u16 = 4401;
+    /// The connection's session expired or was ended (logout).
+    pub const FORBIDDEN: u16 = 4403;
     pub const INIT_TIMEOUT: u16 = 4408;
     pub const DUPLICATE_ID: u16 = 4409;
     pub const TOO_MANY_INITS: u16 = 4429;

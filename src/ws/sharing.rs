@@ -3,7 +3,8 @@
 //! and the variables in canonical JSON; or that it runs alone. A request resuming from a
 //! cursor given as a variable (`after: $after`) is keyed as the same document without a
 //! cursor, and keeps what it needs to replay up to the point where it joins (see
-//! `executions`).
+//! `executions`). A subscription whose results depend on the caller's session
+//! (`graphql::PRIVATE_SUBSCRIPTIONS`) always runs alone.
 
 use async_graphql::Positioned;
 use async_graphql::parser::types::{
@@ -47,6 +48,10 @@ impl Sharing {
             let Selection::Field(field) = &selection.node else {
                 return Sharing::Alone;
             };
+            // Its results depend on the caller's session.
+            if crate::graphql::PRIVATE_SUBSCRIPTIONS.contains(&field.node.name.node.as_str()) {
+                return Sharing::Alone;
+            }
             let after = field
                 .node
                 .arguments

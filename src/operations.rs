@@ -1,0 +1,95 @@
+//! Operational work that admins start over GraphQL (`ADMIN_CHARACTER_IDS`): the dead letters
+//! listed, replayed or purged (see `queue::dlq`), and repairs of days from zKillboard's history
+//! started (see `repair`). Admin calls are rare: each opens a RabbitMQ connection of its own
+//! and closes it, rather than the server holding one open for them.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::NaiveDate;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::dlq::{self, DeadLetter};
+use crate::queue::{Publisher, Topology};
+use crate::repair::Repair;
+
+/// Days one repair may span.
+pub const MAX_REPAIR_DAYS: i64 = 366;
+
+/// Where the operational work happens; cheap to clone.
+#[derive(Clone)]
+pub struct Operations {
+    pub rabbitmq_url: String,
+    pub topology: Topology,
+    pub pool: PgPool,
+    /// zKillboard's site, whose daily history a repair compares with the store.
+    pub zkb_base_url: String,
+    /// Repairs under way stop when it is cancelled.
+    pub shutdown: CancellationToken,
+}
+
+impl Operations {
+    /// A connection and a publisher (which declares the queues, the dead-letter one among them).
+    async fn connect(&self, what: &str) -> anyhow::Result<(lapin::Connection, Publisher)> {
+        let connection = crate::queue::connect(&self.rabbitmq_url, &format!("server {what}"))
+            .await
+            .context("connecting to RabbitMQ")?;
+        let publisher = Publisher::new(&connection, self.topology.clone())
+            .await
+            .context("declaring the RabbitMQ topology")?;
+        Ok((connection, publisher))
+    }
+
+    /// Up to `limit` dead letters, left where they are.
+    pub async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        let (connection, _publisher) = self.connect("dead letters").await?;
+        let channel = connection.create_channel().await?;
+        let letters = dlq::list(&channel, &self.topology, limit).await;
+        connection.close(200, "done").await.ok();
+        Ok(letters?)
+    }
+
+    /// Moves up to `limit` dead letters back onto the work queue; returns how many moved.
+    pub async fn replay(&self, limit: usize) -> anyhow::Result<usize> {
+        let (connection, publisher) = self.connect("replay").await?;
+        let channel = connection.create_channel().await?;
+        let moved = dlq::replay(&channel, &publisher, limit).await;
+        connection.close(200, "done").await.ok();
+        moved
+    }
+
+    /// Deletes every dead letter; returns how many there were.
+    pub async fn purge(&self) -> anyhow::Result<u32> {
+        let (connection, _publisher) = self.connect("purge").await?;
+        let channel = connection.create_channel().await?;
+        let purged = dlq::purge(&channel, &self.topology).await;
+        connection.close(200, "done").await.ok();
+        Ok(purged?)
+    }
+
+    /// Starts repairing the days `from` to `to` (both included) in the background: each day's
+    /// history compared with the store, the missing killmails queued. Its outcome is logged.
+    pub async fn start_repair(&self, from: NaiveDate, to: NaiveDate) -> anyhow::Result<()> {
+        let (connection, publisher) = self.connect("repair").await?;
+        let repair = Repair {
+            http: crate::feed::http_client(Duration::from_secs(30))?,
+            base_url: self.zkb_base_url.clone(),
+            pool: self.pool.clone(),
+            publisher,
+            retry_pause: Duration::from_secs(2),
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let ran = repair
+                .run(from, to, &shutdown, |day| tracing::info!(%day, "repaired"))
+                .await;
+            match ran {
+                Ok(summary) => tracing::info!(%summary, "a repair started by an admin ended"),
+                Err(error) => tracing::error!(error = format!("{error:#}"), "a repair failed"),
+            }
+            connection.close(200, "done").await.ok();
+        });
+        Ok(())
+    }
+}
