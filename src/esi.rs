@@ -246,6 +246,26 @@ impl Esi {
         Ok(response)
     }
 
+    /// `GET {base}{path}` on a pilot's behalf (`Authorization: Bearer`), throttled and judged
+    /// like every request; the answer is the caller's to read (its body, `X-Pages`). A 403 (a
+    /// scope or role the token lacks) is permanent. `what` names the request in errors; the
+    /// token never appears in them.
+    pub async fn get_authorized(
+        &self,
+        endpoint: &'static str,
+        what: &str,
+        path: &str,
+        query: &[(&str, String)],
+        access_token: &str,
+    ) -> Result<reqwest::Response, EsiError> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .query(query)
+            .bearer_auth(access_token);
+        self.send(endpoint, what, request).await
+    }
+
     /// `GET /killmails/{id}/{hash}/`.
     pub async fn killmail(&self, id: KillmailId, hash: &str) -> Result<Killmail, EsiError> {
         let what = format!("fetching killmail {id}");

@@ -19,6 +19,7 @@
 //! import    archives and files → store → announce                                queue import
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
 //! feed      the live feeds (R2Z2, RedisQ) → jobs                                 worker-redisq
+//! user_sync pilots' own history from ESI with their SSO tokens → jobs    worker-user-killmails
 //!   repair    zKillboard's daily history against the store → missing as jobs     queue repair
 //!   announce  outbox, names and sweep: stored killmails → Redis
 //!   filter, statics   killmail filters and the static universe they need
@@ -61,6 +62,7 @@ pub mod statics;
 pub mod status;
 pub mod telemetry;
 pub mod updates;
+pub mod user_sync;
 pub mod ws;
 pub mod zkb;
 pub mod zkb_api;
