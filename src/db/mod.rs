@@ -13,6 +13,7 @@ pub mod killmails;
 pub mod names;
 pub mod sde;
 pub mod statics;
+pub mod user_sync;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -26,4 +26,5 @@ mod support;
 mod telemetry;
 mod tls;
 mod updates;
+mod user_sync;
 mod zkb_api;

@@ -312,6 +312,7 @@ impl TestEnv {
         let path = match binary {
             "worker-redisq" => env!("CARGO_BIN_EXE_worker-redisq"),
             "worker-killmails" => env!("CARGO_BIN_EXE_worker-killmails"),
+            "worker-user-killmails" => env!("CARGO_BIN_EXE_worker-user-killmails"),
             "queue" => env!("CARGO_BIN_EXE_queue"),
             "server" => env!("CARGO_BIN_EXE_server"),
             other => panic!("no binary {other}"),

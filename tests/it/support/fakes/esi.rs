@@ -30,6 +30,8 @@ pub struct EsiState {
     pub requests: Vec<String>,
     /// When each of `requests` arrived.
     pub request_times: Vec<Instant>,
+    /// The routes on a pilot's behalf (see `esi_user`).
+    pub user: super::esi_user::UserEsi,
 }
 
 pub type FakeEsi = Fake<EsiState>;
@@ -82,7 +84,8 @@ impl FakeEsi {
         self.serve_routes(
             axum::Router::new()
                 .route("/killmails/{id}/{hash}/", get(killmail))
-                .route("/universe/names/", post(names)),
+                .route("/universe/names/", post(names))
+                .merge(super::esi_user::routes()),
         )
         .await
     }

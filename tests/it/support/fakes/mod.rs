@@ -2,6 +2,7 @@
 //! state that the test sets up and reads back.
 
 pub mod esi;
+pub mod esi_user;
 pub mod everef;
 pub mod r2z2;
 pub mod redisq;
