@@ -584,6 +584,113 @@ impl LiveArgs {
     }
 }
 
+/// EVE SSO: the application registered on EVE's developer site and the key that seals the
+/// pilots' tokens; every process acting for logged-in pilots flattens it.
+#[derive(Debug, Clone, Args)]
+pub struct SsoArgs {
+    #[arg(
+        long,
+        env = "EVE_SSO_URL",
+        default_value = "https://login.eveonline.com"
+    )]
+    pub eve_sso_url: String,
+    /// The application's client id; unset, login is off.
+    #[arg(long, env = "EVE_CLIENT_ID")]
+    pub eve_client_id: Option<String>,
+    #[arg(long, env = "EVE_CLIENT_SECRET", hide_env_values = true)]
+    pub eve_client_secret: Option<String>,
+    /// The callback URL registered with the application (killreport's `/auth/callback`).
+    #[arg(
+        long,
+        env = "EVE_CALLBACK_URL",
+        default_value = "http://localhost:4000/auth/callback"
+    )]
+    pub eve_callback_url: String,
+    /// 32 random bytes, base64 (`openssl rand -base64 32`), sealing the stored tokens;
+    /// required once EVE_CLIENT_ID is set. Changing it makes every pilot log in again.
+    #[arg(long, env = "TOKEN_KEY", hide_env_values = true)]
+    pub token_key: Option<String>,
+    /// Seconds before a request to the SSO is abandoned.
+    #[arg(long, env = "EVE_SSO_TIMEOUT_SECS", default_value_t = 10)]
+    pub eve_sso_timeout_secs: u64,
+    /// Least seconds between two fetches of the SSO's signing keys for a key id not seen yet.
+    #[arg(long, env = "EVE_SSO_JWKS_REFETCH_SECS", default_value_t = 10)]
+    pub eve_sso_jwks_refetch_secs: u64,
+}
+
+impl SsoArgs {
+    /// The SSO client and token key; `None` when no application is configured.
+    pub fn auth(&self) -> anyhow::Result<Option<crate::auth::Auth>> {
+        use anyhow::Context as _;
+        let Some(client_id) = self.eve_client_id.clone() else {
+            return Ok(None);
+        };
+        let client_secret = self
+            .eve_client_secret
+            .clone()
+            .context("EVE_CLIENT_ID is set but EVE_CLIENT_SECRET is not")?;
+        let key = self
+            .token_key
+            .as_deref()
+            .context("EVE_CLIENT_ID is set but TOKEN_KEY (the key sealing tokens) is not")?;
+        let cipher = crate::auth::cipher::TokenCipher::from_base64(key)?;
+        reqwest::Url::parse(&self.eve_sso_url).context("EVE_SSO_URL is not a URL")?;
+        let sso = crate::auth::sso::Sso::new(crate::auth::sso::SsoSettings {
+            base_url: self.eve_sso_url.clone(),
+            client_id,
+            client_secret: crate::auth::sso::Secret::new(client_secret),
+            callback_url: self.eve_callback_url.clone(),
+            timeout: Duration::from_secs(self.eve_sso_timeout_secs.max(1)),
+            jwks_refetch: Duration::from_secs(self.eve_sso_jwks_refetch_secs),
+        })
+        .context("building the SSO client")?;
+        Ok(Some(crate::auth::Auth { sso, cipher }))
+    }
+}
+
+/// The server's logins and sessions (see `auth`), beside the SSO's [`SsoArgs`].
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// Hours a session lasts from login.
+    #[arg(long, env = "SESSION_TTL_HOURS", default_value_t = 168)]
+    pub session_ttl_hours: u64,
+    /// Seconds a session lasts, overriding SESSION_TTL_HOURS (for tests and short-lived
+    /// deployments).
+    #[arg(long, env = "SESSION_TTL_SECS", hide = true)]
+    pub session_ttl_secs: Option<u64>,
+    /// Seconds between checks of the sessions this server's WebSockets hold: a logout on any
+    /// server closes them (4403) within about this.
+    #[arg(long, env = "SESSION_CHECK_SECS", default_value_t = 5)]
+    pub session_check_secs: u64,
+    /// Where `/auth/callback` sends the browser, with `#token=…`; unset, it answers JSON.
+    #[arg(long, env = "AUTH_REDIRECT_URL")]
+    pub auth_redirect_url: Option<String>,
+    /// Characters that may run the operational mutations, comma-separated ids.
+    #[arg(long, env = "ADMIN_CHARACTER_IDS", value_delimiter = ',')]
+    pub admin_character_ids: Vec<i64>,
+    /// Scopes asked of pilots at login, space-separated.
+    #[arg(
+        long,
+        env = "EVE_SSO_SCOPES",
+        value_delimiter = ' ',
+        default_value = "publicData esi-killmails.read_killmails.v1 esi-killmails.read_corporation_killmails.v1 esi-characters.read_corporation_roles.v1"
+    )]
+    pub eve_sso_scopes: Vec<String>,
+}
+
+impl SessionArgs {
+    pub fn settings(&self) -> crate::auth::sessions::SessionSettings {
+        let ttl = self
+            .session_ttl_secs
+            .unwrap_or(self.session_ttl_hours.saturating_mul(3600));
+        crate::auth::sessions::SessionSettings {
+            ttl: Duration::from_secs(ttl.max(1)),
+            check_every: Duration::from_secs(self.session_check_secs.max(1)),
+            admins: self.admin_character_ids.iter().copied().collect(),
+        }
+    }
+}
+
 /// The queue of pilots' history syncs (worker-user-killmails, `queue user-killmails`).
 #[derive(Debug, Clone, Args)]
 pub struct UserSyncArgs {

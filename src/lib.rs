@@ -15,6 +15,7 @@
 //!   event_log every event with its cursor: killmails (live) and the log's others; retention
 //!   live      one Redis subscription per process as hints; new killmails read from the store
 //!   status    workerStatus: heartbeats of every process, queues, feeds, once per interval
+//! auth      EVE SSO logins: the SSO client, JWKS, sealed tokens, valid access tokens
 //! backfill  EVE Ref's daily archives for a range of days → import               queue backfill
 //! import    archives and files → store → announce                                queue import
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
@@ -37,6 +38,7 @@
 //! ```
 
 pub mod announce;
+pub mod auth;
 pub mod backfill;
 pub mod backoff;
 pub mod bus;

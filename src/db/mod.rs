@@ -10,8 +10,10 @@ pub mod entities;
 pub mod events;
 pub mod feed_gaps;
 pub mod killmails;
+pub mod logins;
 pub mod names;
 pub mod sde;
+pub mod sessions;
 pub mod statics;
 pub mod user_sync;
 

@@ -2,6 +2,7 @@
 //! database, queues and channel), local fakes for the outside HTTP services, and the real
 //! binaries spawned as processes where a test is about processes.
 
+mod auth;
 mod backfill;
 mod db;
 mod fault_suite;

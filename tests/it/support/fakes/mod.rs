@@ -6,6 +6,7 @@ pub mod esi_user;
 pub mod everef;
 pub mod r2z2;
 pub mod redisq;
+pub mod sso;
 pub mod zkb;
 
 use std::net::SocketAddr;
