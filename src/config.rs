@@ -759,4 +759,3 @@ impl UserScheduleArgs {
         }
     }
 }
-

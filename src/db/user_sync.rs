@@ -16,7 +16,6 @@ const SCHEDULE_LOCK: i64 = 0x6b72_7573_796e_63;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
     pub character_id: i64,
-    pub corporation_id: Option<i64>,
     pub scopes: Vec<String>,
     pub needs_login: bool,
     pub newest_killmail_id: Option<KillmailId>,
@@ -24,7 +23,7 @@ pub struct Login {
 
 pub async fn login(db: impl PgExecutor<'_>, character_id: i64) -> sqlx::Result<Option<Login>> {
     let row = sqlx::query!(
-        "SELECT character_id, corporation_id, scopes, needs_login, newest_killmail_id
+        "SELECT character_id, scopes, needs_login, newest_killmail_id
          FROM sso_logins WHERE character_id = $1",
         character_id
     )
@@ -32,7 +31,6 @@ pub async fn login(db: impl PgExecutor<'_>, character_id: i64) -> sqlx::Result<O
     .await?;
     Ok(row.map(|row| Login {
         character_id: row.character_id,
-        corporation_id: row.corporation_id,
         scopes: row.scopes,
         needs_login: row.needs_login,
         newest_killmail_id: row.newest_killmail_id.map(KillmailId),
@@ -57,6 +55,26 @@ pub async fn logins(
         .into_iter()
         .map(|row| (row.character_id, row.needs_login))
         .collect())
+}
+
+/// Records the corporation and alliance of `character_id` as ESI gave them.
+pub async fn set_affiliation(
+    db: impl PgExecutor<'_>,
+    character_id: i64,
+    corporation_id: i64,
+    alliance_id: Option<i64>,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE sso_logins SET corporation_id = $2, alliance_id = $3, updated_at = now()
+         WHERE character_id = $1
+           AND (corporation_id, alliance_id) IS DISTINCT FROM ($2, $3)",
+        character_id,
+        corporation_id,
+        alliance_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// The newest killmail of `corporation_id` a director's sync found.

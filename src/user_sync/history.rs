@@ -1,6 +1,6 @@
 //! ESI on a pilot's behalf: their recent killmails, and their corporation's when they are a
-//! director (their roles tell), each list paged back only as far as the newest killmail an
-//! earlier sync found.
+//! director (their corporation and roles tell), each list paged back only as far as the newest
+//! killmail an earlier sync found.
 
 use serde::Deserialize;
 
@@ -63,12 +63,12 @@ pub async fn recent_killmails(
     loop {
         let what = format!("reading the recent killmails of {whose} (page {page})");
         let response = esi
-            .get_authorized(
+            .get(
                 whose.endpoint(),
                 &what,
                 &whose.path(),
                 &[("page", page.to_string())],
-                access_token,
+                Some(access_token),
             )
             .await?;
         let pages: u32 = response
@@ -121,18 +121,40 @@ pub async fn is_director(
 ) -> Result<bool, EsiError> {
     let what = format!("reading the roles of character {character_id}");
     let roles: Roles = esi
-        .get_authorized(
+        .get(
             "character_roles",
             &what,
             &format!("/characters/{character_id}/roles/"),
             &[],
-            access_token,
+            Some(access_token),
         )
         .await?
         .json()
         .await
         .map_err(|e| EsiError::Transient(format!("{what}: unreadable answer: {e}")))?;
     Ok(roles.roles.iter().any(|role| role == DIRECTOR))
+}
+
+/// A character's corporation and alliance, as `GET /characters/{id}/` (public) tells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Affiliation {
+    pub corporation_id: i64,
+    pub alliance_id: Option<i64>,
+}
+
+pub async fn affiliation(esi: &Esi, character_id: i64) -> Result<Affiliation, EsiError> {
+    let what = format!("reading the corporation of character {character_id}");
+    esi.get(
+        "character",
+        &what,
+        &format!("/characters/{character_id}/"),
+        &[],
+        None,
+    )
+    .await?
+    .json()
+    .await
+    .map_err(|e| EsiError::Transient(format!("{what}: unreadable answer: {e}")))
 }
 
 #[cfg(test)]

@@ -192,26 +192,22 @@ impl UserKillmailsHandler {
                 );
                 Outcome::Done
             }
-            Err(EsiError::Permanent(reason)) => Outcome::Failed(Failure::Permanent(reason)),
-            Err(EsiError::Transient(reason)) => transient(reason),
+            Err(failure) => Outcome::Failed(failure),
         }
     }
 
     /// Reads what is new in the pilot's history, and their corporation's if they are a
     /// director, as far as their scopes allow.
-    async fn read(&self, login: &db::user_sync::Login, token: &str) -> Result<Read, EsiError> {
+    async fn read(&self, login: &db::user_sync::Login, token: &str) -> Result<Read, Failure> {
         let id = login.character_id;
         let has = |scope: &str| login.scopes.iter().any(|s| s == scope);
         let mut read = Read::default();
         let mut refs = Vec::new();
         if has(KILLMAILS_SCOPE) {
-            refs = history::recent_killmails(
-                &self.esi,
-                Whose::Character(id),
-                token,
-                login.newest_killmail_id,
-            )
-            .await?;
+            let known = login.newest_killmail_id;
+            refs = history::recent_killmails(&self.esi, Whose::Character(id), token, known)
+                .await
+                .map_err(esi_failure)?;
             read.found = refs.len();
         } else {
             tracing::info!(
@@ -221,27 +217,36 @@ impl UserKillmailsHandler {
             );
         }
         read.newest = newest(&refs);
-        if let Some(corporation_id) = login.corporation_id
-            && has(ROLES_SCOPE)
-            && has(CORPORATION_KILLMAILS_SCOPE)
-            && history::is_director(&self.esi, id, token).await?
-        {
-            let known = db::user_sync::corporation_newest(&self.pool, corporation_id)
+        if has(ROLES_SCOPE) && has(CORPORATION_KILLMAILS_SCOPE) {
+            // The corporation of the moment: pilots move, and the director role goes with it.
+            let affiliation = history::affiliation(&self.esi, id)
+                .await
+                .map_err(esi_failure)?;
+            let corporation_id = affiliation.corporation_id;
+            db::user_sync::set_affiliation(&self.pool, id, corporation_id, affiliation.alliance_id)
                 .await
                 .map_err(|e| {
-                    EsiError::Transient(format!(
-                        "reading how far corporation {corporation_id} is synced: {e}"
-                    ))
+                    store_failure(&format!("recording the corporation of character {id}"), &e)
                 })?;
-            let theirs = history::recent_killmails(
-                &self.esi,
-                Whose::Corporation(corporation_id),
-                token,
-                known,
-            )
-            .await?;
-            read.corporation = Some((corporation_id, newest(&theirs), theirs.len()));
-            refs.extend(theirs);
+            if history::is_director(&self.esi, id, token)
+                .await
+                .map_err(esi_failure)?
+            {
+                let known = db::user_sync::corporation_newest(&self.pool, corporation_id)
+                    .await
+                    .map_err(|e| {
+                        store_failure(
+                            &format!("reading how far corporation {corporation_id} is synced"),
+                            &e,
+                        )
+                    })?;
+                let whose = Whose::Corporation(corporation_id);
+                let theirs = history::recent_killmails(&self.esi, whose, token, known)
+                    .await
+                    .map_err(esi_failure)?;
+                read.corporation = Some((corporation_id, newest(&theirs), theirs.len()));
+                refs.extend(theirs);
+            }
         }
         let mut seen = HashSet::new();
         read.jobs = refs
@@ -272,6 +277,18 @@ impl UserKillmailsHandler {
 
 fn newest(refs: &[KillmailRef]) -> Option<KillmailId> {
     refs.iter().map(|r| r.killmail_id).max()
+}
+
+fn esi_failure(error: EsiError) -> Failure {
+    match error {
+        EsiError::Permanent(reason) => Failure::Permanent(reason),
+        EsiError::Transient(reason) => Failure::Transient(reason),
+    }
+}
+
+/// The store failed: a passing reason, as far as one sync can tell.
+fn store_failure(what: &str, error: &sqlx::Error) -> Failure {
+    Failure::Transient(format!("{what}: {error}"))
 }
 
 fn transient(reason: String) -> Outcome {

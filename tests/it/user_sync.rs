@@ -263,11 +263,6 @@ async fn a_directors_corporation_history_is_read_and_a_members_is_not() {
     for pilot in [&director, &member] {
         sync.sso.log_in(&sync.env.pool, pilot).await;
     }
-    sqlx::query("UPDATE sso_logins SET corporation_id = $1")
-        .bind(CORPORATION)
-        .execute(&sync.env.pool)
-        .await
-        .expect("both in the corporation");
     let _workers = sync.start_workers();
 
     sync.env.wait_for_killmails(4).await;
@@ -287,6 +282,12 @@ async fn a_directors_corporation_history_is_read_and_a_members_is_not() {
     );
     let stored: Vec<i64> = sync.sources().await.into_iter().map(|(id, _)| id).collect();
     assert_eq!(stored, (0..4).map(|i| sync.id(i)).collect::<Vec<_>>());
+    let corporations: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT corporation_id FROM sso_logins")
+            .fetch_all(&sync.env.pool)
+            .await
+            .expect("the logins");
+    assert_eq!(corporations, [Some(CORPORATION); 2], "recorded from ESI");
     sync.cleanup().await;
 }
 

@@ -87,6 +87,7 @@ pub fn routes() -> Router<FakeEsi> {
             get(corporation_killmails),
         )
         .route("/characters/{id}/roles/", get(roles))
+        .route("/characters/{id}/", get(character))
 }
 
 #[derive(serde::Deserialize)]
@@ -155,6 +156,29 @@ async fn roles(State(esi): State<FakeEsi>, Path(id): Path<i64>, headers: HeaderM
             .unwrap_or_default();
         Ok(Json(serde_json::json!({"roles": roles})).into_response())
     })
+}
+
+/// Public: the character's corporation, from `members`.
+async fn character(State(esi): State<FakeEsi>, Path(id): Path<i64>) -> Response {
+    let mut state = esi.state();
+    state.requests.push(format!("/characters/{id}/"));
+    state.request_times.push(Instant::now());
+    match state.user.members.get(&id) {
+        Some((corporation, _)) => Json(serde_json::json!({
+            "name": format!("Pilot {id}"),
+            "corporation_id": corporation,
+            "birthday": "2015-03-24T11:37:00Z",
+            "gender": "female",
+            "race_id": 1,
+            "bloodline_id": 1,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "Character not found"})),
+        )
+            .into_response(),
+    }
 }
 
 /// Records the request, answers with a queued answer if any, checks the token, then answers
