@@ -297,8 +297,8 @@ async fn an_expired_access_token_is_refreshed_by_the_worker() {
     let pilot = pilot(2_112_000_021);
     sync.esi
         .set_character_killmails(pilot.character_id, sync.listed(0..2));
-    // Logged in an hour ago: the access token it got has expired (and ESI refuses it).
-    sync.sso.state().access_lifetime = -3600;
+    // An access token about to expire: the worker must not use it.
+    sync.sso.state().access_lifetime = 30;
     sync.sso.log_in(&sync.env.pool, &pilot).await;
     sync.sso.state().access_lifetime = 1200;
     let _workers = sync.start_workers();
@@ -324,7 +324,7 @@ async fn a_refused_refresh_token_marks_its_login_and_the_other_pilots_are_synced
         .set_character_killmails(gone.character_id, sync.listed(0..2));
     sync.esi
         .set_character_killmails(staying.character_id, sync.listed(2..5));
-    sync.sso.state().access_lifetime = -3600;
+    sync.sso.state().access_lifetime = 30;
     sync.sso.log_in(&sync.env.pool, &gone).await;
     sync.sso.state().access_lifetime = 1200;
     sync.sso.log_in(&sync.env.pool, &staying).await;
