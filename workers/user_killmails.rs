@@ -55,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
     let args: Args = killreport::config::init_process(|args| &args.log);
     let shutdown = killreport::shutdown::on_signal();
     let metrics = killreport::telemetry::install(args.metrics.metrics)?;
+    // A half-configured SSO is an error at once, before waiting for any service.
+    let auth = args.sso.auth()?;
 
     let pool = until_up("PostgreSQL", &shutdown, || args.database.connect()).await?;
     let name = UserKillmailsHandler::NAME;
@@ -77,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let health_addr = args.health.health_addr.as_deref();
     killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
 
-    let Some(auth) = args.sso.auth()? else {
+    let Some(auth) = auth else {
         // Exiting would only have a supervisor start it again and again.
         tracing::error!(
             "the SSO is not configured (EVE_CLIENT_ID, EVE_CLIENT_SECRET, TOKEN_KEY): no pilot can log in and no history can be read; idle until stopped"

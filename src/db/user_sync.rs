@@ -10,7 +10,7 @@ use sqlx::{PgExecutor, Postgres, Transaction};
 use crate::killmail::KillmailId;
 
 /// Arbitrary, but fixed: the advisory lock a scheduler takes for its claim.
-const SCHEDULE_LOCK: i64 = 0x6b72_7573_796e_63;
+const SCHEDULE_LOCK: i64 = 0x006b_7275_7379_6e63;
 
 /// What a sync reads of a login.
 #[derive(Debug, Clone, PartialEq, Eq)]

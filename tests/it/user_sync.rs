@@ -391,6 +391,9 @@ async fn esi_rate_and_error_limits_hold_the_sync_off_until_esi_listens_again() {
             "asked again after {waited:?}"
         );
     }
-    assert_eq!(sync.login(id).await.1, true);
+    wait_until("the sync to be recorded", PATIENCE, || async {
+        sync.login(id).await.1
+    })
+    .await;
     sync.cleanup().await;
 }

@@ -188,7 +188,7 @@ fn serve(
     path: &str,
     headers: &HeaderMap,
     scope: &str,
-    answer: impl FnOnce(&UserEsi, i64) -> Result<Response, Response>,
+    answer: impl FnOnce(&UserEsi, i64) -> Result<Response, Refused>,
 ) -> Response {
     let mut state = esi.state();
     state.requests.push(path.to_owned());
@@ -205,22 +205,14 @@ fn serve(
         }
         return response;
     }
-    let character = match bearer_character(headers, scope) {
-        Ok(character) => character,
-        Err(response) => return response,
-    };
-    answer(&state.user, character).unwrap_or_else(|refused| refused)
+    bearer_character(headers, scope)
+        .and_then(|character| answer(&state.user, character))
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The character of a valid bearer token holding `scope`.
-fn bearer_character(headers: &HeaderMap, scope: &str) -> Result<i64, Response> {
-    let unauthorized = |why: &str| {
-        (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": why})),
-        )
-            .into_response()
-    };
+fn bearer_character(headers: &HeaderMap, scope: &str) -> Result<i64, Refused> {
+    let unauthorized = |why| Refused(StatusCode::UNAUTHORIZED, why);
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -256,12 +248,17 @@ fn bearer_character(headers: &HeaderMap, scope: &str) -> Result<i64, Response> {
     Ok(character)
 }
 
-fn forbidden(why: &str) -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        Json(serde_json::json!({"error": why})),
-    )
-        .into_response()
+/// Why ESI refuses a request, answered as ESI does: the status and `{"error": why}`.
+struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({"error": self.1}))).into_response()
+    }
+}
+
+fn forbidden(why: &'static str) -> Refused {
+    Refused(StatusCode::FORBIDDEN, why)
 }
 
 /// Page `page` (from 1) of `killmails`, with `X-Pages`.
