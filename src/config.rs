@@ -849,3 +849,72 @@ impl SessionArgs {
         }
     }
 }
+
+/// The queue of pilots' history syncs (worker-user-killmails, `queue user-killmails`).
+#[derive(Debug, Clone, Args)]
+pub struct UserSyncArgs {
+    /// The queue (and routing key) of user-killmails jobs, one per pilot to sync, on
+    /// RABBITMQ_EXCHANGE; its dead letters go to `<queue>.dead`.
+    #[arg(long, env = "USER_KILLMAILS_QUEUE", default_value = <crate::user_sync::UserKillmailsJob as Job>::QUEUE)]
+    pub user_killmails_queue: String,
+}
+
+impl UserSyncArgs {
+    /// The user-killmails queue with `rabbit`'s exchange and retry ladder.
+    pub fn topology(&self, rabbit: &RabbitArgs) -> crate::queue::Topology {
+        crate::queue::Topology {
+            queue: self.user_killmails_queue.clone(),
+            ..rabbit.topology()
+        }
+    }
+}
+
+/// When worker-user-killmails syncs pilots, and how many at once.
+#[derive(Debug, Clone, Args)]
+pub struct UserScheduleArgs {
+    /// Seconds between two syncs of a pilot's history.
+    #[arg(long, env = "USER_SYNC_INTERVAL_SECS", default_value_t = 3600)]
+    pub user_sync_interval_secs: u64,
+    /// Seconds between the scheduler's looks for pilots due (a pilot who just logged in is
+    /// synced at the next).
+    #[arg(long, env = "USER_SYNC_CHECK_SECS", default_value_t = 5)]
+    pub user_sync_check_secs: u64,
+    /// Pilots synced at once by this worker.
+    #[arg(long, env = "USER_SYNC_CONCURRENCY", default_value_t = 4)]
+    pub user_sync_concurrency: usize,
+}
+
+impl UserScheduleArgs {
+    pub fn schedule(&self) -> crate::user_sync::Schedule {
+        crate::user_sync::Schedule {
+            interval: Duration::from_secs(self.user_sync_interval_secs.max(1)),
+            check_every: Duration::from_secs(self.user_sync_check_secs.max(1)),
+        }
+    }
+
+    /// Consuming the user-killmails queue as `process`, given `grace` to stop: a batch is as
+    /// many pilots as are synced at once.
+    pub fn consuming(
+        &self,
+        rabbit: &RabbitArgs,
+        user_sync: &UserSyncArgs,
+        process: &str,
+        grace: Duration,
+    ) -> Consuming {
+        let concurrency = self.user_sync_concurrency.clamp(1, usize::from(u16::MAX));
+        Consuming {
+            connector: Connector {
+                url: rabbit.rabbitmq_url.clone(),
+                name: format!("{process} {}", user_sync.user_killmails_queue),
+                broker: Broker::default(),
+            },
+            topology: user_sync.topology(rabbit),
+            prefetch: u16::try_from(concurrency).unwrap_or(u16::MAX),
+            max_batch: concurrency,
+            max_wait: Duration::ZERO,
+            grace,
+            // A sync that kills its worker five times is not going to succeed the sixth.
+            delivery_limit: 5,
+        }
+    }
+}

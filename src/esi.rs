@@ -387,6 +387,28 @@ impl Esi {
         Ok(response)
     }
 
+    /// `GET {base}{path}`, on a pilot's behalf when given their access token
+    /// (`Authorization: Bearer`), throttled and judged like every request; the answer is the
+    /// caller's to read (its body, `X-Pages`). A 403 (a scope or role the token lacks) is
+    /// permanent. `what` names the request in errors; the token never appears in them.
+    pub async fn get(
+        &self,
+        endpoint: &'static str,
+        what: &str,
+        path: &str,
+        query: &[(&str, String)],
+        access_token: Option<&str>,
+    ) -> Result<reqwest::Response, EsiError> {
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .query(query);
+        if let Some(token) = access_token {
+            request = request.bearer_auth(token);
+        }
+        self.send(endpoint, what, request).await
+    }
+
     /// `GET /killmails/{id}/{hash}/`.
     pub async fn killmail(&self, id: KillmailId, hash: &str) -> Result<Killmail, EsiError> {
         let what = format!("fetching killmail {id}");

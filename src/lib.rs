@@ -24,6 +24,7 @@
 //! ingest    killmail.ingest jobs (a queue::runner Handler) → store → announce  worker-killmails
 //!   valuation  prices per day, estimates written with each killmail, revaluation; fittings
 //! feed      the live feeds (R2Z2, RedisQ) → jobs                                 worker-redisq
+//! user_sync pilots' own history from ESI with their SSO tokens → jobs    worker-user-killmails
 //!   repair    zKillboard's daily history against the store → missing as jobs     queue repair
 //!   announce  outbox, names and sweep: stored killmails → Redis
 //!   filter, statics   killmail filters and the static universe they need
@@ -70,6 +71,7 @@ pub mod stats;
 pub mod status;
 pub mod telemetry;
 pub mod updates;
+pub mod user_sync;
 pub mod valuation;
 pub mod ws;
 pub mod zkb;

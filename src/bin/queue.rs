@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use killreport::announce::Announcer;
 use killreport::backfill::Backfill;
 use killreport::config::{
-    DatabaseArgs, EnrichArgs, EsiArgs, EverefArgs, RabbitArgs, RedisArgs, ZkbArgs,
+    DatabaseArgs, EnrichArgs, EsiArgs, EverefArgs, RabbitArgs, RedisArgs, UserSyncArgs,
+    ZkbArgs,
 };
 use killreport::enrich::Kind;
 use killreport::events::EventPublisher;
@@ -42,6 +43,7 @@ enum Command {
     Backfill(BackfillArgs),
     Repair(RepairArgs),
     Prices(PricesArgs),
+    UserKillmails(UserKillmailsArgs),
     /// Inspect, replay or purge the dead-letter queue (jobs that failed for good).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -284,6 +286,37 @@ struct PricesArgs {
     database: DatabaseArgs,
 }
 
+/// Queue a sync of logged-in pilots' own killmail history, for worker-user-killmails.
+///
+/// Each pilot named (or every logged-in pilot with --all) is queued now, however recently they
+/// were synced; worker-user-killmails reads their recent killmails from ESI (and their
+/// corporation's, for directors) back to the newest one it already found, and queues the new
+/// ones for worker-killmails. Pilots whose login the SSO refused (they must log in again), and
+/// ids that never logged in, are listed and left out.
+#[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 when every pilot named was queued; 1 when one could not be \
+                        (listed), or when PostgreSQL or RabbitMQ fails."
+)]
+struct UserKillmailsArgs {
+    /// Characters to sync.
+    #[arg(
+        value_name = "CHARACTER_ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    characters: Vec<i64>,
+    /// Every logged-in pilot.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    user_sync: UserSyncArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    rabbit: RabbitArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = killreport::config::init_process(|cli| &cli.log);
@@ -293,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Backfill(args) => backfill(args, shutdown).await,
         Command::Repair(args) => repair(args, shutdown).await,
         Command::Prices(args) => prices(args).await,
+        Command::UserKillmails(args) => user_killmails(args).await,
         Command::Dlq(command) => dlq(command).await,
         Command::Characters(args) => refresh(Kind::Characters, args).await,
         Command::Corporations(args) => refresh(Kind::Corporations, args).await,
@@ -575,5 +609,30 @@ async fn prices(args: PricesArgs) -> anyhow::Result<()> {
         println!("killmails valued with the prices of {day}: {killmails} changed");
     }
     pool.close().await;
+    Ok(())
+}
+
+async fn user_killmails(args: UserKillmailsArgs) -> anyhow::Result<()> {
+    let pool = args
+        .database
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "queue user-killmails")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let publisher = Publisher::new(&connection, args.user_sync.topology(&args.rabbit))
+        .await
+        .context("declaring the RabbitMQ topology")?;
+    let ids = (!args.all).then_some(args.characters.as_slice());
+    let queued = killreport::user_sync::queue_pilots(&pool, &publisher, ids).await?;
+    println!("{queued}");
+    connection.close(200, "done").await.ok();
+    pool.close().await;
+    let left_out = queued.needs_login.len() + queued.unknown.len();
+    anyhow::ensure!(
+        args.all || left_out == 0,
+        "{left_out} pilots were not queued"
+    );
     Ok(())
 }

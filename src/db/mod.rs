@@ -17,6 +17,7 @@ pub mod prices;
 pub mod sde;
 pub mod sessions;
 pub mod statics;
+pub mod user_sync;
 
 use std::str::FromStr;
 use std::time::Duration;

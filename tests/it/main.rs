@@ -29,5 +29,6 @@ mod support;
 mod telemetry;
 mod tls;
 mod updates;
+mod user_sync;
 mod valuation;
 mod zkb_api;

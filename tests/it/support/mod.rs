@@ -313,6 +313,7 @@ impl TestEnv {
             "worker-redisq" => env!("CARGO_BIN_EXE_worker-redisq"),
             "worker-killmails" => env!("CARGO_BIN_EXE_worker-killmails"),
             "worker-enrich" => env!("CARGO_BIN_EXE_worker-enrich"),
+            "worker-user-killmails" => env!("CARGO_BIN_EXE_worker-user-killmails"),
             "queue" => env!("CARGO_BIN_EXE_queue"),
             "server" => env!("CARGO_BIN_EXE_server"),
             other => panic!("no binary {other}"),

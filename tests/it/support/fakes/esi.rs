@@ -34,6 +34,8 @@ pub struct EsiState {
     pub entities: super::esi_entities::Entities,
     /// `GET /markets/prices/`'s answer (see `esi_market`); 404 while `None`.
     pub market_prices: Option<serde_json::Value>,
+    /// The routes on a pilot's behalf (see `esi_user`).
+    pub user: super::esi_user::UserEsi,
 }
 
 pub type FakeEsi = Fake<EsiState>;
@@ -88,7 +90,8 @@ impl FakeEsi {
                 .route("/killmails/{id}/{hash}/", get(killmail))
                 .route("/universe/names/", post(names))
                 .merge(super::esi_entities::routes())
-                .route("/markets/prices/", get(super::esi_market::market_prices)),
+                .route("/markets/prices/", get(super::esi_market::market_prices))
+                .merge(super::esi_user::routes()),
         )
         .await
     }

@@ -4,6 +4,7 @@
 pub mod esi;
 pub mod esi_entities;
 pub mod esi_market;
+pub mod esi_user;
 pub mod everef;
 pub mod r2z2;
 pub mod redisq;
