@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# killreport's image: every binary (server, worker-killmails, worker-redisq, worker-enrich, queue,
-# loadgen) on a small Debian, run as a user without privileges. `docker compose up` builds and
+# killreport's image: every binary (server, the four workers, queue, loadgen) on a small
+# Debian, run as a user without privileges. `docker compose up` builds and
 # runs it; alone:
 #   docker build -t killreport . && docker run --rm killreport server --help
 
@@ -16,7 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins \
     && mkdir /out \
     && cd target/release \
-    && cp server worker-killmails worker-redisq worker-enrich queue loadgen /out/
+    && cp server worker-killmails worker-redisq worker-enrich worker-user-killmails queue loadgen /out/
 
 # --- run: the binaries (static data, migrations and GraphiQL are compiled in), CA roots for
 # TLS to managed services and ESI, curl for the health checks ---

@@ -745,6 +745,9 @@ impl PricesArgs {
     /// How often to check, unless never.
     pub fn interval(&self) -> Option<Duration> {
         (self.prices_interval_secs > 0).then(|| Duration::from_secs(self.prices_interval_secs))
+    }
+}
+
 /// EVE SSO: the application registered on EVE's developer site and the key that seals the
 /// pilots' tokens; every process acting for logged-in pilots flattens it.
 #[derive(Debug, Clone, Args)]

@@ -9,8 +9,8 @@ use killreport::auth::routes::Login;
 use killreport::auth::sessions::Sessions;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, EventLogArgs, HttpArgs, LiveArgs, MetricsArgs, QueryArgs, RabbitArgs,
-    RedisArgs, SessionArgs, SsoArgs, StatisticsArgs, StatusArgs, UpdatesArgs, ZkbArgs,
+    BusArgs, DatabaseArgs, EnrichArgs, EventLogArgs, HttpArgs, LiveArgs, MetricsArgs, QueryArgs,
+    RabbitArgs, RedisArgs, SessionArgs, SsoArgs, StatisticsArgs, StatusArgs, UpdatesArgs, ZkbArgs,
     ZkbWebsocketArgs,
 };
 use killreport::event_log::EventLog;
@@ -67,6 +67,9 @@ struct Args {
     statistics: StatisticsArgs,
     #[command(flatten)]
     sso: SsoArgs,
+    /// worker-enrich's queue, where admins' refreshes and snapshots go.
+    #[command(flatten)]
+    enrich: EnrichArgs,
     #[command(flatten)]
     sessions: SessionArgs,
     /// Where admins' repairs read zKillboard's history.
@@ -187,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
         operations: Operations {
             rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
             topology: args.rabbit.topology(),
+            enrich_topology: args.enrich.topology(&args.rabbit),
             pool: pool.clone(),
             zkb_base_url: args.zkb.zkb_base_url.clone(),
             shutdown: shutdown.clone(),

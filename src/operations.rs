@@ -1,6 +1,7 @@
 //! Operational work that admins start over GraphQL (`ADMIN_CHARACTER_IDS`): the dead letters
 //! listed, replayed or purged (see `queue::dlq`), and repairs of days from zKillboard's history
-//! started (see `repair`). Admin calls are rare: each opens a RabbitMQ connection of its own
+//! started (see `repair`), and entities described again or snapshotted by worker-enrich (see
+//! `enrich`). Admin calls are rare: each opens a RabbitMQ connection of its own
 //! and closes it, rather than the server holding one open for them.
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use chrono::NaiveDate;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::enrich::{self, Kind};
 use crate::queue::dlq::{self, DeadLetter};
 use crate::queue::{Publisher, Topology};
 use crate::repair::Repair;
@@ -22,6 +24,8 @@ pub const MAX_REPAIR_DAYS: i64 = 366;
 pub struct Operations {
     pub rabbitmq_url: String,
     pub topology: Topology,
+    /// worker-enrich's queue.
+    pub enrich_topology: Topology,
     pub pool: PgPool,
     /// zKillboard's site, whose daily history a repair compares with the store.
     pub zkb_base_url: String,
@@ -32,10 +36,18 @@ pub struct Operations {
 impl Operations {
     /// A connection and a publisher (which declares the queues, the dead-letter one among them).
     async fn connect(&self, what: &str) -> anyhow::Result<(lapin::Connection, Publisher)> {
+        self.connect_to(&self.topology, what).await
+    }
+
+    async fn connect_to(
+        &self,
+        topology: &Topology,
+        what: &str,
+    ) -> anyhow::Result<(lapin::Connection, Publisher)> {
         let connection = crate::queue::connect(&self.rabbitmq_url, &format!("server {what}"))
             .await
             .context("connecting to RabbitMQ")?;
-        let publisher = Publisher::new(&connection, self.topology.clone())
+        let publisher = Publisher::new(&connection, topology.clone())
             .await
             .context("declaring the RabbitMQ topology")?;
         Ok((connection, publisher))
@@ -91,5 +103,20 @@ impl Operations {
             connection.close(200, "done").await.ok();
         });
         Ok(())
+    }
+
+    /// Queues `ids` of `kind` (all the store knows with `None`) for worker-enrich to describe
+    /// again; with `snapshot`, corporations or alliances whose description records the day's
+    /// counts. Returns how many jobs were queued.
+    pub async fn refresh(&self, kind: Kind, ids: Option<&[i64]>) -> anyhow::Result<usize> {
+        let (connection, publisher) = self.connect_to(&self.enrich_topology, "refresh").await?;
+        let queued = match ids {
+            Some(ids) => enrich::queue_refresh(&publisher, kind, ids)
+                .await
+                .map_err(anyhow::Error::from),
+            None => enrich::queue_all(&self.pool, &publisher, kind).await,
+        };
+        connection.close(200, "done").await.ok();
+        queued
     }
 }

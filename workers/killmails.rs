@@ -7,8 +7,8 @@ use clap::Parser;
 use killreport::announce::Announcer;
 use killreport::backoff::until_up;
 use killreport::config::{
-    ConsumerArgs, DatabaseArgs, EsiArgs, EsiPauseArgs, HealthArgs, MetricsArgs, PricesArgs, RabbitArgs,
-    RedisArgs, StatusArgs,
+    ConsumerArgs, DatabaseArgs, EsiArgs, EsiPauseArgs, HealthArgs, MetricsArgs, PricesArgs,
+    RabbitArgs, RedisArgs, StatusArgs,
 };
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;

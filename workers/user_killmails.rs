@@ -13,7 +13,6 @@ use killreport::config::{
 use killreport::health::Readiness;
 use killreport::queue::runner::{self, Handler};
 use killreport::shutdown::finish_within;
-use killreport::status::heartbeat;
 use killreport::user_sync::{Outlet, UserKillmailsHandler};
 
 /// How long the syncs in hand may take to finish after SIGTERM; then they are left to the queue.
@@ -66,16 +65,9 @@ async fn main() -> anyhow::Result<()> {
     let readiness = Readiness::default()
         .postgres(pool.clone())
         .rabbitmq(consuming.connector.broker.clone());
-    let (keys, interval) = (args.status.keys(), args.status.interval());
-    let redis_url = &args.redis.redis_url;
-    heartbeat::start(
-        redis_url,
-        keys,
-        interval,
-        name,
-        readiness.clone(),
-        &shutdown,
-    );
+    args.status
+        .heartbeat(&args.redis)
+        .start(name, readiness.clone(), &shutdown);
     let health_addr = args.health.health_addr.as_deref();
     killreport::health::serve(health_addr, readiness, metrics, &shutdown).await?;
 

@@ -11,8 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use killreport::announce::Announcer;
 use killreport::backfill::Backfill;
 use killreport::config::{
-    DatabaseArgs, EnrichArgs, EsiArgs, EverefArgs, RabbitArgs, RedisArgs, UserSyncArgs,
-    ZkbArgs,
+    DatabaseArgs, EnrichArgs, EsiArgs, EverefArgs, RabbitArgs, RedisArgs, UserSyncArgs, ZkbArgs,
 };
 use killreport::enrich::Kind;
 use killreport::events::EventPublisher;

@@ -1,15 +1,57 @@
 //! The operational API, for the characters in `ADMIN_CHARACTER_IDS` only (anyone else gets
 //! `FORBIDDEN`, and `UNAUTHENTICATED` without a session): `Query.deadLetters`, and the
-//! mutations that replay or purge dead letters and start repairs (see `operations`).
+//! mutations that replay or purge dead letters, start repairs, and queue entities for
+//! worker-enrich to describe again or snapshot (see `operations`).
 
-use async_graphql::{Context, Object, Result, SimpleObject};
+use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
 use chrono::NaiveDate;
 
 use super::{bad_input, hidden, internal, rights};
+use crate::enrich::Kind;
 use crate::operations::{MAX_REPAIR_DAYS, Operations};
 
 /// Most dead letters listed or replayed by one call.
 pub const MAX_DEAD_LETTERS: i32 = 10_000;
+
+/// Most ids one refresh names (more: leave `ids` out to refresh every one).
+const MAX_REFRESH_IDS: usize = 100_000;
+
+/// What worker-enrich describes.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum EntityKind {
+    Characters,
+    Corporations,
+    Alliances,
+    /// Item types the shipped static data lacks.
+    ItemTypes,
+}
+
+/// Whose member counts a snapshot records.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    Corporations,
+    Alliances,
+}
+
+impl From<EntityKind> for Kind {
+    fn from(kind: EntityKind) -> Self {
+        match kind {
+            EntityKind::Characters => Kind::Characters,
+            EntityKind::Corporations => Kind::Corporations,
+            EntityKind::Alliances => Kind::Alliances,
+            EntityKind::ItemTypes => Kind::Types,
+        }
+    }
+}
+
+impl From<SnapshotKind> for Kind {
+    fn from(kind: SnapshotKind) -> Self {
+        match kind {
+            SnapshotKind::Corporations => Kind::Corporations,
+            SnapshotKind::Alliances => Kind::Alliances,
+        }
+    }
+}
 
 pub struct MutationRoot;
 
@@ -99,5 +141,52 @@ impl MutationRoot {
         operations.start_repair(from, to).await.map_err(internal)?;
         tracing::info!(%from, %to, "an admin started a repair");
         Ok(true)
+    }
+
+    /// Queues entities of `kind` for worker-enrich to describe again through ESI: those of
+    /// `ids`, or every one the store knows when `ids` is left out. Returns how many jobs were
+    /// queued. Admins only.
+    async fn refresh_entities(
+        &self,
+        ctx: &Context<'_>,
+        kind: EntityKind,
+        ids: Option<Vec<ID>>,
+    ) -> Result<i32> {
+        let operations = operations(ctx)?;
+        let ids = match ids {
+            Some(ids) if ids.len() > MAX_REFRESH_IDS => {
+                return Err(bad_input(format!(
+                    "at most {MAX_REFRESH_IDS} ids at once; leave ids out to refresh every one"
+                )));
+            }
+            Some(ids) => Some(
+                ids.iter()
+                    .map(|id| {
+                        id.parse::<i64>()
+                            .map_err(|_| bad_input(format!("{:?} is not an id", id.as_str())))
+                    })
+                    .collect::<Result<Vec<i64>>>()?,
+            ),
+            None => None,
+        };
+        let queued = operations
+            .refresh(kind.into(), ids.as_deref())
+            .await
+            .map_err(internal)?;
+        tracing::info!(queued, "an admin queued entities to describe again");
+        Ok(i32::try_from(queued).unwrap_or(i32::MAX))
+    }
+
+    /// Queues today's snapshot of every corporation or alliance the store knows (each
+    /// described again by worker-enrich, which records its member and corporation counts for
+    /// the day). Returns how many jobs were queued. Admins only.
+    async fn queue_snapshots(&self, ctx: &Context<'_>, of: SnapshotKind) -> Result<i32> {
+        let operations = operations(ctx)?;
+        let queued = operations
+            .refresh(of.into(), None)
+            .await
+            .map_err(internal)?;
+        tracing::info!(queued, "an admin queued snapshots");
+        Ok(i32::try_from(queued).unwrap_or(i32::MAX))
     }
 }

@@ -2,16 +2,16 @@
 //! live hub), its limits, and the errors clients see. Static names (systems, regions, item
 //! types) are held in memory; entity names are batch-loaded per request.
 
-mod entities;
 mod admin;
+mod entities;
 mod filter;
 mod fitting;
 mod limits;
 mod loaders;
 mod me;
 mod query;
-mod stats;
 mod rights;
+mod stats;
 mod status;
 mod subscription;
 mod types;
@@ -52,7 +52,8 @@ pub const MAX_COMPLEXITY: usize = 20_000;
 pub const MAX_PAGE: i32 = 200;
 
 /// The schema without its data: enough to export the SDL.
-pub fn schema_builder() -> SchemaBuilder<Query, admin::MutationRoot, subscription::SubscriptionRoot> {
+pub fn schema_builder() -> SchemaBuilder<Query, admin::MutationRoot, subscription::SubscriptionRoot>
+{
     Schema::build(
         Query::default(),
         admin::MutationRoot,

@@ -630,6 +630,7 @@ async fn operational_mutations_are_for_admins_only() {
     let mut env = TestEnv::new().await;
     let sso = FakeSso::default();
     let admin = Pilot::new(90000030, "Admin Pilot");
+    let enrich = crate::enrich::enrich_queue(&mut env);
     let (_sso, _server, url) =
         server_with_sso(&mut env, &sso, &[("ADMIN_CHARACTER_IDS", "90000030,1")]).await;
     let admin_token = log_in_through(&url, &sso, &admin).await["token"]
@@ -692,5 +693,41 @@ async fn operational_mutations_are_for_admins_only() {
     assert_eq!(purged["data"]["purgeDeadLetters"], 1, "{purged}");
     let listed = graphql(&url, Some(&admin_token), list).await;
     assert_eq!(listed["data"]["deadLetters"], json!([]), "{listed}");
+
+    // Entities described again by worker-enrich: the job is on its queue.
+    let refresh =
+        r#"mutation { refreshEntities(kind: CORPORATIONS, ids: ["98000002", "98000001"]) }"#;
+    assert_eq!(
+        error_code(&graphql(&url, Some(&pilot_token), refresh).await),
+        "FORBIDDEN"
+    );
+    let not_ids = r#"mutation { refreshEntities(kind: ALLIANCES, ids: ["x"]) }"#;
+    assert_eq!(
+        error_code(&graphql(&url, Some(&admin_token), not_ids).await),
+        "BAD_USER_INPUT"
+    );
+    let queued = graphql(&url, Some(&admin_token), refresh).await;
+    assert_eq!(queued["data"]["refreshEntities"], 1, "{queued}");
+    let snapshots = "mutation { queueSnapshots(of: ALLIANCES) }";
+    assert_eq!(
+        error_code(&graphql(&url, Some(&pilot_token), snapshots).await),
+        "FORBIDDEN"
+    );
+    let none_known = graphql(&url, Some(&admin_token), snapshots).await;
+    assert_eq!(none_known["data"]["queueSnapshots"], 0, "{none_known}");
+    let job = channel
+        .basic_get(
+            &enrich.queue,
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+        .expect("the refresh job is on worker-enrich's queue");
+    let job: Value = serde_json::from_slice(&job.delivery.data).expect("a JSON job");
+    assert_eq!(
+        job,
+        json!({"kind": "corporations", "ids": [98000001, 98000002]})
+    );
+    crate::enrich::cleanup(&env, &enrich).await;
     env.cleanup().await;
 }

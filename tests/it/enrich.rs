@@ -33,7 +33,7 @@ const NEW_WEAPON: i64 = 2_000_002;
 const KILLMAIL: i64 = 130_000_001;
 
 /// The entity queue of this test (`ENRICH_QUEUE`), and the variables worker-enrich runs with.
-fn enrich_queue(env: &mut TestEnv) -> Topology {
+pub(crate) fn enrich_queue(env: &mut TestEnv) -> Topology {
     let queue = format!("entity.enrich.test.{}", env.id);
     env.vars.insert("ENRICH_QUEUE".into(), queue.clone());
     env.vars.insert("ENRICH_SCAN_SECS".into(), "1".into());
@@ -44,7 +44,7 @@ fn enrich_queue(env: &mut TestEnv) -> Topology {
     .topology(&env.rabbit)
 }
 
-async fn cleanup(env: &TestEnv, topology: &Topology) {
+pub(crate) async fn cleanup(env: &TestEnv, topology: &Topology) {
     let (_connection, channel) = env.rabbitmq().await;
     let mut queues = vec![topology.queue.clone(), topology.dead_letter_queue()];
     queues.extend((0..topology.retry_delays.len()).map(|a| topology.retry_queue(a)));
