@@ -9,9 +9,9 @@ use killreport::auth::routes::Login;
 use killreport::auth::sessions::Sessions;
 use killreport::backoff::until_up;
 use killreport::config::{
-    BusArgs, DatabaseArgs, EnrichArgs, EventLogArgs, HttpArgs, LiveArgs, MetricsArgs, QueryArgs,
-    RabbitArgs, RedisArgs, SessionArgs, SsoArgs, StatisticsArgs, StatusArgs, UpdatesArgs, ZkbArgs,
-    ZkbWebsocketArgs,
+    BusArgs, DatabaseArgs, EnrichArgs, EventLogArgs, EverefArgs, HttpArgs, LiveArgs, MetricsArgs,
+    QueryArgs, RabbitArgs, RedisArgs, SessionArgs, SsoArgs, StatisticsArgs, StatusArgs,
+    UpdatesArgs, ZkbArgs, ZkbWebsocketArgs,
 };
 use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
@@ -67,6 +67,9 @@ struct Args {
     statistics: StatisticsArgs,
     #[command(flatten)]
     sso: SsoArgs,
+    /// Where admins' backfills download from.
+    #[command(flatten)]
+    everef: EverefArgs,
     /// worker-enrich's queue, where admins' refreshes and snapshots go.
     #[command(flatten)]
     enrich: EnrichArgs,
@@ -191,6 +194,8 @@ async fn main() -> anyhow::Result<()> {
             rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
             topology: args.rabbit.topology(),
             enrich_topology: args.enrich.topology(&args.rabbit),
+            everef: args.everef.clone(),
+            backfilling: Default::default(),
             pool: pool.clone(),
             zkb_base_url: args.zkb.zkb_base_url.clone(),
             shutdown: shutdown.clone(),

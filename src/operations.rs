@@ -1,9 +1,11 @@
 //! Operational work that admins start over GraphQL (`ADMIN_CHARACTER_IDS`): the dead letters
 //! listed, replayed or purged (see `queue::dlq`), and repairs of days from zKillboard's history
-//! started (see `repair`), and entities described again or snapshotted by worker-enrich (see
+//! and backfills from EVE Ref started (see `repair`, `backfill`), and entities described again or snapshotted by worker-enrich (see
 //! `enrich`). Admin calls are rare: each opens a RabbitMQ connection of its own
 //! and closes it, rather than the server holding one open for them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,7 +13,10 @@ use chrono::NaiveDate;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::Backfill;
+use crate::config::EverefArgs;
 use crate::enrich::{self, Kind};
+use crate::import::{Announce, Importer};
 use crate::queue::dlq::{self, DeadLetter};
 use crate::queue::{Publisher, Topology};
 use crate::repair::Repair;
@@ -29,7 +34,11 @@ pub struct Operations {
     pub pool: PgPool,
     /// zKillboard's site, whose daily history a repair compares with the store.
     pub zkb_base_url: String,
-    /// Repairs under way stop when it is cancelled.
+    /// Where backfills download EVE Ref's archives from, and to.
+    pub everef: EverefArgs,
+    /// Whether a backfill started here is under way: one at a time.
+    pub backfilling: Arc<AtomicBool>,
+    /// Repairs and backfills under way stop when it is cancelled.
     pub shutdown: CancellationToken,
 }
 
@@ -118,5 +127,43 @@ impl Operations {
         };
         connection.close(200, "done").await.ok();
         queued
+    }
+
+    /// Starts backfilling the days `from` to `to` (both included) from EVE Ref in the
+    /// background, as `queue backfill` does (history stored and counted, not announced); its
+    /// outcome is logged. `Ok(false)`: one started here is still under way.
+    pub fn start_backfill(&self, from: NaiveDate, to: NaiveDate) -> anyhow::Result<bool> {
+        let backfill = Backfill {
+            importer: Importer {
+                pool: self.pool.clone(),
+                announce: Announce::Never,
+                publisher: None,
+                batch_size: 1000,
+                max_reasons: 20,
+            },
+            http: self.everef.http_client()?,
+            base_url: self.everef.everef_base_url.clone(),
+            download_dir: self.everef.backfill_dir.clone(),
+            download_attempts: self.everef.download_attempts,
+            retry_pause: Duration::from_secs(1),
+        };
+        if self.backfilling.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let (backfilling, shutdown) = (self.backfilling.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let progress = indicatif::ProgressBar::hidden();
+            let ran = backfill
+                .run(from, to, &progress, &shutdown, |day| {
+                    tracing::info!(day = %day.day, "backfilled");
+                })
+                .await;
+            match ran {
+                Ok(summary) => tracing::info!(%summary, "a backfill started by an admin ended"),
+                Err(error) => tracing::error!(error = format!("{error:#}"), "a backfill failed"),
+            }
+            backfilling.store(false, Ordering::Release);
+        });
+        Ok(true)
     }
 }

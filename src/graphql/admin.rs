@@ -143,6 +143,27 @@ impl MutationRoot {
         Ok(true)
     }
 
+    /// Starts backfilling the days `from` to `to` (both included, `YYYY-MM-DD`) from EVE Ref's
+    /// daily archives in the server's background, as `queue backfill` does: stored, counted in
+    /// statistics and queryable, not announced. Returns at once; a second while one started
+    /// on this server is under way is refused. Admins only.
+    async fn start_backfill(&self, ctx: &Context<'_>, from: String, to: String) -> Result<bool> {
+        let operations = operations(ctx)?;
+        let (from, to) = (day(&from, "from")?, day(&to, "to")?);
+        if from > to || (to - from).num_days() >= MAX_REPAIR_DAYS {
+            return Err(bad_input(format!(
+                "from must not be after to, and a backfill spans at most {MAX_REPAIR_DAYS} days"
+            )));
+        }
+        if !operations.start_backfill(from, to).map_err(internal)? {
+            return Err(bad_input(
+                "a backfill started on this server is under way; wait for it to end",
+            ));
+        }
+        tracing::info!(%from, %to, "an admin started a backfill");
+        Ok(true)
+    }
+
     /// Queues entities of `kind` for worker-enrich to describe again through ESI: those of
     /// `ids`, or every one the store knows when `ids` is left out. Returns how many jobs were
     /// queued. Admins only.

@@ -278,7 +278,7 @@ fn query_value(url: &reqwest::Url, name: &str) -> Option<String> {
 }
 
 /// A server logging in with the fake SSO, `vars` set; its URL.
-async fn server_with_sso(
+pub(crate) async fn server_with_sso(
     env: &mut TestEnv,
     sso: &FakeSso,
     vars: &[(&str, &str)],
@@ -293,7 +293,7 @@ async fn server_with_sso(
 }
 
 /// `pilot` logs in through the server as a browser would; the callback's answer.
-async fn log_in_through(url: &str, sso: &FakeSso, pilot: &Pilot) -> Value {
+pub(crate) async fn log_in_through(url: &str, sso: &FakeSso, pilot: &Pilot) -> Value {
     let browser = browser();
     sso.at_keyboard(pilot);
     let to_sso = browser
@@ -315,7 +315,7 @@ async fn log_in_through(url: &str, sso: &FakeSso, pilot: &Pilot) -> Value {
 }
 
 /// POSTs a GraphQL document to the server, with `token` as the session.
-async fn graphql(url: &str, token: Option<&str>, query: &str) -> Value {
+pub(crate) async fn graphql(url: &str, token: Option<&str>, query: &str) -> Value {
     let mut request = reqwest::Client::new()
         .post(format!("{url}/graphql"))
         .json(&json!({ "query": query }));

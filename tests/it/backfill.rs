@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::import::stored_ids;
 use crate::support::fakes::Served;
 use crate::support::fakes::everef::FakeEveref;
+use crate::support::fakes::sso::{FakeSso, Pilot};
 use crate::support::fixtures::archive_values;
 use crate::support::{TestEnv, assert_no_more_events, fixtures, receive_events};
 
@@ -319,5 +320,41 @@ async fn backfilled_history_is_stored_but_announced_only_when_asked() {
     assert_eq!(ids, day);
     assert_no_more_events(&mut events, Duration::from_secs(1)).await;
     assert_eq!(pending_announcements(&env).await, 0);
+    env.cleanup().await;
+}
+
+/// An admin starts a backfill over GraphQL: the server imports the day in its background,
+/// as `queue backfill` would; a range that runs backwards is refused with its reason.
+#[tokio::test]
+async fn an_admin_starts_a_backfill_over_graphql() {
+    let (mut env, fake, _served, _downloads) = setup().await;
+    let (bytes, ids) = small_archive("2021-12-02", 30);
+    fake.add_day("2021-12-02", bytes);
+    let sso = FakeSso::default();
+    let admin = Pilot::new(90000040, "Admin Pilot");
+    let (_sso, _server, url) =
+        crate::auth::server_with_sso(&mut env, &sso, &[("ADMIN_CHARACTER_IDS", "90000040")]).await;
+    let token = crate::auth::log_in_through(&url, &sso, &admin).await["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let backwards = r#"mutation { startBackfill(from: "2021-12-03", to: "2021-12-02") }"#;
+    let refused = crate::auth::graphql(&url, Some(&token), backwards).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{refused}"
+    );
+    let start = r#"mutation { startBackfill(from: "2021-12-02", to: "2021-12-02") }"#;
+    let started = crate::auth::graphql(&url, Some(&token), start).await;
+    assert_eq!(started["data"]["startBackfill"], true, "{started}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while stored_ids(&env).await != ids {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backfill did not store the day's {} killmails",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     env.cleanup().await;
 }
