@@ -1,5 +1,5 @@
 //! CCP's static data in memory: every solar system (name, security, constellation, region),
-//! region and item type (with its group), loaded once from the store at startup. Names of
+//! constellation, region and item type (with its group), loaded once from the store at startup. Names of
 //! systems, regions and types come from here; the live hub uses it to know each killmail's
 //! region, zKillboard's websocket its constellation and the ships' groups.
 
@@ -7,11 +7,13 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-/// The static tables, in memory: every solar system, region and item type.
+/// The static tables, in memory: every solar system, constellation, region and item type.
 #[derive(Debug, Default)]
 pub struct Statics {
     pub systems: HashMap<i64, System>,
     pub regions: HashMap<i64, String>,
+    /// Constellation id → (name, region id).
+    pub constellations: HashMap<i64, (String, i64)>,
     /// Type id → (name, group name).
     pub types: HashMap<i64, (Option<String>, Option<String>)>,
     /// Type id → group id.
@@ -47,6 +49,11 @@ impl Statics {
             .await?
             .into_iter()
             .collect();
+        let constellations = crate::db::statics::constellations(pool)
+            .await?
+            .into_iter()
+            .map(|(id, name, region)| (id, (name, region)))
+            .collect();
         let item_types = crate::db::statics::item_types(pool).await?;
         let groups = item_types
             .iter()
@@ -59,6 +66,7 @@ impl Statics {
         Ok(Self {
             systems,
             regions,
+            constellations,
             types,
             groups,
         })

@@ -588,6 +588,16 @@ pub async fn page(
     Ok((load(db, &ids).await?, more))
 }
 
+/// How many killmails meet `conditions` (the same as [`page`]'s), in all.
+pub async fn count(
+    db: &mut PgConnection,
+    conditions: impl FnOnce(&mut QueryBuilder<'_, Postgres>),
+) -> sqlx::Result<i64> {
+    let mut sql = QueryBuilder::new("SELECT count(*) FROM killmails k WHERE true");
+    conditions(&mut sql);
+    sql.build_query_scalar().fetch_one(db).await
+}
+
 /// Killmails stored after `after`, in ingest order, at most `limit` of them.
 pub async fn since(
     db: &mut PgConnection,

@@ -28,6 +28,17 @@ pub async fn regions(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i64, String)>
     Ok(rows.into_iter().map(|r| (r.region_id, r.name)).collect())
 }
 
+/// (constellation id, name, region id).
+pub async fn constellations(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i64, String, i64)>> {
+    let rows = sqlx::query!("SELECT constellation_id, name, region_id FROM constellations")
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.constellation_id, r.name, r.region_id))
+        .collect())
+}
+
 /// (type id, name, group name, group id).
 pub async fn item_types(
     db: impl PgExecutor<'_>,

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, Object, Result};
 use sqlx::PgPool;
 
-use super::types::{Alliance, Character, Corporation, SolarSystem, killmails_page};
+use super::types::{
+    Alliance, Character, Corporation, KillmailConnection, SolarSystem, killmails_page,
+};
 use super::{KillmailFilter, KillmailNode, Statics, internal, parse_id};
 use crate::db;
 use crate::killmail::KillmailId;
@@ -49,7 +50,7 @@ impl QueryRoot {
         filter: Option<KillmailFilter>,
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, KillmailNode>> {
+    ) -> Result<KillmailConnection> {
         killmails_page(ctx, &filter.unwrap_or_default(), first, after).await
     }
 

@@ -1,5 +1,5 @@
 //! Statistics in GraphQL (DESIGN "GraphQL core for statistics"): `top`, `killmailsDateCounts`,
-//! `mostValuable`, `search`, the roots `region` and `itemType`, and each entity's `stats`,
+//! `mostValuable`, `search`, the roots `region`, `constellation` and `itemType`, and each entity's `stats`,
 //! `topShips`, `topSystems` and `topVictims`. What they mean and where the figures come from
 //! is `stats`; this module checks arguments and names what it returns.
 
@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::loaders::NameLoader;
-use super::types::{EsiTime, ItemType, Region};
+use super::types::{Constellation, EsiTime, ItemType, Region};
 use super::{KillmailFilter, KillmailNode, bad_input, internal, parse_id};
 use crate::db;
 use crate::db::killmails::StoredKillmail;
@@ -225,6 +225,12 @@ impl StatsQuery {
         let id = parse_id(&id, "region")?;
         let known = ctx.data::<Arc<Statics>>()?.regions.contains_key(&id);
         Ok(known.then_some(Region { id }))
+    }
+
+    async fn constellation(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Constellation>> {
+        let id = parse_id(&id, "constellation")?;
+        let known = ctx.data::<Arc<Statics>>()?.constellations.contains_key(&id);
+        Ok(known.then_some(Constellation { id }))
     }
 
     async fn item_type(&self, ctx: &Context<'_>, id: ID) -> Result<Option<ItemType>> {

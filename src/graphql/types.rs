@@ -436,6 +436,27 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, KillmailId)> {
     Ok((time, KillmailId(id)))
 }
 
+/// A page of killmails, and how many match in all.
+pub type KillmailConnection = Connection<String, KillmailNode, Matching>;
+
+/// What a page of killmails knows of everything its filter matches.
+pub struct Matching {
+    filter: crate::filter::Filter,
+}
+
+#[Object]
+impl Matching {
+    /// How many killmails the filter matches in all, on every page (counted when asked, from
+    /// the killmail rows: over a large store and a broad filter it may take as long as the
+    /// query time limit allows).
+    async fn total_count(&self, ctx: &Context<'_>) -> Result<i64> {
+        let mut connection = ctx.data::<PgPool>()?.acquire().await.map_err(internal)?;
+        db::killmails::count(&mut connection, |sql| self.filter.push_sql(sql))
+            .await
+            .map_err(internal)
+    }
+}
+
 /// One page of killmails matching `filter`, newest first: the first `first` (25 unless given)
 /// after the edge cursor `after`.
 pub async fn killmails_page(
@@ -443,7 +464,7 @@ pub async fn killmails_page(
     filter: &KillmailFilter,
     first: Option<i32>,
     after: Option<String>,
-) -> Result<Connection<String, KillmailNode>> {
+) -> Result<KillmailConnection> {
     let first = first.unwrap_or(25);
     if !(0..=MAX_PAGE).contains(&first) {
         return Err(bad_input(format!(
@@ -461,7 +482,8 @@ pub async fn killmails_page(
     )
     .await
     .map_err(internal)?;
-    let mut page = Connection::new(after.is_some(), has_next);
+    let mut page =
+        Connection::with_additional_fields(after.is_some(), has_next, Matching { filter });
     page.edges.extend(stored.into_iter().map(|s| {
         Edge::new(
             encode_cursor(s.killmail.killmail_time, s.killmail.killmail_id),
@@ -506,7 +528,7 @@ impl Character {
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
         #[graphql(default)] involvement: Involvement,
-    ) -> Result<Connection<String, KillmailNode>> {
+    ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             character_ids: only(self.id),
             involvement,
@@ -605,7 +627,7 @@ impl Corporation {
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
         #[graphql(default)] involvement: Involvement,
-    ) -> Result<Connection<String, KillmailNode>> {
+    ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             corporation_ids: only(self.id),
             involvement,
@@ -704,7 +726,7 @@ impl Alliance {
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
         #[graphql(default)] involvement: Involvement,
-    ) -> Result<Connection<String, KillmailNode>> {
+    ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             alliance_ids: only(self.id),
             involvement,
@@ -781,18 +803,46 @@ impl SolarSystem {
     async fn region(&self, ctx: &Context<'_>) -> Result<Option<Region>> {
         Ok(statics(ctx)?.region_of(self.id).map(|id| Region { id }))
     }
+    async fn constellation(&self, ctx: &Context<'_>) -> Result<Option<Constellation>> {
+        Ok(statics(ctx)?
+            .constellation_of(self.id)
+            .map(|id| Constellation { id }))
+    }
     #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
         &self,
         ctx: &Context<'_>,
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, KillmailNode>> {
+    ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             solar_system_ids: only(self.id),
             ..Default::default()
         };
         killmails_page(ctx, &filter, first, after).await
+    }
+}
+
+pub struct Constellation {
+    pub id: i64,
+}
+
+#[Object]
+impl Constellation {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        Ok(statics(ctx)?
+            .constellations
+            .get(&self.id)
+            .map(|(name, _)| name.clone()))
+    }
+    async fn region(&self, ctx: &Context<'_>) -> Result<Option<Region>> {
+        Ok(statics(ctx)?
+            .constellations
+            .get(&self.id)
+            .map(|&(_, id)| Region { id }))
     }
 }
 

@@ -207,12 +207,14 @@ async fn a_killmail_comes_back_whole_with_names() {
     env.cleanup().await;
 }
 
-/// Every id the connection yields for `filter`, walking pages of `first`, checking order.
+/// Every id the connection yields for `filter`, walking pages of `first`, checking order and
+/// that every page's `totalCount` is how many there are in all.
 async fn walk(schema: &KillreportSchema, filter: &Value, first: i32) -> Vec<i64> {
     let query = "query($f: KillmailFilter, $first: Int, $after: String) {
         killmails(filter: $f, first: $first, after: $after) {
-            edges { cursor node { id time } } pageInfo { hasNextPage endCursor } } }";
+            totalCount edges { cursor node { id time } } pageInfo { hasNextPage endCursor } } }";
     let mut ids = Vec::new();
+    let mut total_counts = BTreeSet::new();
     let mut last: Option<(String, i64)> = None;
     let mut after = Value::Null;
     loop {
@@ -223,6 +225,7 @@ async fn walk(schema: &KillreportSchema, filter: &Value, first: i32) -> Vec<i64>
         )
         .await["killmails"]
             .clone();
+        total_counts.insert(page["totalCount"].as_u64().expect("totalCount"));
         for edge in page["edges"].as_array().expect("edges") {
             let id: i64 = edge["node"]["id"]
                 .as_str()
@@ -240,6 +243,11 @@ async fn walk(schema: &KillreportSchema, filter: &Value, first: i32) -> Vec<i64>
             ids.push(id);
         }
         if page["pageInfo"]["hasNextPage"] != true {
+            assert_eq!(
+                total_counts,
+                BTreeSet::from([ids.len() as u64]),
+                "totalCount of {filter}"
+            );
             return ids;
         }
         after = page["pageInfo"]["endCursor"].clone();
@@ -486,6 +494,29 @@ async fn too_deep_too_complex_or_too_large_requests_are_refused_and_the_server_c
             .await
             .expect("page")
             .contains("/graphiql/graphiql.min.js")
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn constellations_are_known_by_id_and_through_their_systems() {
+    let env = TestEnv::new().await;
+    let schema = schema(&env).await;
+    let answer = data(
+        &schema,
+        r#"{ constellation(id: "20000020") { id name region { name } }
+             solarSystem(id: "30000142") { constellation { name } }
+             unknown: constellation(id: "1") { id } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        answer,
+        json!({
+            "constellation": {"id": "20000020", "name": "Kimotoro", "region": {"name": "The Forge"}},
+            "solarSystem": {"constellation": {"name": "Kimotoro"}},
+            "unknown": null
+        })
     );
     env.cleanup().await;
 }
