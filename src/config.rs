@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::backfill::Backfill;
 use crate::backoff::Backoff;
 use crate::feed::{Followed, R2z2Settings, RedisqSettings};
 use crate::queue::runner::{Consuming, Job};
@@ -572,6 +573,18 @@ pub struct EverefArgs {
 }
 
 impl EverefArgs {
+    /// A backfill from EVE Ref that stores through `importer`.
+    pub fn backfill(&self, importer: crate::import::Importer) -> anyhow::Result<Backfill> {
+        Ok(Backfill {
+            importer,
+            http: self.http_client()?,
+            base_url: self.everef_base_url.clone(),
+            download_dir: self.backfill_dir.clone(),
+            download_attempts: self.download_attempts,
+            retry_pause: Duration::from_secs(1),
+        })
+    }
+
     /// An HTTP client for downloads: killreport's User-Agent, bounded connects and silences,
     /// no bound on a whole (large) download.
     pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {

@@ -17,6 +17,7 @@ use killreport::event_log::EventLog;
 use killreport::events::EventPublisher;
 use killreport::health::Readiness;
 use killreport::http::{AppState, router, serve};
+use killreport::import::{Announce, Importer};
 use killreport::live::Hub;
 use killreport::operations::Operations;
 use killreport::statics::Statics;
@@ -194,7 +195,13 @@ async fn main() -> anyhow::Result<()> {
             rabbitmq_url: args.rabbit.rabbitmq_url.clone(),
             topology: args.rabbit.topology(),
             enrich_topology: args.enrich.topology(&args.rabbit),
-            everef: args.everef.clone(),
+            backfill: Arc::new(args.everef.backfill(Importer {
+                pool: pool.clone(),
+                announce: Announce::Never,
+                publisher: None,
+                batch_size: 1000,
+                max_reasons: 20,
+            })?),
             backfilling: Default::default(),
             pool: pool.clone(),
             zkb_base_url: args.zkb.zkb_base_url.clone(),

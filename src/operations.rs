@@ -14,9 +14,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::backfill::Backfill;
-use crate::config::EverefArgs;
 use crate::enrich::{self, Kind};
-use crate::import::{Announce, Importer};
 use crate::queue::dlq::{self, DeadLetter};
 use crate::queue::{Publisher, Topology};
 use crate::repair::Repair;
@@ -34,8 +32,8 @@ pub struct Operations {
     pub pool: PgPool,
     /// zKillboard's site, whose daily history a repair compares with the store.
     pub zkb_base_url: String,
-    /// Where backfills download EVE Ref's archives from, and to.
-    pub everef: EverefArgs,
+    /// The backfill admins start: from EVE Ref, stored unannounced.
+    pub backfill: Arc<Backfill>,
     /// Whether a backfill started here is under way: one at a time.
     pub backfilling: Arc<AtomicBool>,
     /// Repairs and backfills under way stop when it is cancelled.
@@ -132,24 +130,11 @@ impl Operations {
     /// Starts backfilling the days `from` to `to` (both included) from EVE Ref in the
     /// background, as `queue backfill` does (history stored and counted, not announced); its
     /// outcome is logged. `Ok(false)`: one started here is still under way.
-    pub fn start_backfill(&self, from: NaiveDate, to: NaiveDate) -> anyhow::Result<bool> {
-        let backfill = Backfill {
-            importer: Importer {
-                pool: self.pool.clone(),
-                announce: Announce::Never,
-                publisher: None,
-                batch_size: 1000,
-                max_reasons: 20,
-            },
-            http: self.everef.http_client()?,
-            base_url: self.everef.everef_base_url.clone(),
-            download_dir: self.everef.backfill_dir.clone(),
-            download_attempts: self.everef.download_attempts,
-            retry_pause: Duration::from_secs(1),
-        };
+    pub fn start_backfill(&self, from: NaiveDate, to: NaiveDate) -> bool {
         if self.backfilling.swap(true, Ordering::AcqRel) {
-            return Ok(false);
+            return false;
         }
+        let backfill = Arc::clone(&self.backfill);
         let (backfilling, shutdown) = (self.backfilling.clone(), self.shutdown.clone());
         tokio::spawn(async move {
             let progress = indicatif::ProgressBar::hidden();
@@ -164,6 +149,6 @@ impl Operations {
             }
             backfilling.store(false, Ordering::Release);
         });
-        Ok(true)
+        true
     }
 }

@@ -11,8 +11,6 @@ use jsonwebtoken::jwk::JwkSet;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::sso::SsoError;
-
 /// How long a fetched set is trusted without a fetch.
 const MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -37,6 +35,17 @@ struct Cache {
     fetched_at: Option<Instant>,
 }
 
+/// Why no key came out of the set.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// The set, even fresh, has no key of that id: the token cannot be trusted.
+    #[error("the SSO has no signing key {0:?}")]
+    UnknownKey(String),
+    /// The set could not be fetched: try again later.
+    #[error("fetching the JWKS: {0}")]
+    Unavailable(String),
+}
+
 impl Jwks {
     pub fn new(url: String, http: reqwest::Client, refetch: Duration) -> Self {
         Self {
@@ -49,7 +58,7 @@ impl Jwks {
 
     /// The key `kid`, fetching the set when it is old, or when it lacks `kid` and was not
     /// fetched within the refetch interval.
-    pub async fn key(&self, kid: &str) -> Result<DecodingKey, SsoError> {
+    pub async fn key(&self, kid: &str) -> Result<DecodingKey, JwksError> {
         let mut cache = self.cache.lock().await;
         let age = cache.fetched_at.map(|at| at.elapsed());
         let stale = age.is_none_or(|age| age >= MAX_AGE);
@@ -61,12 +70,11 @@ impl Jwks {
             .keys
             .get(kid)
             .cloned()
-            .ok_or_else(|| SsoError::Invalid(format!("the SSO has no signing key {kid:?}")))
+            .ok_or_else(|| JwksError::UnknownKey(kid.to_owned()))
     }
 
-    async fn fetch(&self) -> Result<Cache, SsoError> {
-        let unavailable =
-            |e: reqwest::Error| SsoError::Unavailable(format!("fetching the JWKS: {e}"));
+    async fn fetch(&self) -> Result<Cache, JwksError> {
+        let unavailable = |e: reqwest::Error| JwksError::Unavailable(e.to_string());
         let set: JwkSet = self
             .http
             .get(&self.url)

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::jwks::Jwks;
+use super::jwks::{Jwks, JwksError};
 
 /// Issuers EVE's access tokens may name (the SSO has used both spellings).
 pub const ISSUERS: [&str; 2] = ["login.eveonline.com", "https://login.eveonline.com"];
@@ -74,6 +74,15 @@ pub enum SsoError {
     /// The SSO could not be reached or failed: try again later.
     #[error("the SSO is unavailable: {0}")]
     Unavailable(String),
+}
+
+impl From<JwksError> for SsoError {
+    fn from(error: JwksError) -> Self {
+        match error {
+            JwksError::UnknownKey(_) => SsoError::Invalid(error.to_string()),
+            JwksError::Unavailable(_) => SsoError::Unavailable(error.to_string()),
+        }
+    }
 }
 
 /// The character an access token speaks for, as its verified JWT says.

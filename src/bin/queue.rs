@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use killreport::announce::Announcer;
-use killreport::backfill::Backfill;
 use killreport::config::{
     DatabaseArgs, EnrichArgs, EsiArgs, EverefArgs, RabbitArgs, RedisArgs, UserSyncArgs, ZkbArgs,
 };
@@ -524,20 +523,13 @@ async fn backfill(args: BackfillArgs, shutdown: CancellationToken) -> anyhow::Re
     } else {
         Announce::Never
     };
-    let backfill = Backfill {
-        importer: Importer {
-            pool: pool.clone(),
-            announce,
-            publisher: None,
-            batch_size: args.batch_size,
-            max_reasons: args.show_rejections,
-        },
-        http: args.everef.http_client()?,
-        base_url: args.everef.everef_base_url.clone(),
-        download_dir: args.everef.backfill_dir.clone(),
-        download_attempts: args.everef.download_attempts,
-        retry_pause: Duration::from_secs(1),
-    };
+    let backfill = args.everef.backfill(Importer {
+        pool: pool.clone(),
+        announce,
+        publisher: None,
+        batch_size: args.batch_size,
+        max_reasons: args.show_rejections,
+    })?;
     let progress = progress_bar("{prefix} ")?;
     let summary = backfill
         .run(from, to, &progress, &shutdown, |day| {

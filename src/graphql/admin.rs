@@ -155,7 +155,7 @@ impl MutationRoot {
                 "from must not be after to, and a backfill spans at most {MAX_REPAIR_DAYS} days"
             )));
         }
-        if !operations.start_backfill(from, to).map_err(internal)? {
+        if !operations.start_backfill(from, to) {
             return Err(bad_input(
                 "a backfill started on this server is under way; wait for it to end",
             ));

@@ -3,7 +3,7 @@
 
 use async_graphql::{ID, InputObject};
 
-use super::types::EsiTime;
+use super::time::EsiTime;
 use super::{bad_input, parse_id};
 use crate::filter::{Filter, Ids};
 pub use crate::filter::{Involvement, SecurityClass};

@@ -5,7 +5,6 @@
 mod admin;
 mod entities;
 mod filter;
-mod fitting;
 mod limits;
 mod loaders;
 mod me;
@@ -14,6 +13,7 @@ mod rights;
 mod stats;
 mod status;
 mod subscription;
+mod time;
 mod types;
 
 pub use filter::{Involvement, KillmailFilter, MAX_FILTER_IDS};

@@ -1,17 +1,22 @@
 //! `Query`: one killmail, the filtered `killmails` connection (see `types::killmails_page`),
-//! and entity lookups.
+//! the most valuable killmails, and entity and place lookups (statistics are `stats`).
 
 use std::sync::Arc;
 
 use async_graphql::{Context, ID, Object, Result};
 use sqlx::PgPool;
 
+use super::stats::{first_of, plan};
+use super::time::EsiTime;
 use super::types::{
-    Alliance, Character, Corporation, KillmailConnection, SolarSystem, killmails_page,
+    Alliance, Character, Constellation, Corporation, ItemType, KillmailConnection, Region,
+    SolarSystem, killmails_page,
 };
 use super::{KillmailFilter, KillmailNode, Statics, internal, parse_id};
 use crate::db;
+use crate::db::killmails::StoredKillmail;
 use crate::killmail::KillmailId;
+use crate::stats;
 use crate::status::WorkerStatus;
 
 #[derive(Default)]
@@ -127,5 +132,46 @@ impl QueryRoot {
         #[graphql(default = 100)] first: i32,
     ) -> Result<Vec<super::admin::DeadLetter>> {
         super::admin::dead_letters(ctx, first).await
+    }
+
+    /// The most valuable killmails between `from` and `to` that `filter` lets through, most
+    /// valuable first (killmails without a value are left out).
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
+    async fn most_valuable(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<EsiTime>,
+        to: Option<EsiTime>,
+        filter: Option<KillmailFilter>,
+        #[graphql(default = 10)] first: Option<i32>,
+    ) -> Result<Vec<KillmailNode>> {
+        let first = first_of(first, 10)?;
+        let filter = filter.unwrap_or_default().parse()?;
+        let mut db = ctx.data::<PgPool>()?.acquire().await.map_err(internal)?;
+        let ids = stats::most_valuable(&mut db, &plan(from, to), &filter, first)
+            .await
+            .map_err(internal)?;
+        let ids: Vec<KillmailId> = ids.into_iter().map(KillmailId).collect();
+        let loaded: Vec<StoredKillmail> =
+            db::killmails::load(&mut db, &ids).await.map_err(internal)?;
+        Ok(loaded.into_iter().map(KillmailNode::from).collect())
+    }
+
+    async fn region(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Region>> {
+        let id = parse_id(&id, "region")?;
+        let known = ctx.data::<Arc<Statics>>()?.regions.contains_key(&id);
+        Ok(known.then_some(Region { id }))
+    }
+
+    async fn constellation(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Constellation>> {
+        let id = parse_id(&id, "constellation")?;
+        let known = ctx.data::<Arc<Statics>>()?.constellations.contains_key(&id);
+        Ok(known.then_some(Constellation { id }))
+    }
+
+    async fn item_type(&self, ctx: &Context<'_>, id: ID) -> Result<Option<ItemType>> {
+        let id = parse_id(&id, "item type")?;
+        let known = ctx.data::<Arc<Statics>>()?.types.contains_key(&id);
+        Ok(known.then_some(ItemType { id }))
     }
 }

@@ -1,6 +1,5 @@
 //! Statistics in GraphQL (DESIGN "GraphQL core for statistics"): `top`, `killmailsDateCounts`,
-//! `mostValuable`, `search`, the roots `region`, `constellation` and `itemType`, and each entity's `stats`,
-//! `topShips`, `topSystems` and `topVictims`. What they mean and where the figures come from
+//! `search`, and each entity's `stats` and `top` lists. What they mean and where the figures come from
 //! is `stats`; this module checks arguments and names what it returns.
 
 use std::sync::Arc;
@@ -11,11 +10,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::loaders::NameLoader;
-use super::types::{Constellation, EsiTime, ItemType, Region};
-use super::{KillmailFilter, KillmailNode, bad_input, internal, parse_id};
-use crate::db;
-use crate::db::killmails::StoredKillmail;
-use crate::killmail::KillmailId;
+use super::time::EsiTime;
+use super::{KillmailFilter, bad_input, internal};
 use crate::statics::Statics;
 use crate::stats::{self, EntityKind, EntityTop, Found, Plan, SearchKind, Source, TopKind, TopRow};
 
@@ -25,7 +21,7 @@ pub const MAX_TOP: i32 = 100;
 #[derive(Default)]
 pub struct StatsQuery;
 
-fn first_of(first: Option<i32>, default: i32) -> Result<i64> {
+pub(super) fn first_of(first: Option<i32>, default: i32) -> Result<i64> {
     let first = first.unwrap_or(default);
     if !(0..=MAX_TOP).contains(&first) {
         return Err(bad_input(format!(
@@ -35,7 +31,7 @@ fn first_of(first: Option<i32>, default: i32) -> Result<i64> {
     Ok(i64::from(first))
 }
 
-fn plan(from: Option<EsiTime>, to: Option<EsiTime>) -> Plan {
+pub(super) fn plan(from: Option<EsiTime>, to: Option<EsiTime>) -> Plan {
     let (from, to): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
         (from.map(|t| t.0), to.map(|t| t.0));
     Plan::new(from, to, Source::Aggregates)
@@ -167,29 +163,6 @@ impl StatsQuery {
             .collect())
     }
 
-    /// The most valuable killmails between `from` and `to` that `filter` lets through, most
-    /// valuable first (killmails without a value are left out).
-    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
-    async fn most_valuable(
-        &self,
-        ctx: &Context<'_>,
-        from: Option<EsiTime>,
-        to: Option<EsiTime>,
-        filter: Option<KillmailFilter>,
-        #[graphql(default = 10)] first: Option<i32>,
-    ) -> Result<Vec<KillmailNode>> {
-        let first = first_of(first, 10)?;
-        let filter = filter.unwrap_or_default().parse()?;
-        let mut db = ctx.data::<PgPool>()?.acquire().await.map_err(internal)?;
-        let ids = stats::most_valuable(&mut db, &plan(from, to), &filter, first)
-            .await
-            .map_err(internal)?;
-        let ids: Vec<KillmailId> = ids.into_iter().map(KillmailId).collect();
-        let loaded: Vec<StoredKillmail> =
-            db::killmails::load(&mut db, &ids).await.map_err(internal)?;
-        Ok(loaded.into_iter().map(KillmailNode::from).collect())
-    }
-
     /// Characters, corporations, alliances, solar systems and item types whose name starts
     /// with `text` (any case), shortest names first; `kinds` narrows where to look.
     async fn search(
@@ -219,24 +192,6 @@ impl StatsQuery {
             .await
             .map_err(internal)?;
         Ok(found.into_iter().map(SearchResult::from).collect())
-    }
-
-    async fn region(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Region>> {
-        let id = parse_id(&id, "region")?;
-        let known = ctx.data::<Arc<Statics>>()?.regions.contains_key(&id);
-        Ok(known.then_some(Region { id }))
-    }
-
-    async fn constellation(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Constellation>> {
-        let id = parse_id(&id, "constellation")?;
-        let known = ctx.data::<Arc<Statics>>()?.constellations.contains_key(&id);
-        Ok(known.then_some(Constellation { id }))
-    }
-
-    async fn item_type(&self, ctx: &Context<'_>, id: ID) -> Result<Option<ItemType>> {
-        let id = parse_id(&id, "item type")?;
-        let known = ctx.data::<Arc<Statics>>()?.types.contains_key(&id);
-        Ok(known.then_some(ItemType { id }))
     }
 }
 

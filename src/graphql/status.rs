@@ -7,7 +7,7 @@ use async_graphql::{ComplexObject, Context, Result};
 use futures::Stream;
 
 use super::hidden;
-use super::types::EsiTime;
+use super::time::EsiTime;
 use crate::status::{FeedStatus, ProcessStatus, Status, WorkerStatus};
 
 /// The status the server holds; an error where no monitor runs.

@@ -9,45 +9,20 @@ use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{
-    Context, ID, InputValueError, InputValueResult, Object, Result, Scalar, ScalarType, Value,
-};
-use chrono::{DateTime, SecondsFormat, Utc};
+use async_graphql::{Context, ID, Object, Result};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::entities::{self, EntitySnapshot, Snapshotted};
 use super::loaders::NameLoader;
+use super::time::EsiTime;
 use super::{Involvement, KillmailFilter, MAX_PAGE, Statics, bad_input, internal};
 use crate::db;
 use crate::db::killmails::StoredKillmail;
 use crate::events::KillmailAdded;
-use crate::killmail::{Attacker as EsiAttacker, Item, KillmailId, Zkb as EsiZkb};
+use crate::killmail::{Attacker as EsiAttacker, Item, Killmail, KillmailId, Zkb as EsiZkb};
 use crate::stats::{EntityKind, EntityTop};
-
-/// The schema's `DateTime`: written with a fraction of a second only when there is one.
-#[derive(Clone, Copy, Debug)]
-pub struct EsiTime(pub DateTime<Utc>);
-
-/// A time in UTC as ESI writes it: RFC 3339 with `Z`, like `2021-12-03T00:00:08Z`. Any RFC 3339
-/// time is read.
-#[Scalar(
-    name = "DateTime",
-    specified_by_url = "https://datatracker.ietf.org/doc/html/rfc3339"
-)]
-impl ScalarType for EsiTime {
-    fn parse(value: Value) -> InputValueResult<Self> {
-        match &value {
-            Value::String(text) => DateTime::parse_from_rfc3339(text)
-                .map(|time| Self(time.with_timezone(&Utc)))
-                .map_err(|e| InputValueError::custom(format!("not an RFC 3339 time: {e}"))),
-            _ => Err(InputValueError::expected_type(value)),
-        }
-    }
-
-    fn to_value(&self) -> Value {
-        Value::String(self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-    }
-}
+use crate::valuation::fitting::{Slot, fitting};
 
 /// A killmail, as stored or as announced.
 #[derive(Clone)]
@@ -233,8 +208,8 @@ impl Victim {
     /// The same items by slot rack and hold (high, mid, low, rig, subsystem, drone bay,
     /// cargo, fleet hangar, …), from their flags.
     #[graphql(complexity = "super::limits::list(super::limits::ITEMS, child_complexity)")]
-    async fn fitting(&self) -> Vec<super::fitting::FittingSlot> {
-        super::fitting::slots(&self.0.0.killmail)
+    async fn fitting(&self) -> Vec<FittingSlot> {
+        fitting_slots(&self.0.0.killmail)
     }
     async fn character_name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         self.name(ctx, self.0.0.killmail.victim.character_id).await
@@ -313,7 +288,7 @@ impl Attacker {
     }
 }
 
-pub struct KillmailItem(pub(super) Item);
+pub struct KillmailItem(Item);
 
 #[Object]
 impl KillmailItem {
@@ -857,5 +832,47 @@ impl Region {
     }
     async fn name(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         Ok(statics(ctx)?.regions.get(&self.id).cloned())
+    }
+}
+
+/// One slot rack or hold, with what was in it.
+pub struct FittingSlot {
+    slot: Slot,
+    items: Vec<KillmailItem>,
+}
+
+/// The victim's items by slot and hold, racks first; empty ones left out (see
+/// `valuation::fitting`).
+fn fitting_slots(killmail: &Killmail) -> Vec<FittingSlot> {
+    fitting(killmail)
+        .into_iter()
+        .map(|s| FittingSlot {
+            slot: s.slot,
+            items: s.items.into_iter().cloned().map(KillmailItem).collect(),
+        })
+        .collect()
+}
+
+#[Object]
+impl FittingSlot {
+    /// A stable identifier: `high`, `mid`, `low`, `rig`, `subsystem`, `service`, `droneBay`,
+    /// `fighterBay`, `fighterTubes`, `implants`, `boosters`, `cargo`, `fleetHangar`,
+    /// `shipHangar`, `frigateEscapeBay`, `miningHold` and the other holds, or `other`.
+    async fn name(&self) -> &'static str {
+        self.slot.name()
+    }
+    /// What a fitting window calls it, like "High slots".
+    async fn label(&self) -> &'static str {
+        self.slot.label()
+    }
+    /// The inventory flags of its items, each once, in order (a rack's positions).
+    async fn flags(&self) -> Vec<i32> {
+        let mut flags: Vec<i32> = self.items.iter().map(|item| item.0.flag).collect();
+        flags.dedup();
+        flags
+    }
+    /// Its items by flag, containers with their contents.
+    async fn items(&self) -> &[KillmailItem] {
+        &self.items
     }
 }
