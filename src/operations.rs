@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::NaiveDate;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -51,13 +50,12 @@ impl Operations {
         topology: &Topology,
         what: &str,
     ) -> anyhow::Result<(lapin::Connection, Publisher)> {
-        let connection = crate::queue::connect(&self.rabbitmq_url, &format!("server {what}"))
-            .await
-            .context("connecting to RabbitMQ")?;
-        let publisher = Publisher::new(&connection, topology.clone())
-            .await
-            .context("declaring the RabbitMQ topology")?;
-        Ok((connection, publisher))
+        Publisher::open(
+            &self.rabbitmq_url,
+            &format!("server {what}"),
+            topology.clone(),
+        )
+        .await
     }
 
     /// Up to `limit` dead letters, left where they are.

@@ -353,12 +353,12 @@ async fn enrich_publisher(
     enrich: &EnrichArgs,
     rabbit: &RabbitArgs,
 ) -> anyhow::Result<(lapin::Connection, Publisher)> {
-    let connection = killreport::queue::connect(&rabbit.rabbitmq_url, "queue enrich")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let publisher = Publisher::new(&connection, enrich.topology(rabbit))
-        .await
-        .context("declaring the RabbitMQ topology")?;
+    let (connection, publisher) = Publisher::open(
+        &rabbit.rabbitmq_url,
+        "queue enrich",
+        enrich.topology(rabbit),
+    )
+    .await?;
     Ok((connection, publisher))
 }
 
@@ -404,12 +404,8 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
         DlqCommand::List(args) | DlqCommand::Replay(args) => &args.rabbit,
         DlqCommand::Purge { rabbit } => rabbit,
     };
-    let connection = killreport::queue::connect(&rabbit.rabbitmq_url, "queue dlq")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let publisher = Publisher::new(&connection, rabbit.topology())
-        .await
-        .context("declaring the RabbitMQ topology")?;
+    let (connection, publisher) =
+        Publisher::open(&rabbit.rabbitmq_url, "queue dlq", rabbit.topology()).await?;
     let channel = connection.create_channel().await?;
     let topology = rabbit.topology();
     match command {
@@ -459,12 +455,12 @@ async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result
         .await
         .context("connecting to Redis")?;
     let rabbit = if args.queue_missing {
-        let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "queue import")
-            .await
-            .context("connecting to RabbitMQ")?;
-        let publisher = Publisher::new(&connection, args.rabbit.topology())
-            .await
-            .context("declaring the RabbitMQ topology")?;
+        let (connection, publisher) = Publisher::open(
+            &args.rabbit.rabbitmq_url,
+            "queue import",
+            args.rabbit.topology(),
+        )
+        .await?;
         Some((connection, publisher))
     } else {
         None
@@ -555,12 +551,12 @@ async fn repair(args: RepairArgs, shutdown: CancellationToken) -> anyhow::Result
         .connect()
         .await
         .context("connecting to PostgreSQL")?;
-    let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "queue repair")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let publisher = Publisher::new(&connection, args.rabbit.topology())
-        .await
-        .context("declaring the RabbitMQ topology")?;
+    let (connection, publisher) = Publisher::open(
+        &args.rabbit.rabbitmq_url,
+        "queue repair",
+        args.rabbit.topology(),
+    )
+    .await?;
     let repair = Repair {
         http: killreport::feed::http_client(Duration::from_secs(args.zkb_timeout_secs.max(1)))?,
         base_url: args.zkb.zkb_base_url.clone(),
@@ -609,12 +605,12 @@ async fn user_killmails(args: UserKillmailsArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to PostgreSQL")?;
-    let connection = killreport::queue::connect(&args.rabbit.rabbitmq_url, "queue user-killmails")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let publisher = Publisher::new(&connection, args.user_sync.topology(&args.rabbit))
-        .await
-        .context("declaring the RabbitMQ topology")?;
+    let (connection, publisher) = Publisher::open(
+        &args.rabbit.rabbitmq_url,
+        "queue user-killmails",
+        args.user_sync.topology(&args.rabbit),
+    )
+    .await?;
     let ids = (!args.all).then_some(args.characters.as_slice());
     let queued = killreport::user_sync::queue_pilots(&pool, &publisher, ids).await?;
     println!("{queued}");

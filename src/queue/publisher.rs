@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
@@ -51,6 +52,22 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A connection named `name` on the broker at `url`, and a publisher on it for
+    /// `topology` (which it declares): what a process that only publishes needs.
+    pub async fn open(
+        url: &str,
+        name: &str,
+        topology: Topology,
+    ) -> anyhow::Result<(Connection, Publisher)> {
+        let connection = super::connect(url, name)
+            .await
+            .context("connecting to RabbitMQ")?;
+        let publisher = Publisher::new(&connection, topology)
+            .await
+            .context("declaring the RabbitMQ topology")?;
+        Ok((connection, publisher))
+    }
+
     /// Opens a confirm-mode channel on `connection` and declares `topology`.
     pub async fn new(connection: &Connection, topology: Topology) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;

@@ -39,12 +39,8 @@ impl Outlet {
         let publisher = match current.as_ref() {
             Some((_, publisher)) => publisher.clone(),
             None => {
-                let connection = crate::queue::connect(&self.url, &self.name)
-                    .await
-                    .context("connecting to RabbitMQ")?;
-                let publisher = Publisher::new(&connection, self.topology.clone())
-                    .await
-                    .context("declaring the RabbitMQ topology")?;
+                let (connection, publisher) =
+                    Publisher::open(&self.url, &self.name, self.topology.clone()).await?;
                 *current = Some((connection, publisher.clone()));
                 publisher
             }
