@@ -42,7 +42,11 @@ pub(crate) async fn schema(env: &TestEnv) -> KillreportSchema {
     killreport::graphql::schema(env.pool.clone(), hub, log, statics, env.status().await)
 }
 
-async fn run(schema: &KillreportSchema, query: &str, variables: Value) -> async_graphql::Response {
+pub(crate) async fn run(
+    schema: &KillreportSchema,
+    query: &str,
+    variables: Value,
+) -> async_graphql::Response {
     schema
         .execute(Request::new(query).variables(Variables::from_json(variables)))
         .await

@@ -5,25 +5,21 @@
 //! do; the GraphQL answers; the `statistics` event.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::{Request, Variables};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use indicatif::ProgressBar;
-use killreport::event_log::EventLog;
 use killreport::filter::{Filter, SecurityClass};
-use killreport::graphql::KillreportSchema;
 use killreport::import::{Announce, Importer};
 use killreport::killmail::{KillmailId, Received, Source as Origin, Zkb};
-use killreport::live::Hub;
 use killreport::statics::Statics;
 use killreport::stats::{self, EntityKind, Plan, Source, TopKind};
 use serde_json::{Value, json};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestEnv, fixtures, redis_url, wait_until};
+use crate::graphql::{data, run, schema};
+use crate::support::{TestEnv, fixtures, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -421,42 +417,6 @@ async fn busiest(env: &TestEnv, column: &str) -> i64 {
     .fetch_one(&env.pool)
     .await
     .expect("busiest")
-}
-
-async fn schema(env: &TestEnv) -> KillreportSchema {
-    let statics = Arc::new(Statics::load(&env.pool).await.expect("statics"));
-    let hub = Hub::start(
-        env.pool.clone(),
-        Arc::clone(&statics),
-        &redis_url(),
-        &env.channel,
-        Duration::from_secs(3),
-        CancellationToken::new(),
-    )
-    .await
-    .expect("hub");
-    let log = EventLog::start(
-        env.pool.clone(),
-        hub.clone(),
-        &redis_url(),
-        &env.bus_channel(),
-        CancellationToken::new(),
-    )
-    .await
-    .expect("event log");
-    killreport::graphql::schema(env.pool.clone(), hub, log, statics, env.status().await)
-}
-
-async fn run(schema: &KillreportSchema, query: &str, variables: Value) -> async_graphql::Response {
-    schema
-        .execute(Request::new(query).variables(Variables::from_json(variables)))
-        .await
-}
-
-async fn data(schema: &KillreportSchema, query: &str, variables: Value) -> Value {
-    let response = run(schema, query, variables).await;
-    assert!(response.errors.is_empty(), "{:?}", response.errors);
-    response.data.into_json().expect("JSON data")
 }
 
 #[tokio::test]
