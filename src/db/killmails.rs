@@ -553,39 +553,111 @@ fn build_tree(flat: Vec<(Option<i32>, Item)>) -> Vec<Item> {
     roots
 }
 
+/// The order of a page of killmails.
+#[derive(async_graphql::Enum, Copy, Clone, Debug, Default, Eq, PartialEq)]
+#[graphql(name = "KillmailOrder")]
+pub enum Order {
+    /// Newest first, by time, then id.
+    #[default]
+    Time,
+    /// Most valuable first (zKillboard's value, else killreport's estimate), then by id;
+    /// killmails without a value last.
+    Value,
+}
+
+/// Where a killmail stands in an [`Order`]: a page continues after one.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum PageKey {
+    Time(DateTime<Utc>, KillmailId),
+    Value(Option<f64>, KillmailId),
+}
+
+impl PageKey {
+    pub fn order(self) -> Order {
+        match self {
+            PageKey::Time(..) => Order::Time,
+            PageKey::Value(..) => Order::Value,
+        }
+    }
+
+    /// ` AND …`: the killmails after this one in its order.
+    fn push_after(self, sql: &mut QueryBuilder<'_, Postgres>) {
+        match self {
+            PageKey::Time(time, id) => {
+                sql.push(" AND (k.killmail_time, k.killmail_id) < (")
+                    .push_bind(time)
+                    .push(", ")
+                    .push_bind(id.0)
+                    .push(")");
+            }
+            PageKey::Value(Some(value), id) => {
+                sql.push(" AND (k.total_value < ")
+                    .push_bind(value)
+                    .push(" OR (k.total_value = ")
+                    .push_bind(value)
+                    .push(" AND k.killmail_id < ")
+                    .push_bind(id.0)
+                    .push(") OR k.total_value IS NULL)");
+            }
+            PageKey::Value(None, id) => {
+                sql.push(" AND k.total_value IS NULL AND k.killmail_id < ")
+                    .push_bind(id.0);
+            }
+        }
+    }
+}
+
 /// One page of the killmails meeting `conditions` (which append ` AND …` conditions on
-/// `killmails k`), newest first (by time, then id), rebuilt as [`load`] does: at most `limit`
-/// of them after the position `after` (a killmail's time and id), and whether more follow. A
-/// page is one keyset query for the ids plus one batched load.
+/// `killmails k`) in `order`, rebuilt as [`load`] does: at most `limit` of them after the
+/// position `after` (which must be of the same order), each with its position, and whether
+/// more follow. A page is one keyset query for the ids plus one batched load.
 pub async fn page(
     db: &mut PgConnection,
     conditions: impl FnOnce(&mut QueryBuilder<'_, Postgres>),
-    after: Option<(DateTime<Utc>, KillmailId)>,
+    order: Order,
+    after: Option<PageKey>,
     limit: u32,
-) -> sqlx::Result<(Vec<StoredKillmail>, bool)> {
+) -> sqlx::Result<(Vec<(PageKey, StoredKillmail)>, bool)> {
+    debug_assert!(after.is_none_or(|after| after.order() == order));
     // The conditions decide the shape of the statement, so it is built here; every value is
     // bound.
-    let mut sql = QueryBuilder::new("SELECT k.killmail_id FROM killmails k WHERE true");
+    let mut sql = QueryBuilder::new(
+        "SELECT k.killmail_id, k.killmail_time, k.total_value FROM killmails k WHERE true",
+    );
     conditions(&mut sql);
-    if let Some((time, id)) = after {
-        sql.push(" AND (k.killmail_time, k.killmail_id) < (")
-            .push_bind(time)
-            .push(", ")
-            .push_bind(id.0)
-            .push(")");
+    if let Some(after) = after {
+        after.push_after(&mut sql);
     }
-    sql.push(" ORDER BY k.killmail_time DESC, k.killmail_id DESC LIMIT ")
-        .push_bind(i64::from(limit) + 1);
-    let mut ids: Vec<KillmailId> = sql
-        .build_query_scalar()
-        .fetch_all(&mut *db)
+    sql.push(match order {
+        Order::Time => " ORDER BY k.killmail_time DESC, k.killmail_id DESC LIMIT ",
+        Order::Value => " ORDER BY k.total_value DESC NULLS LAST, k.killmail_id DESC LIMIT ",
+    })
+    .push_bind(i64::from(limit) + 1);
+    let mut found: Vec<(i64, DateTime<Utc>, Option<f64>)> =
+        sql.build_query_as().fetch_all(&mut *db).await?;
+    let more = found.len() > limit as usize;
+    found.truncate(limit as usize);
+    let positions: HashMap<KillmailId, PageKey> = found
+        .iter()
+        .map(|&(id, time, value)| {
+            let id = KillmailId(id);
+            let position = match order {
+                Order::Time => PageKey::Time(time, id),
+                Order::Value => PageKey::Value(value, id),
+            };
+            (id, position)
+        })
+        .collect();
+    let ids: Vec<KillmailId> = found.iter().map(|&(id, ..)| KillmailId(id)).collect();
+    let page = load(db, &ids)
         .await?
         .into_iter()
-        .map(KillmailId)
+        .filter_map(|stored| {
+            let position = positions.get(&stored.killmail.killmail_id)?;
+            Some((*position, stored))
+        })
         .collect();
-    let more = ids.len() > limit as usize;
-    ids.truncate(limit as usize);
-    Ok((load(db, &ids).await?, more))
+    Ok((page, more))
 }
 
 /// How many killmails meet `conditions` (the same as [`page`]'s), in all.

@@ -14,7 +14,7 @@ use super::types::{
 };
 use super::{KillmailFilter, KillmailNode, Statics, internal, parse_id};
 use crate::db;
-use crate::db::killmails::StoredKillmail;
+use crate::db::killmails::{Order, StoredKillmail};
 use crate::killmail::KillmailId;
 use crate::stats;
 use crate::status::WorkerStatus;
@@ -47,7 +47,8 @@ impl QueryRoot {
         Ok(found.pop().map(KillmailNode::from))
     }
 
-    /// Killmails matching `filter`, newest first.
+    /// Killmails matching `filter`, newest first, or most valuable first with `orderBy: VALUE`
+    /// (killmails without a value last).
     #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn killmails(
         &self,
@@ -55,8 +56,9 @@ impl QueryRoot {
         filter: Option<KillmailFilter>,
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
+        #[graphql(default)] order_by: Order,
     ) -> Result<KillmailConnection> {
-        killmails_page(ctx, &filter.unwrap_or_default(), first, after).await
+        killmails_page(ctx, &filter.unwrap_or_default(), order_by, first, after).await
     }
 
     /// A character the store has seen or can name, with its affiliation as ESI last said it,

@@ -3,14 +3,14 @@
 //! the event's `names` when it has them, from the in-memory static tables for systems, regions
 //! and types, and from the batched name loader for everything else. Every `killmails` field,
 //! `Query`'s and each entity's, is a page of the same connection (see [`killmails_page`]):
-//! newest first, keyset-paginated.
+//! newest first or most valuable first, keyset-paginated.
 
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, ID, Object, Result};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use sqlx::PgPool;
 
 use super::entities::{self, EntitySnapshot, Snapshotted};
@@ -18,7 +18,7 @@ use super::loaders::NameLoader;
 use super::time::EsiTime;
 use super::{Involvement, KillmailFilter, MAX_PAGE, Statics, bad_input, internal};
 use crate::db;
-use crate::db::killmails::StoredKillmail;
+use crate::db::killmails::{Order, PageKey, StoredKillmail};
 use crate::events::KillmailAdded;
 use crate::killmail::{Attacker as EsiAttacker, Item, Killmail, KillmailId, Zkb as EsiZkb};
 use crate::stats::{EntityKind, EntityTop};
@@ -391,24 +391,34 @@ fn only(id: i64) -> Option<Vec<ID>> {
     Some(vec![ID(id.to_string())])
 }
 
-/// An edge cursor: the position of a killmail in newest-first order, `t<µs>i<id>`.
-fn encode_cursor(time: DateTime<Utc>, id: KillmailId) -> String {
-    format!("t{}i{}", time.timestamp_micros(), id.0)
+/// An edge cursor: a killmail's place in its order: newest first `t<µs>i<id>`, most valuable
+/// first `v<value>i<id>` (`vi<id>` without a value).
+fn encode_cursor(key: PageKey) -> String {
+    match key {
+        PageKey::Time(time, id) => format!("t{}i{}", time.timestamp_micros(), id.0),
+        PageKey::Value(value, id) => {
+            let value = value.map(|v| v.to_string()).unwrap_or_default();
+            format!("v{value}i{}", id.0)
+        }
+    }
 }
 
-fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, KillmailId)> {
+fn decode_cursor(cursor: &str) -> Result<PageKey> {
     let bad = || bad_input(format!("{cursor:?} is not a cursor of this connection"));
-    let (micros, id) = cursor
-        .strip_prefix('t')
-        .and_then(|rest| rest.split_once('i'))
-        .ok_or_else(bad)?;
-    let time = micros
-        .parse()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(bad)?;
-    let id = id.parse().map_err(|_| bad())?;
-    Ok((time, KillmailId(id)))
+    let (key, id) = cursor.rsplit_once('i').ok_or_else(bad)?;
+    let id = KillmailId(id.parse().map_err(|_| bad())?);
+    if let Some(micros) = key.strip_prefix('t') {
+        let time = micros
+            .parse()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(bad)?;
+        return Ok(PageKey::Time(time, id));
+    }
+    match key.strip_prefix('v').ok_or_else(bad)? {
+        "" => Ok(PageKey::Value(None, id)),
+        value => Ok(PageKey::Value(Some(value.parse().map_err(|_| bad())?), id)),
+    }
 }
 
 /// A page of killmails, and how many match in all.
@@ -432,11 +442,12 @@ impl Matching {
     }
 }
 
-/// One page of killmails matching `filter`, newest first: the first `first` (25 unless given)
-/// after the edge cursor `after`.
+/// One page of killmails matching `filter` in `order`: the first `first` (25 unless given)
+/// after the edge cursor `after`, which must come from a page of the same order.
 pub async fn killmails_page(
     ctx: &Context<'_>,
     filter: &KillmailFilter,
+    order: Order,
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<KillmailConnection> {
@@ -448,10 +459,17 @@ pub async fn killmails_page(
     }
     let filter = filter.parse()?;
     let after = after.as_deref().map(decode_cursor).transpose()?;
+    if let Some(key) = after.filter(|key| key.order() != order) {
+        return Err(bad_input(format!(
+            "the cursor {:?} belongs to a page in another order than {order:?}",
+            encode_cursor(key)
+        )));
+    }
     let mut connection = ctx.data::<PgPool>()?.acquire().await.map_err(internal)?;
     let (stored, has_next) = db::killmails::page(
         &mut connection,
         |sql| filter.push_sql(sql),
+        order,
         after,
         first.unsigned_abs(),
     )
@@ -459,12 +477,11 @@ pub async fn killmails_page(
     .map_err(internal)?;
     let mut page =
         Connection::with_additional_fields(after.is_some(), has_next, Matching { filter });
-    page.edges.extend(stored.into_iter().map(|s| {
-        Edge::new(
-            encode_cursor(s.killmail.killmail_time, s.killmail.killmail_id),
-            KillmailNode::from(s),
-        )
-    }));
+    page.edges.extend(
+        stored
+            .into_iter()
+            .map(|(key, s)| Edge::new(encode_cursor(key), KillmailNode::from(s))),
+    );
     Ok(page)
 }
 
@@ -503,13 +520,14 @@ impl Character {
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
         #[graphql(default)] involvement: Involvement,
+        #[graphql(default)] order_by: Order,
     ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             character_ids: only(self.id),
             involvement,
             ..Default::default()
         };
-        killmails_page(ctx, &filter, first, after).await
+        killmails_page(ctx, &filter, order_by, first, after).await
     }
     /// Its kills, losses, ISK destroyed and lost, solo kills and points between `from`
     /// (inclusive) and `to` (exclusive), on `killmail_time`.
@@ -602,13 +620,14 @@ impl Corporation {
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
         #[graphql(default)] involvement: Involvement,
+        #[graphql(default)] order_by: Order,
     ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             corporation_ids: only(self.id),
             involvement,
             ..Default::default()
         };
-        killmails_page(ctx, &filter, first, after).await
+        killmails_page(ctx, &filter, order_by, first, after).await
     }
     /// Its kills, losses, ISK destroyed and lost, solo kills and points between `from`
     /// (inclusive) and `to` (exclusive), on `killmail_time`.
@@ -701,13 +720,14 @@ impl Alliance {
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
         #[graphql(default)] involvement: Involvement,
+        #[graphql(default)] order_by: Order,
     ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             alliance_ids: only(self.id),
             involvement,
             ..Default::default()
         };
-        killmails_page(ctx, &filter, first, after).await
+        killmails_page(ctx, &filter, order_by, first, after).await
     }
     /// Its kills, losses, ISK destroyed and lost, solo kills and points between `from`
     /// (inclusive) and `to` (exclusive), on `killmail_time`.
@@ -789,12 +809,13 @@ impl SolarSystem {
         ctx: &Context<'_>,
         #[graphql(default = 25)] first: Option<i32>,
         after: Option<String>,
+        #[graphql(default)] order_by: Order,
     ) -> Result<KillmailConnection> {
         let filter = KillmailFilter {
             solar_system_ids: only(self.id),
             ..Default::default()
         };
-        killmails_page(ctx, &filter, first, after).await
+        killmails_page(ctx, &filter, order_by, first, after).await
     }
 }
 

@@ -552,7 +552,7 @@ pub async fn most_valuable(
     plan.push_edges(&mut sql, "k");
     sql.push(" WHERE k.total_value IS NOT NULL");
     filter.push_sql(&mut sql);
-    sql.push(" ORDER BY k.total_value DESC, k.killmail_id DESC LIMIT ")
+    sql.push(" ORDER BY k.total_value DESC NULLS LAST, k.killmail_id DESC LIMIT ")
         .push_bind(first);
     sql.build_query_scalar().fetch_all(db).await
 }

@@ -306,9 +306,10 @@ async fn backfilled_history_is_stored_but_announced_only_when_asked() {
     assert_no_more_events(&mut events, Duration::from_secs(2)).await;
     // Queryable like any other killmail.
     let mut db = env.pool.acquire().await.expect("a connection");
-    let (page, more) = killreport::db::killmails::page(&mut db, |_| {}, None, 5)
-        .await
-        .expect("a page");
+    let (page, more) =
+        killreport::db::killmails::page(&mut db, |_| {}, Default::default(), None, 5)
+            .await
+            .expect("a page");
     assert_eq!(page.len(), 5);
     assert!(more);
 

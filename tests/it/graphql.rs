@@ -211,40 +211,22 @@ async fn a_killmail_comes_back_whole_with_names() {
     env.cleanup().await;
 }
 
-/// Every id the connection yields for `filter`, walking pages of `first`, checking order and
-/// that every page's `totalCount` is how many there are in all.
-async fn walk(schema: &KillreportSchema, filter: &Value, first: i32) -> Vec<i64> {
-    let query = "query($f: KillmailFilter, $first: Int, $after: String) {
-        killmails(filter: $f, first: $first, after: $after) {
-            totalCount edges { cursor node { id time } } pageInfo { hasNextPage endCursor } } }";
+/// Every id the connection yields for `filter` in `order` (`TIME` or `VALUE`), walking pages of
+/// `first`, checking that every page's `totalCount` is how many there are in all.
+async fn walk(schema: &KillreportSchema, filter: &Value, first: i32, order: &str) -> Vec<i64> {
+    let query = "query($f: KillmailFilter, $first: Int, $after: String, $order: KillmailOrder) {
+        killmails(filter: $f, first: $first, after: $after, orderBy: $order) {
+            totalCount edges { cursor node { id } } pageInfo { hasNextPage endCursor } } }";
     let mut ids = Vec::new();
     let mut total_counts = BTreeSet::new();
-    let mut last: Option<(String, i64)> = None;
     let mut after = Value::Null;
     loop {
-        let page = data(
-            schema,
-            query,
-            json!({"f": filter, "first": first, "after": after}),
-        )
-        .await["killmails"]
-            .clone();
+        let variables = json!({"f": filter, "first": first, "after": after, "order": order});
+        let page = data(schema, query, variables).await["killmails"].clone();
         total_counts.insert(page["totalCount"].as_u64().expect("totalCount"));
         for edge in page["edges"].as_array().expect("edges") {
-            let id: i64 = edge["node"]["id"]
-                .as_str()
-                .expect("id")
-                .parse()
-                .expect("numeric id");
-            let time = edge["node"]["time"].as_str().expect("time").to_owned();
-            if let Some(previous) = &last {
-                assert!(
-                    (time.clone(), id) < *previous,
-                    "newest first: {time} {id} after {previous:?}"
-                );
-            }
-            last = Some((time, id));
-            ids.push(id);
+            let id = edge["node"]["id"].as_str().expect("id");
+            ids.push(id.parse().expect("numeric id"));
         }
         if page["pageInfo"]["hasNextPage"] != true {
             assert_eq!(
@@ -258,19 +240,25 @@ async fn walk(schema: &KillreportSchema, filter: &Value, first: i32) -> Vec<i64>
     }
 }
 
-async fn sql_ids(env: &TestEnv, condition: &str) -> BTreeSet<i64> {
+/// The orders of the connection, and the same in SQL.
+const ORDERS: [(&str, &str); 2] = [
+    ("TIME", "k.killmail_time DESC, k.killmail_id DESC"),
+    ("VALUE", "k.total_value DESC NULLS LAST, k.killmail_id DESC"),
+];
+
+/// The ids of the killmails meeting `condition`, in the order `order_by`.
+async fn sql_sequence(env: &TestEnv, condition: &str, order_by: &str) -> Vec<i64> {
     sqlx::query_scalar::<_, i64>(&format!(
-        "SELECT killmail_id FROM killmails k WHERE {condition}"
+        "SELECT killmail_id FROM killmails k WHERE {condition} ORDER BY {order_by}"
     ))
     .fetch_all(&env.pool)
     .await
     .expect("SQL")
-    .into_iter()
-    .collect()
 }
 
 #[tokio::test]
-async fn the_killmails_connection_matches_sql_for_every_filter_and_pages_cover_everything_once() {
+async fn the_killmails_connection_matches_sql_for_every_filter_in_both_orders_and_pages_cover_everything_once()
+ {
     let env = TestEnv::new().await;
     import_day(&env).await;
     // zKillboard values for two thirds of them.
@@ -362,24 +350,31 @@ async fn the_killmails_connection_matches_sql_for_every_filter_and_pages_cover_e
             ),
         ),
     ];
+    // Every killmail once, in the same order as SQL's, newest first and most valuable first
+    // (values tie: ties by id, killmails without a value last).
     for (filter, condition) in &cases {
-        let expected = sql_ids(&env, condition).await;
-        assert!(
-            !expected.is_empty(),
-            "a case that selects something: {filter}"
-        );
-        let walked = walk(&schema, filter, 200).await;
-        let got: BTreeSet<i64> = walked.iter().copied().collect();
-        assert_eq!(got.len(), walked.len(), "no killmail twice for {filter}");
-        assert_eq!(got, expected, "filter {filter}");
+        for (order, order_by) in ORDERS {
+            let expected = sql_sequence(&env, condition, order_by).await;
+            assert!(
+                !expected.is_empty(),
+                "a case that selects something: {filter}"
+            );
+            assert_eq!(
+                walk(&schema, filter, 200, order).await,
+                expected,
+                "{order} {filter}"
+            );
+        }
     }
-    // Small pages: still every killmail once, in order.
-    let small = walk(&schema, &json!({"regionIds": [region.to_string()]}), 7).await;
-    assert_eq!(
-        small.iter().copied().collect::<BTreeSet<_>>(),
-        sql_ids(&env, &format!("k.region_id = {region}")).await
-    );
-    assert_eq!(small.len(), small.iter().collect::<BTreeSet<_>>().len());
+    // Small pages too.
+    let region_filter = json!({"regionIds": [region.to_string()]});
+    for (order, order_by) in ORDERS {
+        assert_eq!(
+            walk(&schema, &region_filter, 7, order).await,
+            sql_sequence(&env, &format!("k.region_id = {region}"), order_by).await,
+            "{order} in pages of 7"
+        );
+    }
     env.cleanup().await;
 }
 
@@ -391,6 +386,10 @@ async fn bad_input_is_a_bad_user_input_error_with_a_clear_message() {
         (
             r#"{ killmails(after: "nonsense") { edges { cursor } } }"#,
             "not a cursor",
+        ),
+        (
+            r#"{ killmails(orderBy: VALUE, after: "t1638316800000000i1") { edges { cursor } } }"#,
+            "another order",
         ),
         (
             r#"{ killmail(id: "abc") { id } }"#,
