@@ -382,7 +382,9 @@ pub async fn without_zkb(
         .collect())
 }
 
-/// Replaces the `estimate` of each killmail named (one UPDATE for them all).
+/// Replaces the `estimate` of each killmail named (one UPDATE for them all), keeping the
+/// `ganked` label, which the store gives from other killmails (see its migration), not the
+/// killmail's own rules.
 pub async fn set_estimates(
     db: impl PgExecutor<'_>,
     estimates: Vec<(KillmailId, serde_json::Value)>,
@@ -390,9 +392,15 @@ pub async fn set_estimates(
     let (ids, estimates): (Vec<i64>, Vec<serde_json::Value>) =
         estimates.into_iter().map(|(id, e)| (id.0, e)).unzip();
     let done = sqlx::query!(
-        "UPDATE killmails k SET estimate = u.estimate
-         FROM UNNEST($1::int8[], $2::jsonb[]) AS u(killmail_id, estimate)
-         WHERE k.killmail_id = u.killmail_id AND k.estimate IS DISTINCT FROM u.estimate",
+        r#"UPDATE killmails k SET estimate = u.estimate
+         FROM (SELECT v.killmail_id,
+                      CASE WHEN coalesce(o.estimate -> 'labels' ? 'ganked', false)
+                           THEN jsonb_set(v.estimate, '{labels}',
+                                          coalesce(v.estimate -> 'labels', '[]') || '["ganked"]')
+                           ELSE v.estimate END AS estimate
+               FROM UNNEST($1::int8[], $2::jsonb[]) AS v(killmail_id, estimate)
+               JOIN killmails o ON o.killmail_id = v.killmail_id) u
+         WHERE k.killmail_id = u.killmail_id AND k.estimate IS DISTINCT FROM u.estimate"#,
         &ids,
         &estimates
     )

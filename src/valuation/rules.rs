@@ -7,9 +7,10 @@
 //! `classes/Price.php`), with these differences, each for want of data killreport does not
 //! keep: prices are ESI's daily `average_price` (else `adjusted_price`) rather than a trimmed
 //! 34-day mean of Jita's market history; `points` (which needs dogma attributes), `padding`
-//! (which needs the store's history of look-alike kills), `ganked` and `capital` (market
-//! groups) are left out; and dropped and destroyed values count containers' contents with the
-//! same price rules as the total, so that dropped + destroyed = total.
+//! (which needs the store's history of look-alike kills) and `capital` (market groups) are
+//! left out; `ganked`, which depends on other killmails, is the store's (its migration
+//! `*_ganked.sql`); and dropped and destroyed values count containers' contents with the same
+//! price rules as the total, so that dropped + destroyed = total.
 
 use std::collections::HashMap;
 

@@ -454,6 +454,114 @@ async fn stored_killmails_are_valued_again_when_a_days_prices_first_arrive() {
     assert_eq!(estimates(&env).await, last);
 }
 
+/// CONCORD's kill of `ganker` for the gank `g`: `after` killmail ids and a minute later, in
+/// the same system.
+fn concord_kill(g: &Killmail, ganker: i64, after: i64) -> Killmail {
+    let mut concord = g.clone();
+    concord.killmail_id = KillmailId(g.killmail_id.0 + after);
+    concord.killmail_time = g.killmail_time + chrono::Duration::minutes(1);
+    concord.war_id = None;
+    concord.victim = serde_json::from_value(json!({
+        "character_id": ganker, "corporation_id": 98_000_001, "ship_type_id": 24700,
+        "damage_taken": 5000, "items": []
+    }))
+    .expect("a victim");
+    concord.attackers = vec![
+        serde_json::from_value(json!({
+            "corporation_id": 1_000_125, "ship_type_id": 3885, "damage_done": 5000,
+            "final_blow": true, "security_status": 0.0
+        }))
+        .expect("an attacker"),
+    ];
+    concord
+}
+
+async fn ganked(env: &TestEnv) -> BTreeSet<i64> {
+    let schema = schema(env).await;
+    let found = data(
+        &schema,
+        r#"{ killmails(filter: {labels: ["ganked"]}, first: 200) { edges { node { id } } } }"#,
+        json!({}),
+    )
+    .await;
+    found["killmails"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            e["node"]["id"]
+                .as_str()
+                .expect("id")
+                .parse()
+                .expect("an id")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gank_is_labelled_ganked_whichever_arrives_first_and_keeps_it_through_revaluation() {
+    let env = TestEnv::new().await;
+    let the_day = day("2021-12-03");
+    // Prices of a later day value them until their own day's arrive.
+    valuation::add_prices(&env.pool, day("2021-12-05"), &flat_prices(2_000_000.0))
+        .await
+        .expect("prices");
+    // Highsec kills of ships (not capsules) outside wars, by a pilot: gank-shaped.
+    let mut ganks = Vec::new();
+    for (killmail, hash) in fixtures::killmails() {
+        let ganker = killmail.attackers.iter().find_map(|a| a.character_id);
+        let (security, group): (Option<f64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT security_status FROM solar_systems WHERE solar_system_id = $1),
+                    (SELECT group_id FROM item_types WHERE type_id = $2)",
+        )
+        .bind(killmail.solar_system_id)
+        .bind(killmail.victim.ship_type_id)
+        .fetch_one(&env.pool)
+        .await
+        .expect("statics");
+        if let Some(ganker) = ganker
+            && killmail.killmail_time.date_naive() == the_day
+            && killmail.war_id.is_none()
+            && security.is_some_and(|s| s >= 0.45)
+            && group != Some(29)
+        {
+            ganks.push((killmail, hash, ganker));
+        }
+    }
+    assert!(ganks.len() >= 3, "highsec kills among the fixtures");
+    let [(g1, h1, ganker1), (g2, h2, ganker2), (g3, h3, ganker3)] =
+        <[_; 3]>::try_from(ganks.into_iter().take(3).collect::<Vec<_>>()).expect("three");
+    let store = |killmails: Vec<(Killmail, String)>| {
+        let pool = env.pool.clone();
+        async move {
+            killreport::ingest::store(&pool, &without_zkb(killmails))
+                .await
+                .expect("storing")
+        }
+    };
+    // The gank first, CONCORD's kill in a later batch.
+    store(vec![(g1.clone(), h1), (g3.clone(), h3)]).await;
+    assert_eq!(ganked(&env).await, BTreeSet::new());
+    let concord = |g: &Killmail, ganker, after| vec![(concord_kill(g, ganker, after), "c".into())];
+    assert_eq!(store(concord(&g1, ganker1, 7)).await.len(), 1);
+    assert_eq!(ganked(&env).await, BTreeSet::from([g1.killmail_id.0]));
+    // CONCORD's kill first (a late killmail), then the gank.
+    assert_eq!(store(concord(&g2, ganker2, 3)).await.len(), 1);
+    store(vec![(g2.clone(), h2)]).await;
+    // Too far apart in ids: not a gank.
+    assert_eq!(store(concord(&g3, ganker3, 201)).await.len(), 1);
+    let expected = BTreeSet::from([g1.killmail_id.0, g2.killmail_id.0]);
+    assert_eq!(ganked(&env).await, expected);
+
+    // Their own day's prices value them again: the label stays.
+    let update = valuation::add_prices(&env.pool, the_day, &flat_prices(3_000_000.0))
+        .await
+        .expect("prices");
+    assert!(revalued(&update).iter().any(|(_, n)| *n > 0), "{update:?}");
+    assert_eq!(ganked(&env).await, expected);
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn queue_prices_fetches_todays_prices_from_esi_and_values_the_store() {
     let mut env = TestEnv::new().await;
