@@ -573,11 +573,16 @@ pub enum Order {
     Value,
 }
 
+/// The sort key of [`Order::Value`]: the value, a killmail without one as minus infinity, so
+/// that it sorts last and a cursor can stand on it (the index `killmails_value` holds it).
+pub const VALUE_KEY: &str = "coalesce(k.total_value, '-Infinity')";
+
 /// Where a killmail stands in an [`Order`]: a page continues after one.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub enum PageKey {
     Time(DateTime<Utc>, KillmailId),
-    Value(Option<f64>, KillmailId),
+    /// Its [`VALUE_KEY`] and id.
+    Value(f64, KillmailId),
 }
 
 impl PageKey {
@@ -588,30 +593,21 @@ impl PageKey {
         }
     }
 
-    /// ` AND …`: the killmails after this one in its order.
+    /// ` AND …`: the killmails after this one in its order, as one range of its index.
     fn push_after(self, sql: &mut QueryBuilder<'_, Postgres>) {
-        match self {
+        let id = match self {
             PageKey::Time(time, id) => {
                 sql.push(" AND (k.killmail_time, k.killmail_id) < (")
-                    .push_bind(time)
-                    .push(", ")
-                    .push_bind(id.0)
-                    .push(")");
+                    .push_bind(time);
+                id
             }
-            PageKey::Value(Some(value), id) => {
-                sql.push(" AND (k.total_value < ")
-                    .push_bind(value)
-                    .push(" OR (k.total_value = ")
-                    .push_bind(value)
-                    .push(" AND k.killmail_id < ")
-                    .push_bind(id.0)
-                    .push(") OR k.total_value IS NULL)");
+            PageKey::Value(value, id) => {
+                sql.push(format_args!(" AND ({VALUE_KEY}, k.killmail_id) < ("))
+                    .push_bind(value);
+                id
             }
-            PageKey::Value(None, id) => {
-                sql.push(" AND k.total_value IS NULL AND k.killmail_id < ")
-                    .push_bind(id.0);
-            }
-        }
+        };
+        sql.push(", ").push_bind(id.0).push(")");
     }
 }
 
@@ -629,19 +625,21 @@ pub async fn page(
     debug_assert!(after.is_none_or(|after| after.order() == order));
     // The conditions decide the shape of the statement, so it is built here; every value is
     // bound.
-    let mut sql = QueryBuilder::new(
-        "SELECT k.killmail_id, k.killmail_time, k.total_value FROM killmails k WHERE true",
-    );
+    let mut sql = QueryBuilder::new(format!(
+        "SELECT k.killmail_id, k.killmail_time, {VALUE_KEY} FROM killmails k WHERE true"
+    ));
     conditions(&mut sql);
     if let Some(after) = after {
         after.push_after(&mut sql);
     }
-    sql.push(match order {
-        Order::Time => " ORDER BY k.killmail_time DESC, k.killmail_id DESC LIMIT ",
-        Order::Value => " ORDER BY k.total_value DESC NULLS LAST, k.killmail_id DESC LIMIT ",
-    })
+    match order {
+        Order::Time => sql.push(" ORDER BY k.killmail_time DESC, k.killmail_id DESC LIMIT "),
+        Order::Value => sql.push(format_args!(
+            " ORDER BY {VALUE_KEY} DESC, k.killmail_id DESC LIMIT "
+        )),
+    }
     .push_bind(i64::from(limit) + 1);
-    let mut found: Vec<(i64, DateTime<Utc>, Option<f64>)> =
+    let mut found: Vec<(i64, DateTime<Utc>, f64)> =
         sql.build_query_as().fetch_all(&mut *db).await?;
     let more = found.len() > limit as usize;
     found.truncate(limit as usize);

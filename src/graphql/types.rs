@@ -392,14 +392,11 @@ fn only(id: i64) -> Option<Vec<ID>> {
 }
 
 /// An edge cursor: a killmail's place in its order: newest first `t<µs>i<id>`, most valuable
-/// first `v<value>i<id>` (`vi<id>` without a value).
+/// first `v<value>i<id>` (`v-infi<id>` without a value).
 fn encode_cursor(key: PageKey) -> String {
     match key {
         PageKey::Time(time, id) => format!("t{}i{}", time.timestamp_micros(), id.0),
-        PageKey::Value(value, id) => {
-            let value = value.map(|v| v.to_string()).unwrap_or_default();
-            format!("v{value}i{}", id.0)
-        }
+        PageKey::Value(value, id) => format!("v{value}i{}", id.0),
     }
 }
 
@@ -415,10 +412,8 @@ fn decode_cursor(cursor: &str) -> Result<PageKey> {
             .ok_or_else(bad)?;
         return Ok(PageKey::Time(time, id));
     }
-    match key.strip_prefix('v').ok_or_else(bad)? {
-        "" => Ok(PageKey::Value(None, id)),
-        value => Ok(PageKey::Value(Some(value.parse().map_err(|_| bad())?), id)),
-    }
+    let value = key.strip_prefix('v').and_then(|v| v.parse().ok());
+    Ok(PageKey::Value(value.ok_or_else(bad)?, id))
 }
 
 /// A page of killmails, and how many match in all.

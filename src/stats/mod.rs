@@ -11,6 +11,7 @@ pub mod event;
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
+use crate::db::killmails::VALUE_KEY;
 use crate::filter::{Filter, Involvement};
 
 /// What `top` ranks.
@@ -552,8 +553,10 @@ pub async fn most_valuable(
     plan.push_edges(&mut sql, "k");
     sql.push(" WHERE k.total_value IS NOT NULL");
     filter.push_sql(&mut sql);
-    sql.push(" ORDER BY k.total_value DESC NULLS LAST, k.killmail_id DESC LIMIT ")
-        .push_bind(first);
+    sql.push(format_args!(
+        " ORDER BY {VALUE_KEY} DESC, k.killmail_id DESC LIMIT "
+    ))
+    .push_bind(first);
     sql.build_query_scalar().fetch_all(db).await
 }
 
