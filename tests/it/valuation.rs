@@ -216,6 +216,15 @@ async fn an_everef_import_is_valued_and_found_by_min_value_everywhere_alike() {
     .await
     .expect("counting");
     assert_eq!((valued, estimated), (4158, 4158));
+    // Estimates carry no points: none, not a number made up, for the killmails and the pilots.
+    let (with_points, points): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT count(points) FROM killmails),
+                (SELECT sum(points)::int8 FROM stats_entity_days)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("points");
+    assert_eq!((with_points, points), (0, Some(0)));
 
     let min_value = 5e8;
     let by_sql: BTreeSet<i64> =
