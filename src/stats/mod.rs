@@ -219,16 +219,11 @@ impl Plan {
         }
     }
 
-    /// The grains of the aggregates it reads.
-    fn grains(&self) -> Vec<Grain> {
-        let mut grains = Vec::new();
-        if self.days.is_some() {
-            grains.push(Grain::Day);
-        }
-        if !self.hours.is_empty() {
-            grains.push(Grain::Hour);
-        }
-        grains
+    /// The stretches of the aggregates it reads: the days, then the hours at either end.
+    fn spans(&self) -> Vec<Span> {
+        let days = self.days.map(|(first, end)| Span::Days(first, end));
+        let hours = self.hours.iter().map(|(from, to)| Span::Hours(*from, *to));
+        days.into_iter().chain(hours).collect()
     }
 
     /// The same range, all from the rows.
@@ -251,39 +246,50 @@ impl Plan {
     }
 
     /// ` JOIN` of `killmails k` (or another table with `killmail_time`, as `alias`) to the
-    /// stretches answered by the rows.
+    /// stretches answered by the rows: a condition on the table, ranges joined by `OR`, which
+    /// the planner reads through the time indexes (a join to a list of ranges made it scan
+    /// every killmail).
     fn push_edges(&self, sql: &mut QueryBuilder<'_, Postgres>, alias: &str) {
-        let (from, to): (Vec<_>, Vec<_>) = self.edges.iter().copied().unzip();
-        sql.push(" JOIN UNNEST(")
-            .push_bind(from)
-            .push("::timestamptz[], ")
-            .push_bind(to)
-            .push(format_args!(
-                "::timestamptz[]) AS e(f, t) ON {alias}.killmail_time >= e.f AND {alias}.killmail_time < e.t"
-            ));
+        sql.push(" JOIN (VALUES (1)) AS e(edges) ON (false");
+        for (from, to) in &self.edges {
+            sql.push(format_args!(" OR {alias}.killmail_time >= "))
+                .push_bind(*from)
+                .push(format_args!(" AND {alias}.killmail_time < "))
+                .push_bind(*to);
+        }
+        sql.push(")");
+    }
+}
+
+/// Whole days `[first, end)` or whole hours `[from, to)` of the aggregates.
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum Span {
+    Days(NaiveDate, NaiveDate),
+    Hours(DateTime<Utc>, DateTime<Utc>),
+}
+
+impl Span {
+    fn grain(self) -> Grain {
+        match self {
+            Span::Days(..) => Grain::Day,
+            Span::Hours(..) => Grain::Hour,
+        }
     }
 
-    /// ` AND` the rows of `grain` in the range (`prefix` names the table, as `s.`, or is empty).
-    fn push_range(&self, sql: &mut QueryBuilder<'_, Postgres>, grain: Grain, prefix: &str) {
-        match grain {
-            Grain::Day => {
-                let (first, end) = self.days.unwrap_or((first_day(), first_day()));
-                sql.push(format_args!(" AND {prefix}day >= "))
-                    .push_bind(first)
-                    .push(format_args!(" AND {prefix}day < "))
-                    .push_bind(end);
-            }
-            Grain::Hour => {
-                sql.push(" AND (false");
-                for (from, to) in &self.hours {
-                    sql.push(format_args!(" OR {prefix}hour >= "))
-                        .push_bind(*from)
-                        .push(format_args!(" AND {prefix}hour < "))
-                        .push_bind(*to);
-                }
-                sql.push(")");
-            }
-        }
+    /// ` AND` the rows of the span (`prefix` names the table, as `s.`, or is empty): one
+    /// range of the primary keys and of the top indexes.
+    fn push_range(self, sql: &mut QueryBuilder<'_, Postgres>, prefix: &str) {
+        let column = self.grain().column();
+        sql.push(format_args!(" AND {prefix}{column} >= "));
+        match self {
+            Span::Days(first, _) => sql.push_bind(first),
+            Span::Hours(from, _) => sql.push_bind(from),
+        };
+        sql.push(format_args!(" AND {prefix}{column} < "));
+        match self {
+            Span::Days(_, end) => sql.push_bind(end),
+            Span::Hours(_, to) => sql.push_bind(to),
+        };
     }
 }
 
@@ -304,9 +310,10 @@ pub struct TopRow {
 }
 
 /// How many leaders of each day or hour a top list of `first` looks at first (times `first`),
-/// and how many times it doubles that before summing every entity of the range instead.
+/// and how many times it looks at 4 times more before summing every entity of the range
+/// instead (the leaders of a piece cost little; each try costs the candidates' sums).
 const CANDIDATES_PER_FIRST: i64 = 4;
-const DOUBLINGS: u32 = 3;
+const RETRIES: u32 = 2;
 
 /// The `first` leaders of `kind` in the plan's range among the killmails `filter` lets
 /// through; ties by ISK, then id. Only an empty filter is answered by the aggregates.
@@ -322,10 +329,10 @@ pub async fn top(
     }
     if let Some(entity) = kind
         .entity()
-        .filter(|_| first > 0 && !plan.grains().is_empty())
+        .filter(|_| first > 0 && !plan.spans().is_empty())
     {
-        for doubling in 0..=DOUBLINGS {
-            let per_piece = (first * CANDIDATES_PER_FIRST) << doubling;
+        for retry in 0..=RETRIES {
+            let per_piece = (first * CANDIDATES_PER_FIRST) << (2 * retry);
             if let Some(rows) = top_pruned(db, entity, plan, first, per_piece).await? {
                 return Ok(rows);
             }
@@ -367,21 +374,16 @@ fn push_top_rows(
     sql.push(" GROUP BY 1");
 }
 
-/// The figures of entities of one kind over the range of `grain`, as `id, kills, isk`; the
-/// caller may add conditions.
-fn push_entity_grain(
-    sql: &mut QueryBuilder<'_, Postgres>,
-    entity: EntityKind,
-    plan: &Plan,
-    grain: Grain,
-) {
+/// The figures of entities of one kind over a span, as `id, kills, isk`; the caller may add
+/// conditions.
+fn push_entity_span(sql: &mut QueryBuilder<'_, Postgres>, entity: EntityKind, span: Span) {
     sql.push(format_args!(
         "SELECT entity_id AS id, kills::int8 AS kills, isk_destroyed AS isk
          FROM {} WHERE kills > 0 AND kind = ",
-        grain.entity_table()
+        span.grain().entity_table()
     ))
     .push_bind(entity.code());
-    plan.push_range(sql, grain, "");
+    span.push_range(sql, "");
 }
 
 /// The top list summed over every entity (ship type, system) of the range.
@@ -395,10 +397,11 @@ async fn top_summed(
     let mut sql =
         QueryBuilder::new("SELECT id, sum(kills)::int8 AS kills, sum(isk)::float8 AS isk FROM (");
     let mut parts = 0;
-    for grain in plan.grains() {
+    for span in plan.spans() {
+        let grain = span.grain();
         union(&mut sql, &mut parts);
         match kind.entity() {
-            Some(entity) => push_entity_grain(&mut sql, entity, plan, grain),
+            Some(entity) => push_entity_span(&mut sql, entity, span),
             None => {
                 let dimension = match kind {
                     TopKind::ShipType => Dimension::ShipType,
@@ -409,7 +412,7 @@ async fn top_summed(
                     grain.place_table()
                 ))
                 .push_bind(dimension as i16);
-                plan.push_range(&mut sql, grain, "");
+                span.push_range(&mut sql, "");
             }
         }
     }
@@ -436,7 +439,8 @@ async fn top_pruned(
 ) -> sqlx::Result<Option<Vec<TopRow>>> {
     let mut sql = QueryBuilder::new("WITH tops AS (");
     let mut parts = 0;
-    for grain in plan.grains() {
+    for span in plan.spans() {
+        let grain = span.grain();
         union(&mut sql, &mut parts);
         let column = grain.column();
         sql.push(format_args!(
@@ -444,7 +448,7 @@ async fn top_pruned(
              WHERE dimension = 0 AND key = 0",
             grain.place_table()
         ));
-        plan.push_range(&mut sql, grain, "s.");
+        span.push_range(&mut sql, "s.");
         sql.push(
             ") p CROSS JOIN LATERAL (
                 SELECT array_agg(entity_id) AS ids,
@@ -485,9 +489,9 @@ async fn top_pruned(
                   (SELECT coalesce(sum(kth), 0) FROM tops)::int8 AS bound FROM (",
     );
     parts = 0;
-    for grain in plan.grains() {
+    for span in plan.spans() {
         union(&mut sql, &mut parts);
-        push_entity_grain(&mut sql, entity, plan, grain);
+        push_entity_span(&mut sql, entity, span);
         sql.push(" AND entity_id IN (SELECT id FROM candidates)");
     }
     if edges {
@@ -573,7 +577,8 @@ pub async fn date_counts(
     };
     let mut sql = QueryBuilder::new("SELECT day, sum(n)::int8 AS n FROM (");
     let mut parts = 0;
-    for grain in source.as_ref().map(|_| plan.grains()).unwrap_or_default() {
+    for span in source.as_ref().map(|_| plan.spans()).unwrap_or_default() {
+        let grain = span.grain();
         union(&mut sql, &mut parts);
         let day = grain.day();
         match &source {
@@ -603,7 +608,7 @@ pub async fn date_counts(
             }
             None => {}
         }
-        plan.push_range(&mut sql, grain, "");
+        span.push_range(&mut sql, "");
     }
     if !plan.edges.is_empty() {
         union(&mut sql, &mut parts);
@@ -643,7 +648,8 @@ pub async fn entity_stats(
          FROM (",
     );
     let mut parts = 0;
-    for grain in plan.grains() {
+    for span in plan.spans() {
+        let grain = span.grain();
         union(&mut sql, &mut parts);
         sql.push(format_args!(
             "SELECT kills::int8 AS kills, losses::int8 AS losses, isk_destroyed, isk_lost,
@@ -654,7 +660,7 @@ pub async fn entity_stats(
         .push_bind(kind.code())
         .push(" AND entity_id = ")
         .push_bind(id);
-        plan.push_range(&mut sql, grain, "");
+        span.push_range(&mut sql, "");
     }
     if !plan.edges.is_empty() {
         union(&mut sql, &mut parts);
@@ -930,7 +936,14 @@ mod tests {
                 (at("2021-12-04T06:00:00Z"), at("2021-12-04T06:41:00Z")),
             ]
         );
-        assert_eq!(plan.grains(), vec![Grain::Day, Grain::Hour]);
+        assert_eq!(
+            plan.spans(),
+            vec![
+                Span::Days(day("2021-12-02"), day("2021-12-04")),
+                Span::Hours(at("2021-12-01T11:00:00Z"), at("2021-12-02T00:00:00Z")),
+                Span::Hours(at("2021-12-04T00:00:00Z"), at("2021-12-04T06:00:00Z")),
+            ]
+        );
         assert_eq!(
             plan.rows().edges,
             vec![(at("2021-12-01T10:17:00Z"), at("2021-12-04T06:41:00Z"))]
@@ -994,7 +1007,7 @@ mod tests {
         assert_eq!(plan.days, None);
         assert!(plan.hours.is_empty());
         assert_eq!(plan.edges, vec![(from, to)]);
-        assert!(plan.grains().is_empty());
+        assert!(plan.spans().is_empty());
         let backwards = Plan::new(Some(to), Some(from), Source::Aggregates);
         assert_eq!(backwards.edges, vec![(to, from)]);
     }
