@@ -44,4 +44,4 @@ done
      'solo', attacker_count = 1, 'points', attacker_count % 10)"
 psql "$DATABASE_URL" -qc "VACUUM ANALYZE"
 psql "$DATABASE_URL" -Atc "SELECT count(*) || ' killmails, ' || (SELECT count(*) FROM attackers) || ' attackers, ' || (SELECT count(*) FROM stats_entity_days) || ' entity-days' FROM killmails"
-"$loadgen" stats --requests "${REQUESTS:-200}"
+/usr/bin/time -f "loadgen: %e s wall, %U+%S s CPU" "$loadgen" stats --requests "${REQUESTS:-200}"

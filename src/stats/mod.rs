@@ -1,14 +1,17 @@
 //! Statistics over the store: top lists, killmails per day and an entity's figures, read from
-//! the per-day aggregates that triggers keep with every stored killmail (see the migration
-//! `20261203000500_statistics.sql`), with the partial days at either end of a time range, and
-//! any filter the aggregates cannot answer, read from the killmail rows. Also what a killboard
+//! the per-day and per-hour aggregates that triggers keep with every stored killmail (see the
+//! migrations `20261203000500_statistics.sql` and `20261204000100_stats_hours.sql`): whole
+//! days from the day tables, whole hours at the ends of a range from the hour tables, the
+//! pieces of less than an hour at either end, and any filter the aggregates cannot answer,
+//! from the killmail rows. Top lists of characters, corporations and alliances look at the
+//! leaders of each day and hour first (see [`top`]). Also what a killboard
 //! page needs beside them: an entity's top ships, systems and opponents (from its rows, through
 //! the entity indexes), the most valuable killmails, and name search. The `statistics` event is
 //! in [`event`].
 
 pub mod event;
 
-use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Days, DurationRound, NaiveDate, NaiveTime, TimeDelta, TimeZone, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
 use crate::db::killmails::VALUE_KEY;
@@ -89,23 +92,70 @@ enum Dimension {
 /// Where the figures come from.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 pub enum Source {
-    /// Whole UTC days from the aggregates, the partial days at the ends from the rows.
+    /// Whole UTC days and hours from the aggregates, the pieces of less than an hour at the
+    /// ends from the rows.
     Aggregates,
     /// Everything from the killmail rows (for comparison, and what a filter the aggregates
     /// cannot answer falls back to).
     Rows,
 }
 
-/// A time range split into whole UTC days `[days.0, days.1)`, answered by the aggregates, and
-/// at most two stretches `[from, to)` answered by the rows.
+/// The two grains of the aggregates: fixed names, safe to put in SQL.
+#[derive(Copy, Clone, Debug, Eq, PartialEq)]
+enum Grain {
+    Day,
+    Hour,
+}
+
+impl Grain {
+    fn entity_table(self) -> &'static str {
+        match self {
+            Grain::Day => "stats_entity_days",
+            Grain::Hour => "stats_entity_hours",
+        }
+    }
+
+    fn place_table(self) -> &'static str {
+        match self {
+            Grain::Day => "stats_days",
+            Grain::Hour => "stats_hours",
+        }
+    }
+
+    /// The key column of both tables.
+    fn column(self) -> &'static str {
+        match self {
+            Grain::Day => "day",
+            Grain::Hour => "hour",
+        }
+    }
+
+    /// The UTC day of a row.
+    fn day(self) -> &'static str {
+        match self {
+            Grain::Day => "day",
+            Grain::Hour => "stats_day(hour)",
+        }
+    }
+}
+
+/// A time range split into whole UTC days `[days.0, days.1)` and whole hours (the stretches
+/// `hours`, at most one at either end), answered by the aggregates, and at most two stretches
+/// `[from, to)` of less than an hour answered by the rows (or one of any length, read from the
+/// rows alone).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     days: Option<(NaiveDate, NaiveDate)>,
+    hours: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     edges: Vec<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 fn start_of(day: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&day.and_time(NaiveTime::MIN))
+}
+
+fn hour_of(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.duration_trunc(TimeDelta::hours(1)).unwrap_or(time)
 }
 
 /// Bounds for an open end: before EVE and long after it (PostgreSQL's dates stop at 5874897).
@@ -120,41 +170,67 @@ fn last_day() -> NaiveDate {
 impl Plan {
     /// `from` inclusive, `to` exclusive, either open.
     pub fn new(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, source: Source) -> Self {
-        let whole = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| Plan {
+        let start = from.unwrap_or_else(|| start_of(first_day()));
+        let stop = to.unwrap_or_else(|| start_of(last_day()));
+        let mut plan = Plan {
             days: None,
-            edges: vec![(
-                from.unwrap_or_else(|| start_of(first_day())),
-                to.unwrap_or_else(|| start_of(last_day())),
-            )],
+            hours: Vec::new(),
+            edges: Vec::new(),
         };
         if source == Source::Rows {
-            return whole(from, to);
+            plan.edges.push((start, stop));
+            return plan;
         }
-        let first = match from {
-            Some(from) if start_of(from.date_naive()) == from => from.date_naive(),
-            Some(from) => from.date_naive() + Days::new(1),
-            None => first_day(),
+        let first = if start_of(start.date_naive()) == start {
+            start.date_naive()
+        } else {
+            start.date_naive() + Days::new(1)
         };
-        let end = to.map_or_else(last_day, |to| to.date_naive());
-        if first >= end {
-            return whole(from, to);
+        let end = stop.date_naive();
+        if first < end {
+            plan.days = Some((first, end));
+            for (from, to) in [(start, start_of(first)), (start_of(end), stop)] {
+                if from < to {
+                    plan.split_hours(from, to);
+                }
+            }
+        } else {
+            plan.split_hours(start, stop);
         }
-        let mut edges = Vec::new();
-        if let Some(from) = from.filter(|from| *from < start_of(first)) {
-            edges.push((from, start_of(first)));
+        plan
+    }
+
+    /// `[from, to)` as whole hours from the aggregates and the rest from the rows.
+    fn split_hours(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) {
+        let first = match hour_of(from) {
+            hour if hour == from => hour,
+            hour => hour + TimeDelta::hours(1),
+        };
+        let end = hour_of(to);
+        if first < end {
+            if from < first {
+                self.edges.push((from, first));
+            }
+            self.hours.push((first, end));
+            if end < to {
+                self.edges.push((end, to));
+            }
+        } else {
+            self.edges.push((from, to));
         }
-        if let Some(to) = to.filter(|to| start_of(end) < *to) {
-            edges.push((start_of(end), to));
-        }
-        Plan {
-            days: Some((first, end)),
-            edges,
-        }
+    }
+
+    /// The stretches of the aggregates it reads: the days, then the hours at either end.
+    fn spans(&self) -> Vec<Span> {
+        let days = self.days.map(|(first, end)| Span::Days(first, end));
+        let hours = self.hours.iter().map(|(from, to)| Span::Hours(*from, *to));
+        days.into_iter().chain(hours).collect()
     }
 
     /// The same range, all from the rows.
     fn rows(&self) -> Plan {
         let mut bounds = self.edges.clone();
+        bounds.extend(&self.hours);
         if let Some((first, end)) = self.days {
             bounds.push((start_of(first), start_of(end)));
         }
@@ -163,6 +239,7 @@ impl Plan {
         match (from, to) {
             (Some(from), Some(to)) => Plan {
                 days: None,
+                hours: Vec::new(),
                 edges: vec![(from, to)],
             },
             _ => self.clone(),
@@ -170,28 +247,59 @@ impl Plan {
     }
 
     /// ` JOIN` of `killmails k` (or another table with `killmail_time`, as `alias`) to the
-    /// stretches answered by the rows.
+    /// stretches answered by the rows: a condition on the table, ranges joined by `OR`, which
+    /// the planner reads through the time indexes (a join to a list of ranges made it scan
+    /// every killmail).
     fn push_edges(&self, sql: &mut QueryBuilder<'_, Postgres>, alias: &str) {
-        let (from, to): (Vec<_>, Vec<_>) = self.edges.iter().copied().unzip();
-        sql.push(" JOIN UNNEST(")
-            .push_bind(from)
-            .push("::timestamptz[], ")
-            .push_bind(to)
-            .push(format_args!(
-                "::timestamptz[]) AS e(f, t) ON {alias}.killmail_time >= e.f AND {alias}.killmail_time < e.t"
-            ));
+        sql.push(" JOIN (VALUES (1)) AS e(edges) ON (false");
+        for (from, to) in &self.edges {
+            sql.push(format_args!(" OR {alias}.killmail_time >= "))
+                .push_bind(*from)
+                .push(format_args!(" AND {alias}.killmail_time < "))
+                .push_bind(*to);
+        }
+        sql.push(")");
+    }
+}
+
+/// Whole days `[first, end)` or whole hours `[from, to)` of the aggregates.
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum Span {
+    Days(NaiveDate, NaiveDate),
+    Hours(DateTime<Utc>, DateTime<Utc>),
+}
+
+impl Span {
+    fn grain(self) -> Grain {
+        match self {
+            Span::Days(..) => Grain::Day,
+            Span::Hours(..) => Grain::Hour,
+        }
     }
 
-    fn push_days(
-        &self,
-        sql: &mut QueryBuilder<'_, Postgres>,
-        (first, end): (NaiveDate, NaiveDate),
-    ) {
-        sql.push(" AND day >= ")
-            .push_bind(first)
-            .push(" AND day < ")
-            .push_bind(end);
+    /// ` AND` the rows of the span (`prefix` names the table, as `s.`, or is empty): one
+    /// range of the primary keys and of the top indexes.
+    fn push_range(self, sql: &mut QueryBuilder<'_, Postgres>, prefix: &str) {
+        let column = self.grain().column();
+        sql.push(format_args!(" AND {prefix}{column} >= "));
+        match self {
+            Span::Days(first, _) => sql.push_bind(first),
+            Span::Hours(from, _) => sql.push_bind(from),
+        };
+        sql.push(format_args!(" AND {prefix}{column} < "));
+        match self {
+            Span::Days(_, end) => sql.push_bind(end),
+            Span::Hours(_, to) => sql.push_bind(to),
+        };
     }
+}
+
+/// Pushes ` UNION ALL ` between the parts of a query.
+fn union(sql: &mut QueryBuilder<'_, Postgres>, parts: &mut usize) {
+    if *parts > 0 {
+        sql.push(" UNION ALL ");
+    }
+    *parts += 1;
 }
 
 /// One line of a top list.
@@ -202,6 +310,12 @@ pub struct TopRow {
     pub isk: f64,
 }
 
+/// How many leaders of each day or hour a top list of `first` looks at first (times `first`),
+/// and how many times it looks at 4 times more before summing every entity of the range
+/// instead (the leaders of a piece cost little; each try costs the candidates' sums).
+const CANDIDATES_PER_FIRST: i64 = 4;
+const RETRIES: u32 = 2;
+
 /// The `first` leaders of `kind` in the plan's range among the killmails `filter` lets
 /// through; ties by ISK, then id. Only an empty filter is answered by the aggregates.
 pub async fn top(
@@ -211,68 +325,191 @@ pub async fn top(
     filter: &Filter,
     first: i64,
 ) -> sqlx::Result<Vec<TopRow>> {
-    let rows_plan;
-    let plan = if *filter == Filter::default() {
-        plan
-    } else {
-        rows_plan = plan.rows();
-        &rows_plan
-    };
+    if *filter != Filter::default() {
+        return top_summed(db, kind, &plan.rows(), filter, first).await;
+    }
+    if let Some(entity) = kind
+        .entity()
+        .filter(|_| first > 0 && !plan.spans().is_empty())
+    {
+        for retry in 0..=RETRIES {
+            let per_piece = (first * CANDIDATES_PER_FIRST) << (2 * retry);
+            if let Some(rows) = top_pruned(db, entity, plan, first, per_piece).await? {
+                return Ok(rows);
+            }
+        }
+    }
+    top_summed(db, kind, plan, filter, first).await
+}
+
+/// Every entity's figures over the rows part of the plan (`killmails k` joined to its edges
+/// and `filter`), as `id, kills, isk`.
+fn push_top_rows(
+    sql: &mut QueryBuilder<'_, Postgres>,
+    kind: TopKind,
+    plan: &Plan,
+    filter: &Filter,
+) {
+    match kind.entity() {
+        Some(entity) => {
+            let (_, column) = entity.columns();
+            sql.push(format_args!(
+                "SELECT a.id, count(*) AS kills, sum(coalesce(k.total_value, 0)) AS isk FROM killmails k
+                 JOIN LATERAL (SELECT DISTINCT {column} AS id FROM attackers a
+                               WHERE a.killmail_id = k.killmail_id AND {column} IS NOT NULL) a ON true"
+            ));
+        }
+        None => {
+            let column = match kind {
+                TopKind::ShipType => "victim_ship_type_id",
+                _ => "solar_system_id",
+            };
+            sql.push(format_args!(
+                "SELECT k.{column} AS id, count(*) AS kills, sum(coalesce(k.total_value, 0)) AS isk FROM killmails k"
+            ));
+        }
+    }
+    plan.push_edges(sql, "k");
+    sql.push(" WHERE true");
+    filter.push_sql(sql);
+    sql.push(" GROUP BY 1");
+}
+
+/// The figures of entities of one kind over a span, as `id, kills, isk`; the caller may add
+/// conditions.
+fn push_entity_span(sql: &mut QueryBuilder<'_, Postgres>, entity: EntityKind, span: Span) {
+    sql.push(format_args!(
+        "SELECT entity_id AS id, kills::int8 AS kills, isk_destroyed AS isk
+         FROM {} WHERE kills > 0 AND kind = ",
+        span.grain().entity_table()
+    ))
+    .push_bind(entity.code());
+    span.push_range(sql, "");
+}
+
+/// The top list summed over every entity (ship type, system) of the range.
+async fn top_summed(
+    db: &mut PgConnection,
+    kind: TopKind,
+    plan: &Plan,
+    filter: &Filter,
+    first: i64,
+) -> sqlx::Result<Vec<TopRow>> {
     let mut sql =
         QueryBuilder::new("SELECT id, sum(kills)::int8 AS kills, sum(isk)::float8 AS isk FROM (");
     let mut parts = 0;
-    if let Some(days) = plan.days {
+    for span in plan.spans() {
+        let grain = span.grain();
+        union(&mut sql, &mut parts);
         match kind.entity() {
-            Some(entity) => {
-                sql.push(
-                    "SELECT entity_id AS id, kills::int8 AS kills, isk_destroyed AS isk
-                     FROM stats_entity_days WHERE kills > 0 AND kind = ",
-                )
-                .push_bind(entity.code());
-            }
+            Some(entity) => push_entity_span(&mut sql, entity, span),
             None => {
                 let dimension = match kind {
                     TopKind::ShipType => Dimension::ShipType,
                     _ => Dimension::SolarSystem,
                 };
-                sql.push("SELECT key AS id, killmails::int8 AS kills, isk FROM stats_days WHERE dimension = ")
-                    .push_bind(dimension as i16);
+                sql.push(format_args!(
+                    "SELECT key AS id, killmails::int8 AS kills, isk FROM {} WHERE dimension = ",
+                    grain.place_table()
+                ))
+                .push_bind(dimension as i16);
+                span.push_range(&mut sql, "");
             }
         }
-        plan.push_days(&mut sql, days);
-        parts += 1;
     }
     if !plan.edges.is_empty() {
-        if parts > 0 {
-            sql.push(" UNION ALL ");
-        }
-        match kind.entity() {
-            Some(entity) => {
-                let (_, column) = entity.columns();
-                sql.push(format_args!(
-                    "SELECT a.id, count(*) AS kills, sum(coalesce(k.total_value, 0)) AS isk FROM killmails k
-                     JOIN LATERAL (SELECT DISTINCT {column} AS id FROM attackers a
-                                   WHERE a.killmail_id = k.killmail_id AND {column} IS NOT NULL) a ON true"
-                ));
-            }
-            None => {
-                let column = match kind {
-                    TopKind::ShipType => "victim_ship_type_id",
-                    _ => "solar_system_id",
-                };
-                sql.push(format_args!(
-                    "SELECT k.{column} AS id, count(*) AS kills, sum(coalesce(k.total_value, 0)) AS isk FROM killmails k"
-                ));
-            }
-        }
-        plan.push_edges(&mut sql, "k");
-        sql.push(" WHERE true");
-        filter.push_sql(&mut sql);
-        sql.push(" GROUP BY 1");
+        union(&mut sql, &mut parts);
+        push_top_rows(&mut sql, kind, plan, filter);
     }
     sql.push(") x GROUP BY id ORDER BY kills DESC, isk DESC, id LIMIT ")
         .push_bind(first);
     sql.build_query_as().fetch_all(db).await
+}
+
+/// The top list of an entity kind from the leaders of each day and hour (threshold pruning):
+/// the candidates are the `per_piece` leaders of every day and hour of the range and every
+/// entity of its rows part, summed exactly over the whole range. An entity outside them has
+/// at most the sum of the `per_piece`-th kills of each day and hour; when the `first`-th
+/// candidate has more, the list is exact. `None` when it is not.
+async fn top_pruned(
+    db: &mut PgConnection,
+    entity: EntityKind,
+    plan: &Plan,
+    first: i64,
+    per_piece: i64,
+) -> sqlx::Result<Option<Vec<TopRow>>> {
+    let mut sql = QueryBuilder::new("WITH tops AS (");
+    let mut parts = 0;
+    for span in plan.spans() {
+        let grain = span.grain();
+        union(&mut sql, &mut parts);
+        let column = grain.column();
+        sql.push(format_args!(
+            "SELECT t.ids, t.kth FROM (SELECT {column} AS piece FROM {} s
+             WHERE dimension = 0 AND key = 0",
+            grain.place_table()
+        ));
+        span.push_range(&mut sql, "s.");
+        sql.push(
+            ") p CROSS JOIN LATERAL (
+                SELECT array_agg(entity_id) AS ids,
+                       CASE WHEN count(*) = ",
+        )
+        .push_bind(per_piece)
+        .push(format_args!(
+            " THEN min(kills) ELSE 0 END AS kth
+                FROM (SELECT entity_id, kills FROM {} s
+                      WHERE s.kind = ",
+            grain.entity_table()
+        ))
+        .push_bind(entity.code())
+        .push(format_args!(
+            " AND s.{column} = p.piece AND s.kills > 0 ORDER BY s.kills DESC LIMIT "
+        ))
+        .push_bind(per_piece)
+        .push(") y) t");
+    }
+    sql.push(")");
+    let kind = match entity {
+        EntityKind::Character => TopKind::Character,
+        EntityKind::Corporation => TopKind::Corporation,
+        EntityKind::Alliance => TopKind::Alliance,
+    };
+    let edges = !plan.edges.is_empty();
+    if edges {
+        sql.push(", edge AS MATERIALIZED (");
+        push_top_rows(&mut sql, kind, plan, &Filter::default());
+        sql.push(")");
+    }
+    sql.push(", candidates AS (SELECT unnest(ids) AS id FROM tops");
+    if edges {
+        sql.push(" UNION SELECT id FROM edge");
+    }
+    sql.push(
+        ") SELECT id, sum(kills)::int8 AS kills, sum(isk)::float8 AS isk,
+                  (SELECT coalesce(sum(kth), 0) FROM tops)::int8 AS bound FROM (",
+    );
+    parts = 0;
+    for span in plan.spans() {
+        union(&mut sql, &mut parts);
+        push_entity_span(&mut sql, entity, span);
+        sql.push(" AND entity_id IN (SELECT id FROM candidates)");
+    }
+    if edges {
+        union(&mut sql, &mut parts);
+        sql.push("SELECT id, kills, isk FROM edge");
+    }
+    sql.push(") x GROUP BY id ORDER BY kills DESC, isk DESC, id LIMIT ")
+        .push_bind(first);
+    let rows: Vec<(i64, i64, f64, i64)> = sql.build_query_as().fetch_all(db).await?;
+    let bound = rows.first().map_or(0, |row| row.3);
+    let last = usize::try_from(first).ok().and_then(|n| rows.get(n - 1));
+    let exact = bound == 0 || last.is_some_and(|row| row.1 > bound);
+    Ok(exact.then(|| {
+        rows.into_iter()
+            .map(|(id, kills, isk, _)| TopRow { id, kills, isk })
+            .collect()
+    }))
 }
 
 /// Which aggregate answers killmails per day under a filter, if any: every killmail, those of
@@ -341,36 +578,41 @@ pub async fn date_counts(
     };
     let mut sql = QueryBuilder::new("SELECT day, sum(n)::int8 AS n FROM (");
     let mut parts = 0;
-    if let (Some(days), Some(source)) = (plan.days, &source) {
-        match source {
-            DayCounts::Dimension(dimension, keys) => {
-                sql.push("SELECT day, killmails::int8 AS n FROM stats_days WHERE dimension = ")
-                    .push_bind(*dimension as i16)
-                    .push(" AND key = ANY(")
-                    .push_bind(keys.to_vec())
-                    .push(")");
+    for span in source.as_ref().map(|_| plan.spans()).unwrap_or_default() {
+        let grain = span.grain();
+        union(&mut sql, &mut parts);
+        let day = grain.day();
+        match &source {
+            Some(DayCounts::Dimension(dimension, keys)) => {
+                sql.push(format_args!(
+                    "SELECT {day} AS day, killmails::int8 AS n FROM {} WHERE dimension = ",
+                    grain.place_table()
+                ))
+                .push_bind(*dimension as i16)
+                .push(" AND key = ANY(")
+                .push_bind(keys.to_vec())
+                .push(")");
             }
-            DayCounts::Entity(kind, id, involvement) => {
+            Some(DayCounts::Entity(kind, id, involvement)) => {
                 let count = match involvement {
                     Involvement::Victim => "losses",
                     Involvement::Attacker => "kills",
                     Involvement::Any => "kills + losses - kills_of_own",
                 };
                 sql.push(format_args!(
-                    "SELECT day, ({count})::int8 AS n FROM stats_entity_days WHERE kind = "
+                    "SELECT {day} AS day, ({count})::int8 AS n FROM {} WHERE kind = ",
+                    grain.entity_table()
                 ))
                 .push_bind(kind.code())
                 .push(" AND entity_id = ")
                 .push_bind(*id);
             }
+            None => {}
         }
-        plan.push_days(&mut sql, days);
-        parts += 1;
+        span.push_range(&mut sql, "");
     }
     if !plan.edges.is_empty() {
-        if parts > 0 {
-            sql.push(" UNION ALL ");
-        }
+        union(&mut sql, &mut parts);
         sql.push("SELECT (k.killmail_time AT TIME ZONE 'UTC')::date AS day, count(*) AS n FROM killmails k");
         plan.push_edges(&mut sql, "k");
         sql.push(" WHERE true");
@@ -407,22 +649,22 @@ pub async fn entity_stats(
          FROM (",
     );
     let mut parts = 0;
-    if let Some(days) = plan.days {
-        sql.push(
+    for span in plan.spans() {
+        let grain = span.grain();
+        union(&mut sql, &mut parts);
+        sql.push(format_args!(
             "SELECT kills::int8 AS kills, losses::int8 AS losses, isk_destroyed, isk_lost,
                     solo_kills::int8 AS solo_kills, points
-             FROM stats_entity_days WHERE kind = ",
-        )
+             FROM {} WHERE kind = ",
+            grain.entity_table()
+        ))
         .push_bind(kind.code())
         .push(" AND entity_id = ")
         .push_bind(id);
-        plan.push_days(&mut sql, days);
-        parts += 1;
+        span.push_range(&mut sql, "");
     }
     if !plan.edges.is_empty() {
-        if parts > 0 {
-            sql.push(" UNION ALL ");
-        }
+        union(&mut sql, &mut parts);
         let (victim, attacker) = kind.columns();
         // The killmails it was in, found through both entity indexes, then split.
         sql.push(format_args!(
@@ -676,19 +918,38 @@ mod tests {
     }
 
     #[test]
-    fn whole_days_come_from_the_aggregates_and_the_ends_from_the_rows() {
+    fn whole_days_and_hours_come_from_the_aggregates_and_the_rest_from_the_rows() {
         let plan = Plan::new(
-            Some(at("2021-12-01T10:00:00Z")),
-            Some(at("2021-12-04T06:00:00Z")),
+            Some(at("2021-12-01T10:17:00Z")),
+            Some(at("2021-12-04T06:41:00Z")),
             Source::Aggregates,
         );
         assert_eq!(plan.days, Some((day("2021-12-02"), day("2021-12-04"))));
         assert_eq!(
-            plan.edges,
+            plan.hours,
             vec![
-                (at("2021-12-01T10:00:00Z"), at("2021-12-02T00:00:00Z")),
+                (at("2021-12-01T11:00:00Z"), at("2021-12-02T00:00:00Z")),
                 (at("2021-12-04T00:00:00Z"), at("2021-12-04T06:00:00Z")),
             ]
+        );
+        assert_eq!(
+            plan.edges,
+            vec![
+                (at("2021-12-01T10:17:00Z"), at("2021-12-01T11:00:00Z")),
+                (at("2021-12-04T06:00:00Z"), at("2021-12-04T06:41:00Z")),
+            ]
+        );
+        assert_eq!(
+            plan.spans(),
+            vec![
+                Span::Days(day("2021-12-02"), day("2021-12-04")),
+                Span::Hours(at("2021-12-01T11:00:00Z"), at("2021-12-02T00:00:00Z")),
+                Span::Hours(at("2021-12-04T00:00:00Z"), at("2021-12-04T06:00:00Z")),
+            ]
+        );
+        assert_eq!(
+            plan.rows().edges,
+            vec![(at("2021-12-01T10:17:00Z"), at("2021-12-04T06:41:00Z"))]
         );
         let aligned = Plan::new(
             Some(at("2021-12-01T00:00:00Z")),
@@ -696,7 +957,7 @@ mod tests {
             Source::Aggregates,
         );
         assert_eq!(aligned.days, Some((day("2021-12-01"), day("2021-12-03"))));
-        assert!(aligned.edges.is_empty());
+        assert!(aligned.hours.is_empty() && aligned.edges.is_empty());
         assert_eq!(
             aligned.rows().edges,
             vec![(at("2021-12-01T00:00:00Z"), at("2021-12-03T00:00:00Z"))]
@@ -704,19 +965,64 @@ mod tests {
     }
 
     #[test]
-    fn a_range_within_one_day_is_read_from_the_rows() {
-        let from = at("2021-12-01T10:00:00Z");
-        let to = at("2021-12-01T12:00:00Z");
+    fn whole_hours_at_the_ends_need_no_rows() {
+        let plan = Plan::new(
+            Some(at("2021-12-01T10:00:00Z")),
+            Some(at("2021-12-04T06:00:00Z")),
+            Source::Aggregates,
+        );
+        assert_eq!(
+            plan.hours,
+            vec![
+                (at("2021-12-01T10:00:00Z"), at("2021-12-02T00:00:00Z")),
+                (at("2021-12-04T00:00:00Z"), at("2021-12-04T06:00:00Z")),
+            ]
+        );
+        assert!(plan.edges.is_empty());
+    }
+
+    #[test]
+    fn a_range_within_one_day_is_hours_and_its_ends_rows() {
+        let plan = Plan::new(
+            Some(at("2021-12-01T10:30:00Z")),
+            Some(at("2021-12-01T12:15:00Z")),
+            Source::Aggregates,
+        );
+        assert_eq!(plan.days, None);
+        assert_eq!(
+            plan.hours,
+            vec![(at("2021-12-01T11:00:00Z"), at("2021-12-01T12:00:00Z"))]
+        );
+        assert_eq!(
+            plan.edges,
+            vec![
+                (at("2021-12-01T10:30:00Z"), at("2021-12-01T11:00:00Z")),
+                (at("2021-12-01T12:00:00Z"), at("2021-12-01T12:15:00Z")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_within_one_hour_is_read_from_the_rows() {
+        let from = at("2021-12-01T10:05:00Z");
+        let to = at("2021-12-01T10:55:00Z");
         let plan = Plan::new(Some(from), Some(to), Source::Aggregates);
         assert_eq!(plan.days, None);
+        assert!(plan.hours.is_empty());
         assert_eq!(plan.edges, vec![(from, to)]);
+        assert!(plan.spans().is_empty());
+        let backwards = Plan::new(Some(to), Some(from), Source::Aggregates);
+        assert_eq!(backwards.edges, vec![(to, from)]);
     }
 
     #[test]
     fn open_ends_are_whole_days() {
         let plan = Plan::new(None, None, Source::Aggregates);
-        assert!(plan.edges.is_empty());
+        assert!(plan.edges.is_empty() && plan.hours.is_empty());
         assert!(plan.days.is_some());
+        let rows = Plan::new(None, Some(at("2021-12-01T10:00:00Z")), Source::Rows);
+        assert_eq!(rows.days, None);
+        assert_eq!(rows.edges.len(), 1);
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Statistics: every aggregate equals a recomputation from the stored killmails (done here in
-//! Rust, apart from the SQL that keeps them) after the three EVE Ref archives, a live stream
-//! through worker-killmails (a killmail stored twice, one held without zkb gaining it, one late
-//! for an old day), revaluations and `queue stats rebuild`; the aggregates answer as the rows
-//! do; the GraphQL answers; the `statistics` event.
+//! Statistics: every aggregate, per day and per hour, equals a recomputation from the stored
+//! killmails (done here in Rust, apart from the SQL that keeps them) after the three EVE Ref
+//! archives, a live stream through worker-killmails (a killmail stored twice, one held without
+//! zkb gaining it, one late for an old day), revaluations and `queue stats rebuild`; the
+//! aggregates answer as the rows do, over whole and partial days and hours, through the library
+//! and through GraphQL, with ties at the top lists' pruning threshold; the GraphQL answers; the
+//! `statistics` event.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use indicatif::ProgressBar;
 use killreport::filter::{Filter, SecurityClass};
 use killreport::import::{Announce, Importer};
@@ -39,13 +41,45 @@ async fn import(env: &TestEnv, days: &[&str]) -> usize {
         .stored
 }
 
-/// (kind, id, day) → [kills, losses, kills_of_own, solo_kills, points] and [isk destroyed, lost].
-type EntityDays = BTreeMap<(i16, i64, NaiveDate), ([i64; 5], [f64; 2])>;
-/// (dimension, key, day) → (killmails, isk).
-type PlaceDays = BTreeMap<(i16, i64, NaiveDate), (i64, f64)>;
+/// (kind, id, period) → [kills, losses, kills_of_own, solo_kills, points] and [isk destroyed,
+/// lost].
+type EntityDays = BTreeMap<(i16, i64, DateTime<Utc>), ([i64; 5], [f64; 2])>;
+/// (dimension, key, period) → (killmails, isk).
+type PlaceDays = BTreeMap<(i16, i64, DateTime<Utc>), (i64, f64)>;
 
-/// Both aggregates recomputed from the killmail and attacker rows.
-async fn recomputed(env: &TestEnv) -> (EntityDays, PlaceDays) {
+/// The periods the aggregates are kept by.
+#[derive(Copy, Clone, Debug)]
+enum Grain {
+    Day,
+    Hour,
+}
+
+impl Grain {
+    const ALL: [Grain; 2] = [Grain::Day, Grain::Hour];
+
+    fn period(self, time: DateTime<Utc>) -> DateTime<Utc> {
+        let length = match self {
+            Grain::Day => TimeDelta::days(1),
+            Grain::Hour => TimeDelta::hours(1),
+        };
+        time.duration_trunc(length).expect("a period")
+    }
+
+    /// (entity table, place table, the period's start as a timestamptz).
+    fn tables(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Grain::Day => (
+                "stats_entity_days",
+                "stats_days",
+                "day::timestamp AT TIME ZONE 'UTC'",
+            ),
+            Grain::Hour => ("stats_entity_hours", "stats_hours", "hour"),
+        }
+    }
+}
+
+/// Both aggregates of a grain recomputed from the killmail and attacker rows.
+async fn recomputed(env: &TestEnv, grain: Grain) -> (EntityDays, PlaceDays) {
     let killmails = sqlx::query(
         "SELECT k.killmail_id, k.killmail_time, k.victim_character_id, k.victim_corporation_id,
                 k.victim_alliance_id, k.victim_ship_type_id, t.group_id, k.solar_system_id,
@@ -78,7 +112,7 @@ async fn recomputed(env: &TestEnv) -> (EntityDays, PlaceDays) {
     let mut places = PlaceDays::new();
     for row in killmails {
         let id: i64 = row.get("killmail_id");
-        let day = row.get::<DateTime<Utc>, _>("killmail_time").date_naive();
+        let day = grain.period(row.get("killmail_time"));
         let isk = row.get::<Option<f64>, _>("total_value").unwrap_or(0.0);
         let solo = row.get::<Option<bool>, _>("solo").unwrap_or(false);
         let points = i64::from(row.get::<Option<i32>, _>("points").unwrap_or(0));
@@ -125,19 +159,20 @@ async fn recomputed(env: &TestEnv) -> (EntityDays, PlaceDays) {
     (entities, places)
 }
 
-async fn aggregates(env: &TestEnv) -> (EntityDays, PlaceDays) {
-    let entities = sqlx::query(
-        "SELECT kind, entity_id, day, kills, losses, kills_of_own, solo_kills, points,
-                isk_destroyed, isk_lost
-         FROM stats_entity_days",
-    )
+async fn aggregates(env: &TestEnv, grain: Grain) -> (EntityDays, PlaceDays) {
+    let (entity_table, place_table, period) = grain.tables();
+    let entities = sqlx::query(&format!(
+        "SELECT kind, entity_id, {period} AS period, kills, losses, kills_of_own, solo_kills,
+                points, isk_destroyed, isk_lost
+         FROM {entity_table}"
+    ))
     .fetch_all(&env.pool)
     .await
-    .expect("stats_entity_days")
+    .expect(entity_table)
     .into_iter()
     .map(|r| {
         (
-            (r.get("kind"), r.get("entity_id"), r.get("day")),
+            (r.get("kind"), r.get("entity_id"), r.get("period")),
             (
                 [
                     i64::from(r.get::<i32, _>("kills")),
@@ -151,18 +186,20 @@ async fn aggregates(env: &TestEnv) -> (EntityDays, PlaceDays) {
         )
     })
     .collect();
-    let places = sqlx::query("SELECT dimension, key, day, killmails, isk FROM stats_days")
-        .fetch_all(&env.pool)
-        .await
-        .expect("stats_days")
-        .into_iter()
-        .map(|r| {
-            (
-                (r.get("dimension"), r.get("key"), r.get("day")),
-                (i64::from(r.get::<i32, _>("killmails")), r.get("isk")),
-            )
-        })
-        .collect();
+    let places = sqlx::query(&format!(
+        "SELECT dimension, key, {period} AS period, killmails, isk FROM {place_table}"
+    ))
+    .fetch_all(&env.pool)
+    .await
+    .expect(place_table)
+    .into_iter()
+    .map(|r| {
+        (
+            (r.get("dimension"), r.get("key"), r.get("period")),
+            (i64::from(r.get::<i32, _>("killmails")), r.get("isk")),
+        )
+    })
+    .collect();
     (entities, places)
 }
 
@@ -170,12 +207,18 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
 }
 
-/// Fails with the first difference between the aggregates and their recomputation. A row of
-/// the aggregates whose figures all came back to 0 (a value revalued to nothing) counts as
-/// absent.
+/// Fails with the first difference between the aggregates (per day and per hour) and their
+/// recomputation. A row of the aggregates whose figures all came back to 0 (a value revalued to
+/// nothing) counts as absent.
 async fn assert_aggregates_match(env: &TestEnv, when: &str) {
-    let (want_entities, want_places) = recomputed(env).await;
-    let (got_entities, got_places) = aggregates(env).await;
+    for grain in Grain::ALL {
+        assert_grain_matches(env, grain, &format!("{when}, per {grain:?}")).await;
+    }
+}
+
+async fn assert_grain_matches(env: &TestEnv, grain: Grain, when: &str) {
+    let (want_entities, want_places) = recomputed(env, grain).await;
+    let (got_entities, got_places) = aggregates(env, grain).await;
     assert!(!want_entities.is_empty(), "{when}: nothing stored");
     for (key, (counts, isk)) in &want_entities {
         let got = got_entities.get(key);
@@ -301,10 +344,23 @@ fn at(day: &str, time: &str) -> DateTime<Utc> {
 /// One end of a range; `None` is open.
 type Bound = Option<DateTime<Utc>>;
 
-/// Ranges that are whole days, partial days at either end, within one day, and open.
+/// Ranges that are whole days, whole and partial hours at either end, within one day, within
+/// one hour, and open.
 fn ranges() -> Vec<(Bound, Bound)> {
     vec![
         (None, None),
+        (
+            Some(at("2021-12-01", "13:17:00")),
+            Some(at("2021-12-03", "06:41:00")),
+        ),
+        (
+            Some(at("2021-12-02", "10:20:00")),
+            Some(at("2021-12-02", "14:50:00")),
+        ),
+        (
+            Some(at("2021-12-02", "10:05:00")),
+            Some(at("2021-12-02", "10:55:00")),
+        ),
         (
             Some(at("2021-12-01", "00:00:00")),
             Some(at("2021-12-02", "00:00:00")),
@@ -417,6 +473,243 @@ async fn busiest(env: &TestEnv, column: &str) -> i64 {
     .fetch_one(&env.pool)
     .await
     .expect("busiest")
+}
+
+/// Character (and corporation) `id`'s kills, `count` killmails from `at` on, one every 37
+/// minutes, each worth `isk` (solo, 1 point), with it the only attacker.
+async fn add_kills(env: &TestEnv, id: i64, first_id: i64, count: i64, at: DateTime<Utc>, isk: f64) {
+    sqlx::query(
+        "INSERT INTO killmails (killmail_id, hash, killmail_time, solar_system_id,
+             victim_ship_type_id, victim_damage_taken, attacker_count, zkb, source)
+         SELECT $1 + n, 'test', $2 + n * interval '37 minutes', 30000142, 587, 100, 1,
+                jsonb_build_object('totalValue', $3::float8, 'solo', true, 'points', 1), 'test'
+         FROM generate_series(0, $4 - 1) n",
+    )
+    .bind(first_id)
+    .bind(at)
+    .bind(isk)
+    .bind(count)
+    .execute(&env.pool)
+    .await
+    .expect("killmails");
+    sqlx::query(
+        "INSERT INTO attackers (killmail_id, attacker_index, killmail_time, character_id,
+             corporation_id, damage_done, final_blow, security_status)
+         SELECT killmail_id, 0, killmail_time, $3, $3 - 1000000000, 100, true, 0
+         FROM killmails WHERE killmail_id >= $1 AND killmail_id < $1 + $2",
+    )
+    .bind(first_id)
+    .bind(count)
+    .bind(id)
+    .execute(&env.pool)
+    .await
+    .expect("attackers");
+}
+
+/// `top` of every kind (first 1, 3 and 10), `killmailsDateCounts` and each busiest entity's
+/// `stats` through GraphQL, over whole and partial days and hours, against the rows alone.
+/// Two days are made so that an entity outside the leaders of each day ties the pruning
+/// threshold: on 2021-12-05, L has 6 kills, A, B, C and O 4 each; on 2021-12-06, D, E, F, G
+/// and O 4 each, L 2. The four leaders of each day bound anyone else to 4 + 4 = 8 kills, which
+/// is L's total, and O's, who is first by ISK.
+#[tokio::test]
+async fn graphql_top_lists_and_stats_equal_the_rows_over_partial_days_and_hours_and_threshold_ties()
+{
+    let env = TestEnv::new().await;
+    import(&env, &["2021-12-03"]).await;
+    sqlx::query(
+        "UPDATE killmails SET estimate = jsonb_build_object(
+             'totalValue', victim_damage_taken * 1000.25, 'solo', attacker_count = 1,
+             'points', attacker_count % 5)",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("values");
+    let (first_day, second_day) = (at("2021-12-05", "02:00:00"), at("2021-12-06", "02:00:00"));
+    let outsider = 3_000_000_099;
+    let mut next = 5_000_000_000;
+    for (id, day, count, isk) in [
+        (3_000_000_010, first_day, 6, 1.0),
+        (3_000_000_011, first_day, 4, 1.0),
+        (3_000_000_012, first_day, 4, 1.0),
+        (3_000_000_013, first_day, 4, 1.0),
+        (outsider, first_day, 4, 1000.0),
+        (3_000_000_014, second_day, 4, 1.0),
+        (3_000_000_015, second_day, 4, 1.0),
+        (3_000_000_016, second_day, 4, 1.0),
+        (3_000_000_017, second_day, 4, 1.0),
+        (outsider, second_day, 4, 1000.0),
+        (3_000_000_010, second_day, 2, 1.0),
+    ] {
+        add_kills(&env, id, next, count, day, isk).await;
+        next += 100;
+    }
+    let schema = schema(&env).await;
+    let mut db = env.pool.acquire().await.expect("connection");
+    let busiest = [
+        (
+            "character",
+            EntityKind::Character,
+            busiest(&env, "character_id").await,
+        ),
+        (
+            "corporation",
+            EntityKind::Corporation,
+            busiest(&env, "corporation_id").await,
+        ),
+        (
+            "alliance",
+            EntityKind::Alliance,
+            busiest(&env, "alliance_id").await,
+        ),
+        ("character", EntityKind::Character, outsider),
+    ];
+    let ranges = [
+        (None, None),
+        (
+            Some(at("2021-12-05", "00:00:00")),
+            Some(at("2021-12-07", "00:00:00")),
+        ),
+        (
+            Some(at("2021-12-05", "05:17:00")),
+            Some(at("2021-12-06", "12:41:00")),
+        ),
+        (
+            Some(at("2021-12-05", "05:00:00")),
+            Some(at("2021-12-06", "13:00:00")),
+        ),
+        (
+            Some(at("2021-12-03", "07:17:00")),
+            Some(at("2021-12-05", "19:41:00")),
+        ),
+        (
+            Some(at("2021-12-03", "10:20:00")),
+            Some(at("2021-12-03", "14:50:00")),
+        ),
+        (
+            Some(at("2021-12-03", "10:05:00")),
+            Some(at("2021-12-03", "10:55:00")),
+        ),
+        (None, Some(at("2021-12-03", "18:30:00"))),
+    ];
+    let time = |t: Bound| t.map_or(Value::Null, |t| json!(t.to_rfc3339()));
+    for (from, to) in ranges {
+        let range = json!({"from": time(from), "to": time(to)});
+        let rows = Plan::new(from, to, Source::Rows);
+        for kind in TopKind::ALL {
+            for first in [1, 3, 10] {
+                let got = data(
+                    &schema,
+                    &format!(
+                        "query($from: DateTime, $to: DateTime) {{
+                           top(kind: {}, from: $from, to: $to, first: {first}) {{ id kills iskDestroyed }}
+                         }}",
+                        kind_name(kind)
+                    ),
+                    range.clone(),
+                )
+                .await;
+                let want = stats::top(&mut db, kind, &rows, &Filter::default(), first)
+                    .await
+                    .expect("top from the rows");
+                let got: Vec<(i64, i64, f64)> = got["top"]
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["id"].as_str().expect("id").parse().expect("id"),
+                            e["kills"].as_i64().expect("kills"),
+                            e["iskDestroyed"].as_f64().expect("isk"),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    got.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+                    ids_and_kills(&want),
+                    "top {kind:?} first {first} {range}"
+                );
+                assert!(
+                    got.iter().zip(&want).all(|(g, w)| close(g.2, w.isk)),
+                    "top {kind:?} first {first} {range}: ISK"
+                );
+            }
+        }
+        let counts = data(
+            &schema,
+            "query($from: DateTime, $to: DateTime) {
+               killmailsDateCounts(from: $from, to: $to) { date count }
+             }",
+            range.clone(),
+        )
+        .await;
+        let want: Vec<Value> = stats::date_counts(&mut db, &rows, &Filter::default())
+            .await
+            .expect("counts from the rows")
+            .into_iter()
+            .map(|(day, count)| json!({"date": day.format("%Y-%m-%d").to_string(), "count": count}))
+            .collect();
+        assert_eq!(counts["killmailsDateCounts"], Value::Array(want), "{range}");
+        for (field, kind, id) in busiest {
+            let got = data(
+                &schema,
+                &format!(
+                    "query($id: ID!, $from: DateTime, $to: DateTime) {{
+                       {field}(id: $id) {{
+                         stats(from: $from, to: $to) {{ kills losses iskDestroyed iskLost soloKills points }}
+                       }}
+                     }}"
+                ),
+                json!({"id": id.to_string(), "from": range["from"], "to": range["to"]}),
+            )
+            .await;
+            let got = &got[field]["stats"];
+            let want = stats::entity_stats(&mut db, kind, id, &rows)
+                .await
+                .expect("stats from the rows");
+            assert_eq!(
+                [
+                    &got["kills"],
+                    &got["losses"],
+                    &got["soloKills"],
+                    &got["points"]
+                ],
+                [
+                    &json!(want.kills),
+                    &json!(want.losses),
+                    &json!(want.solo_kills),
+                    &json!(want.points)
+                ],
+                "stats {field} {id} {range}"
+            );
+            assert!(
+                close(
+                    got["iskDestroyed"].as_f64().expect("isk"),
+                    want.isk_destroyed
+                ) && close(got["iskLost"].as_f64().expect("isk"), want.isk_lost),
+                "stats {field} {id} {range}: ISK"
+            );
+        }
+    }
+    // The tie itself: O is first, by ISK, over the two days.
+    let plan = Plan::new(Some(at("2021-12-05", "00:00:00")), None, Source::Aggregates);
+    let top = stats::top(&mut db, TopKind::Character, &plan, &Filter::default(), 1)
+        .await
+        .expect("top");
+    assert_eq!(ids_and_kills(&top), vec![(outsider, 8)]);
+    drop(db);
+    env.cleanup().await;
+}
+
+/// A kind's name in GraphQL.
+fn kind_name(kind: TopKind) -> &'static str {
+    match kind {
+        TopKind::Character => "CHARACTER",
+        TopKind::Corporation => "CORPORATION",
+        TopKind::Alliance => "ALLIANCE",
+        TopKind::ShipType => "SHIP_TYPE",
+        TopKind::SolarSystem => "SOLAR_SYSTEM",
+    }
 }
 
 #[tokio::test]

@@ -50,8 +50,9 @@ async fn busiest(db: &mut PgConnection, kind: i16) -> anyhow::Result<i64> {
 }
 
 /// Asks every question `requests` times over each of its ranges (a day, a week, everything,
-/// and a range of partial days) from the aggregates, a tenth as often (at least 10) from the
-/// rows, and prints the percentiles side by side.
+/// partial days starting and ending on the hour, and partial days and hours: 13:17 on the first
+/// day to 06:41 on the last) from the aggregates, a tenth as often (at least 10) from the rows,
+/// and prints the percentiles side by side.
 pub async fn run(database_url: &str, requests: usize) -> anyhow::Result<()> {
     let pool = killreport::db::connect(database_url, 2).await?;
     let mut db = pool.acquire().await?;
@@ -115,6 +116,11 @@ pub async fn run(database_url: &str, requests: usize) -> anyhow::Result<()> {
             "partial days",
             Some(start_of(first) + chrono::Duration::hours(13)),
             Some(start_of(last) + chrono::Duration::hours(6)),
+        ),
+        (
+            "partial hours",
+            Some(start_of(first) + chrono::Duration::minutes(13 * 60 + 17)),
+            Some(start_of(last) + chrono::Duration::minutes(6 * 60 + 41)),
         ),
     ];
     println!(
