@@ -4,13 +4,17 @@
 #   - `bzip2 -dc` of the archives on one core (the yardstick);
 #   - `queue backfill`: the archives fetched from a local EVE Ref (python3's http.server over a
 #     copy of the fixtures in EVE Ref's layout), downloaded, decompressed and stored;
-#   - `queue import` of the same killmails as uncompressed JSONL (made once with tar and jq).
+#   - `queue import` of the same killmails as uncompressed JSONL (made once with tar and jq),
+#     announcing them (on a channel of its own) and, where the build has `--no-announce`, as
+#     history (nothing announced, as the backfill).
 # Each time is the summary's `elapsed`: for the backfill, downloading, reading and storing every
 # day; for the import, reading and storing (neither counts connecting, nor migrating the empty
 # store and loading its static data, done beforehand). Uses the local PostgreSQL; creates and
 # drops its own database. Beside each time, the CPU seconds it cost: the queue process's and
 # its PostgreSQL backends' (on a loaded machine the wall times stretch, these far less). QUEUE
-# names another build of queue (to compare commits). Figures go in BENCHMARKS.md.
+# names another build of queue (to compare commits); IMPORT_BATCH_SIZE (killmails a
+# transaction, 1000 by default) reaches both commands. Each line starts with the load averages
+# (1, 5 and 15 minutes) when it began. Figures go in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
@@ -32,6 +36,10 @@ python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/everef" >/dev
 server=$!
 sleep 1
 export EVEREF_BASE_URL="http://127.0.0.1:$port" RUST_LOG=warn
+# Announcements of the JSONL import go to a channel no server listens on.
+export EVENTS_CHANNEL="killreport:bench-backfill:$$"
+history=
+if "$queue" import --help | grep -q -- --no-announce; then history=yes; fi
 
 touch "$work/empty.jsonl"
 # CPU seconds (user + system) of the PostgreSQL backends serving the bench database while
@@ -58,11 +66,12 @@ reset() {
 seconds() { echo "$2 - $1" | bc; }
 measure() {
   local label=$1 to=$2; shift 2
-  local archives=() jsonl=() start end bzip backfill import count
+  local archives=() jsonl=() start end bzip backfill count load
   for day in "$@"; do
     archives+=("$fixtures/killmails-2021-12-$day.tar.bz2")
     jsonl+=("$work/jsonl/killmails-2021-12-$day.jsonl")
   done
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
   start=$(date +%s.%N); bzip2 -dc "${archives[@]}" >/dev/null; end=$(date +%s.%N)
   bzip=$(seconds "$start" "$end")
 
@@ -74,16 +83,26 @@ measure() {
   count=$(sed -n 's/^stored: *//p' "$work/out")
   cpu=$(awk '{print $1 + $2}' "$work/cpu")
 
+  printf '%-10s load %s | bzip2 -dc %5.2f s | backfill %5.2f s, %s stored, %6.0f /s, ratio %.2f (CPU: queue %.2f s, PostgreSQL %.2f s = %.0f us a killmail)' \
+    "$label" "$load" "$bzip" "$backfill" "$count" \
+    "$(echo "$count / $backfill" | bc -l)" "$(echo "$backfill / $bzip" | bc -l)" "$cpu" "$pg" \
+    "$(echo "$pg * 1000000 / $count" | bc -l)"
+  jsonl_import "JSONL announced" "${jsonl[@]}"
+  if [ -n "$history" ]; then jsonl_import "JSONL history" --no-announce "${jsonl[@]}"; fi
+  echo
+}
+# `queue import` of JSONL into an empty store, printed as: label, time, killmails/s, CPU.
+jsonl_import() {
+  local label=$1 import jcpu jpg stored; shift
   reset
   jpg=$(backend_cpu env DATABASE_URL="$base/$db" \
-    /usr/bin/time -f '%U %S' -o "$work/cpu" "$queue" import "${jsonl[@]}")
+    /usr/bin/time -f '%U %S' -o "$work/cpu" "$queue" import "$@")
   import=$(sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p' "$work/out")
+  stored=$(sed -n 's/^stored: *//p' "$work/out")
   jcpu=$(awk '{print $1 + $2}' "$work/cpu")
-
-  printf '%-10s load %5s | bzip2 -dc %5.2f s | backfill %5.2f s, %s stored, %6.0f /s, ratio %.2f (CPU: queue %.2f s, PostgreSQL %.2f s) | JSONL %5.2f s, %6.0f /s (CPU: queue %.2f s, PostgreSQL %.2f s)\n' \
-    "$label" "$(cut -d' ' -f1 /proc/loadavg)" "$bzip" "$backfill" "$count" \
-    "$(echo "$count / $backfill" | bc -l)" "$(echo "$backfill / $bzip" | bc -l)" "$cpu" "$pg" \
-    "$import" "$(echo "$count / $import" | bc -l)" "$jcpu" "$jpg"
+  printf ' | %s %5.2f s, %6.0f /s (CPU: queue %.2f s, PostgreSQL %.2f s = %.0f us a killmail)' \
+    "$label" "$import" "$(echo "$stored / $import" | bc -l)" "$jcpu" "$jpg" \
+    "$(echo "$jpg * 1000000 / $stored" | bc -l)"
 }
 for run in $(seq "$runs"); do
   echo "run $run"

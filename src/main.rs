@@ -199,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
                 pool: pool.clone(),
                 announce: Announce::Never,
                 publisher: None,
-                batch_size: 1000,
+                batch_size: killreport::import::HISTORY_BATCH,
                 max_reasons: 20,
             })?),
             backfilling: Default::default(),

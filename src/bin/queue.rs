@@ -14,10 +14,11 @@ use killreport::config::{
 };
 use killreport::enrich::Kind;
 use killreport::events::EventPublisher;
-use killreport::import::{Announce, Importer};
+use killreport::import::{Announce, Importer, default_batch};
 use killreport::queue::{Publisher, dlq};
 use killreport::repair::Repair;
 use killreport::valuation;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// The exit code of an import stopped by SIGINT or SIGTERM after its batch in hand.
@@ -126,7 +127,8 @@ struct DlqArgs {
     rabbit: RabbitArgs,
 }
 
-/// Import killmails from files straight into PostgreSQL, and announce the new ones.
+/// Import killmails from files straight into PostgreSQL, and announce the new ones (unless
+/// --no-announce).
 ///
 /// Reads EVE Ref daily archives (.tar.bz2, .tar), directories (recursively), .json files (an
 /// ESI killmail with its hash, an array of killmails, an R2Z2 object, a RedisQ package or a
@@ -147,20 +149,24 @@ struct ImportArgs {
     /// Files and directories to import.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// Killmails stored per transaction.
-    #[arg(long, env = "IMPORT_BATCH_SIZE", default_value_t = 1000)]
-    batch_size: usize,
+    /// Killmails stored per transaction [default: 1000, or 5000 with --no-announce].
+    #[arg(long, env = "IMPORT_BATCH_SIZE")]
+    batch_size: Option<usize>,
     /// Publish records that carry no killmail body (RedisQ packages with only zkb, zKillboard
     /// API entries) as killmail.ingest jobs, for worker-killmails to fetch from ESI. Without
     /// it they are rejected.
     #[arg(long)]
     queue_missing: bool,
+    /// Store the killmails as history, as `queue backfill` does without --announce: nothing is
+    /// announced to live subscribers, now or later, and Redis is not needed.
+    #[arg(long)]
+    no_announce: bool,
     /// How many rejections the summary lists with their reason; the rest are only counted.
     #[arg(long, default_value_t = 20)]
     show_rejections: usize,
     #[command(flatten)]
     database: DatabaseArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Redis (not with --no-announce)")]
     redis: RedisArgs,
     #[command(flatten, next_help_heading = "RabbitMQ (only with --queue-missing)")]
     rabbit: RabbitArgs,
@@ -225,9 +231,9 @@ struct BackfillArgs {
     /// it, history is stored silently: nothing is announced, now or later.
     #[arg(long)]
     announce: bool,
-    /// Killmails stored per transaction.
-    #[arg(long, env = "IMPORT_BATCH_SIZE", default_value_t = 1000)]
-    batch_size: usize,
+    /// Killmails stored per transaction [default: 5000, or 1000 with --announce].
+    #[arg(long, env = "IMPORT_BATCH_SIZE")]
+    batch_size: Option<usize>,
     /// How many rejections the summary lists with their reason; the rest are only counted.
     #[arg(long, default_value_t = 20)]
     show_rejections: usize,
@@ -451,9 +457,7 @@ async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result
         .connect()
         .await
         .context("connecting to PostgreSQL")?;
-    let events = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
-        .await
-        .context("connecting to Redis")?;
+    let announce = announcing(!args.no_announce, &pool, &args.redis).await?;
     let rabbit = if args.queue_missing {
         let (connection, publisher) = Publisher::open(
             &args.rabbit.rabbitmq_url,
@@ -467,9 +471,11 @@ async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result
     };
     let importer = Importer {
         pool: pool.clone(),
-        announce: Announce::Now(Announcer::new(pool.clone(), events, None)),
+        announce,
         publisher: rabbit.as_ref().map(|(_, publisher)| publisher.clone()),
-        batch_size: args.batch_size,
+        batch_size: args
+            .batch_size
+            .unwrap_or_else(|| default_batch(!args.no_announce)),
         max_reasons: args.show_rejections,
     };
 
@@ -487,6 +493,18 @@ async fn import(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Result
         std::process::exit(INTERRUPTED_EXIT_CODE);
     }
     Ok(())
+}
+
+/// How an import announces: after each commit through Redis when `announce`, else never
+/// (history, which needs no Redis).
+async fn announcing(announce: bool, pool: &PgPool, redis: &RedisArgs) -> anyhow::Result<Announce> {
+    if !announce {
+        return Ok(Announce::Never);
+    }
+    let events = EventPublisher::connect(&redis.redis_url, &redis.events_channel)
+        .await
+        .context("connecting to Redis")?;
+    Ok(Announce::Now(Announcer::new(pool.clone(), events, None)))
 }
 
 /// A progress bar on stderr (drawn only when it is a terminal), in bytes of input read, after
@@ -511,19 +529,14 @@ async fn backfill(args: BackfillArgs, shutdown: CancellationToken) -> anyhow::Re
         .connect()
         .await
         .context("connecting to PostgreSQL")?;
-    let announce = if args.announce {
-        let events = EventPublisher::connect(&args.redis.redis_url, &args.redis.events_channel)
-            .await
-            .context("connecting to Redis")?;
-        Announce::Now(Announcer::new(pool.clone(), events, None))
-    } else {
-        Announce::Never
-    };
+    let announce = announcing(args.announce, &pool, &args.redis).await?;
     let backfill = args.everef.backfill(Importer {
         pool: pool.clone(),
         announce,
         publisher: None,
-        batch_size: args.batch_size,
+        batch_size: args
+            .batch_size
+            .unwrap_or_else(|| default_batch(args.announce)),
         max_reasons: args.show_rejections,
     })?;
     let progress = progress_bar("{prefix} ")?;

@@ -1,6 +1,7 @@
 //! `queue import`: an EVE Ref day imported whole by the real binary, once; a mix of every file
 //! shape killmails come in, bad records rejected with their place and reason; new killmails
-//! announced once; records without a body queued for ESI on request.
+//! announced once, or not at all as history (`--no-announce`); records without a body queued
+//! for ESI on request.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -328,6 +329,33 @@ async fn new_killmails_are_announced_once_each_and_a_second_import_announces_not
     assert_eq!(count(&second, "stored"), 0);
     assert_eq!(count(&second, "already present"), expected.len());
     assert_no_more_events(&mut events, Duration::from_secs(2)).await;
+    env.cleanup().await;
+}
+
+/// History from files: with `--no-announce` nothing is announced, now or later, and Redis is
+/// not needed.
+#[tokio::test]
+async fn an_import_with_no_announce_stores_history_without_announcing_it() {
+    let mut env = TestEnv::new().await;
+    let mut events = env.subscribe().await;
+    let dir = fixtures::dir().join("killmails-2021-11-28");
+    let expected = ids_in(&dir);
+    // Nothing listens there: an import that tried Redis would fail.
+    env.vars
+        .insert("REDIS_URL".into(), "redis://127.0.0.1:9".into());
+
+    let first = import(&env, &["--no-announce", path_arg(&dir)]).await;
+    assert_eq!(count(&first, "stored"), expected.len());
+    assert_eq!(stored_ids(&env).await, expected);
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_announcements")
+        .fetch_one(&env.pool)
+        .await
+        .expect("counting pending announcements");
+    assert_eq!(pending, 0, "nothing left for worker-killmails' sweep");
+    assert_no_more_events(&mut events, Duration::from_secs(2)).await;
+
+    let again = import(&env, &["--no-announce", path_arg(&dir)]).await;
+    assert_eq!(count(&again, "already present"), expected.len());
     env.cleanup().await;
 }
 

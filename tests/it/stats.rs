@@ -1,9 +1,10 @@
 //! Statistics: every aggregate, per day and per hour, equals a recomputation from the stored
 //! killmails (done here in Rust, apart from the SQL that keeps them) after the three EVE Ref
 //! archives, a live stream through worker-killmails (a killmail stored twice, one held without
-//! zkb gaining it, one late for an old day), revaluations and `queue stats rebuild`; the
-//! aggregates answer as the rows do, over whole and partial days and hours, through the library
-//! and through GraphQL, with ties at the top lists' pruning threshold; the GraphQL answers; the
+//! zkb gaining it, one late for an old day), revaluations and `queue stats rebuild`, and through
+//! two history imports at once of overlapping files; the aggregates answer as the rows do, over
+//! whole and partial days and hours, through the library and through GraphQL, with ties at the
+//! top lists' pruning threshold; the GraphQL answers; the
 //! `statistics` event.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -332,6 +333,49 @@ async fn every_aggregate_equals_a_recomputation_through_imports_a_live_stream_re
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("statistics aggregates rebuilt"));
     assert_aggregates_match(&env, "after queue stats rebuild").await;
+    env.cleanup().await;
+}
+
+/// Two history imports at once, of files that overlap by a day, through different transaction
+/// sizes: every killmail stored once with all its attackers, the overlap counted as already
+/// present by one or the other, and the aggregates exact.
+#[tokio::test]
+async fn two_history_imports_at_once_lose_nothing_double_nothing_and_keep_the_aggregates_exact() {
+    let env = TestEnv::new().await;
+    let importer = |batch_size| Importer {
+        pool: env.pool.clone(),
+        announce: Announce::Never,
+        publisher: None,
+        batch_size,
+        max_reasons: 5,
+    };
+    let (first, second) = (importer(5000), importer(700));
+    let first_days = [
+        fixtures::archive("2021-12-01"),
+        fixtures::archive("2021-12-02"),
+    ];
+    let second_days = [
+        fixtures::archive("2021-12-02"),
+        fixtures::archive("2021-12-03"),
+    ];
+    let (progress, shutdown) = (ProgressBar::hidden(), CancellationToken::new());
+    let (a, b) = tokio::join!(
+        first.import(&first_days, &progress, &shutdown),
+        second.import(&second_days, &progress, &shutdown)
+    );
+    let (a, b) = (a.expect("the first import"), b.expect("the second import"));
+    assert_eq!(a.stored + b.stored, 10_671 + 10_938 + 4_158, "{a:?} {b:?}");
+    assert_eq!(a.already_present + b.already_present, 10_938, "{a:?} {b:?}");
+    let (killmails, attackers, expected_attackers): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), (SELECT count(*) FROM attackers), sum(attacker_count)::int8
+         FROM killmails",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("counts");
+    assert_eq!(killmails, 10_671 + 10_938 + 4_158);
+    assert_eq!(attackers, expected_attackers);
+    assert_aggregates_match(&env, "after two imports at once").await;
     env.cleanup().await;
 }
 
