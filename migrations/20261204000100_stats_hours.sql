@@ -110,9 +110,13 @@ LANGUAGE sql STABLE AS $$
     GROUP BY 1, 2, 3
 $$;
 
--- Upserts in key order, hours first, then the days from the same hour rows.
+-- Upserts in key order, hours first, then the days from the same hour rows. PL/pgSQL with a
+-- generic plan, kept for the session: a LANGUAGE sql body is planned again at every call, and
+-- planning these statements took 1-2 ms against 0.05 ms of work for a live batch of one
+-- killmail (the plans are index lookups by killmail id, as good for an import's 5,000).
 CREATE OR REPLACE FUNCTION stats_add_killmails(killmail_ids int8[]) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
     WITH p AS MATERIALIZED (SELECT * FROM stats_place_rows(killmail_ids)),
     hours AS (
         INSERT INTO stats_hours AS s (dimension, key, hour, killmails, isk)
@@ -138,10 +142,12 @@ LANGUAGE sql AS $$
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (kind, entity_id, day) DO UPDATE
         SET losses = s.losses + excluded.losses, isk_lost = s.isk_lost + excluded.isk_lost;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION stats_add_attackers(killmail_ids int8[]) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
     WITH a AS MATERIALIZED (SELECT * FROM stats_kill_rows(killmail_ids)),
     hours AS (
         INSERT INTO stats_entity_hours AS s
@@ -166,6 +172,7 @@ LANGUAGE sql AS $$
             isk_destroyed = s.isk_destroyed + excluded.isk_destroyed,
             solo_kills = s.solo_kills + excluded.solo_kills,
             points = s.points + excluded.points;
+END
 $$;
 
 -- A killmail's value, solo or points changed: the differences are added where the killmail

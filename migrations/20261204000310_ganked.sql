@@ -16,8 +16,10 @@ CREATE FUNCTION is_concord_kill(killmail int8) RETURNS bool LANGUAGE sql STABLE 
 $$;
 
 -- `killmail_ids`: new killmails; `concord_ids`: those of them with CONCORD among the attackers.
+-- PL/pgSQL with a generic plan, as the statistics' upserts (see 20261204000100): planned once.
 CREATE FUNCTION mark_ganked(killmail_ids int8[], concord_ids int8[]) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
     WITH concord AS (
         -- CONCORD kills among the new killmails,
         SELECT k.killmail_id, k.victim_character_id, k.solar_system_id
@@ -61,7 +63,8 @@ LANGUAGE sql AS $$
                              coalesce(k.estimate -> 'labels', '[]') || '["ganked"]')
     FROM ganked
     WHERE k.killmail_id = ganked.killmail_id
-      AND NOT coalesce(k.estimate -> 'labels' ? 'ganked', false)
+      AND NOT coalesce(k.estimate -> 'labels' ? 'ganked', false);
+END
 $$;
 
 CREATE FUNCTION ganked_attackers_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
