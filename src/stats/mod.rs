@@ -68,6 +68,20 @@ impl EntityKind {
         }
     }
 
+    /// How many leaders of each day or hour a top list of `first` looks at first (times
+    /// `first`). The leaders are read from an index, a few µs each; what costs is the
+    /// candidates' sums (~20 µs each, from the heap) and a failed try. Only candidates whose
+    /// most can reach the threshold are summed, so more leaders mean fewer sums where the
+    /// leaders are flat: on the bench store 160 characters a day make a week's top 10 exact at
+    /// once with ~300 sums, where 40 failed after ~650; corporations' leaders stand out, and
+    /// 40 a day are exact with ~25 sums.
+    fn leaders_per_first(self) -> i64 {
+        match self {
+            EntityKind::Character => 16,
+            EntityKind::Corporation | EntityKind::Alliance => 4,
+        }
+    }
+
     /// (column on `killmails`, column on `attackers`): fixed names, safe to put in SQL.
     fn columns(self) -> (&'static str, &'static str) {
         match self {
@@ -310,14 +324,9 @@ pub struct TopRow {
     pub isk: f64,
 }
 
-/// How many leaders of each day or hour a top list of `first` looks at first (times `first`),
-/// and how many times it looks at 4 times more before summing every entity of the range
-/// instead. The leaders are read from an index, a few µs each; what costs is the candidates'
-/// sums (~20 µs each, from the heap) and a failed try. Since only candidates whose most can
-/// reach the threshold are summed, more leaders mean fewer sums: on the bench store 160 a day
-/// make a week's character top 10 exact at once with ~300 sums, where 40 failed after ~650.
-const CANDIDATES_PER_FIRST: i64 = 16;
-const RETRIES: u32 = 1;
+/// How many times a top list looks at 4 times more leaders of each day and hour (see
+/// [`EntityKind::leaders_per_first`]) before summing every entity of the range instead.
+const RETRIES: u32 = 2;
 
 /// The `first` leaders of `kind` in the plan's range among the killmails `filter` lets
 /// through; ties by ISK, then id. Only an empty filter is answered by the aggregates.
@@ -336,7 +345,7 @@ pub async fn top(
         .filter(|_| first > 0 && !plan.spans().is_empty())
     {
         for retry in 0..=RETRIES {
-            let per_piece = (first * CANDIDATES_PER_FIRST) << (2 * retry);
+            let per_piece = (first * entity.leaders_per_first()) << (2 * retry);
             if let Some(rows) = top_pruned(db, entity, plan, first, per_piece).await? {
                 return Ok(rows);
             }
