@@ -73,8 +73,8 @@ impl EntityKind {
     /// candidates' sums (~20 µs each, from the heap) and a failed try. Only candidates whose
     /// most can reach the threshold are summed, so more leaders mean fewer sums where the
     /// leaders are flat: on the bench store 160 characters a day make a week's top 10 exact at
-    /// once with ~300 sums, where 40 failed after ~650; corporations' leaders stand out, and
-    /// 40 a day are exact with ~25 sums.
+    /// once with 344 sums, where 40 summed 119 and failed, so that 160 were read after all;
+    /// corporations' leaders stand out, and 40 a day are exact with at most 25 sums.
     fn leaders_per_first(self) -> i64 {
         match self {
             EntityKind::Character => 16,
