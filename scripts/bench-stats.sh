@@ -3,18 +3,21 @@
 # the same killmails twice more under shifted ids and dates (3 × 25,767 killmails over 9 days),
 # each valued (an estimate from the victim's damage, as a revaluation writes it), then
 # `loadgen stats`: top, killmailsDateCounts and entity stats from the aggregates and from the
-# rows. Creates and drops its own database on the local PostgreSQL. QUEUE and LOADGEN name the
-# binaries (default: this checkout's debug builds).
+# rows. Creates and drops its own database on the local PostgreSQL (BENCH_DB names it; with
+# KEEP_DB=1 it is left for `loadgen stats --only …` runs). QUEUE and LOADGEN name the binaries
+# (default: this checkout's debug builds); LOADGEN_ARGS are added to `loadgen stats`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
-db=killreport_bench_stats
+db=${BENCH_DB:-killreport_bench_stats}
 queue=${QUEUE:-./target/debug/queue}
 loadgen=${LOADGEN:-./target/debug/loadgen}
 archives=tests/it/fixtures/everef
 export RUST_LOG=warn EVENTS_CHANNEL=killreport:bench:stats DATABASE_URL="$base/$db"
 psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-trap 'psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db"' EXIT
+if [ -z "${KEEP_DB:-}" ]; then
+  trap 'psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db"' EXIT
+fi
 "$queue" import "$archives"/killmails-2021-12-0{1,2,3}.tar.bz2 | grep -E "^(stored|rate)"
 # The copies go through the same triggers as any write (one INSERT … SELECT per table).
 for copy in 1 2; do
@@ -44,4 +47,4 @@ done
      'solo', attacker_count = 1, 'points', attacker_count % 10)"
 psql "$DATABASE_URL" -qc "VACUUM ANALYZE"
 psql "$DATABASE_URL" -Atc "SELECT count(*) || ' killmails, ' || (SELECT count(*) FROM attackers) || ' attackers, ' || (SELECT count(*) FROM stats_entity_days) || ' entity-days' FROM killmails"
-/usr/bin/time -f "loadgen: %e s wall, %U+%S s CPU" "$loadgen" stats --requests "${REQUESTS:-200}"
+/usr/bin/time -f "loadgen: %e s wall, %U+%S s CPU" "$loadgen" stats --requests "${REQUESTS:-200}" ${LOADGEN_ARGS:-}

@@ -68,6 +68,20 @@ impl EntityKind {
         }
     }
 
+    /// How many leaders of each day or hour a top list of `first` looks at first (times
+    /// `first`). The leaders are read from an index, a few µs each; what costs is the
+    /// candidates' sums (~20 µs each, from the heap) and a failed try. Only candidates whose
+    /// most can reach the threshold are summed, so more leaders mean fewer sums where the
+    /// leaders are flat: on the bench store 160 characters a day make a week's top 10 exact at
+    /// once with 344 sums, where 40 summed 119 and failed, so that 160 were read after all;
+    /// corporations' leaders stand out, and 40 a day are exact with at most 25 sums.
+    fn leaders_per_first(self) -> i64 {
+        match self {
+            EntityKind::Character => 16,
+            EntityKind::Corporation | EntityKind::Alliance => 4,
+        }
+    }
+
     /// (column on `killmails`, column on `attackers`): fixed names, safe to put in SQL.
     fn columns(self) -> (&'static str, &'static str) {
         match self {
@@ -310,10 +324,8 @@ pub struct TopRow {
     pub isk: f64,
 }
 
-/// How many leaders of each day or hour a top list of `first` looks at first (times `first`),
-/// and how many times it looks at 4 times more before summing every entity of the range
-/// instead (the leaders of a piece cost little; each try costs the candidates' sums).
-const CANDIDATES_PER_FIRST: i64 = 4;
+/// How many times a top list looks at 4 times more leaders of each day and hour (see
+/// [`EntityKind::leaders_per_first`]) before summing every entity of the range instead.
 const RETRIES: u32 = 2;
 
 /// The `first` leaders of `kind` in the plan's range among the killmails `filter` lets
@@ -333,7 +345,7 @@ pub async fn top(
         .filter(|_| first > 0 && !plan.spans().is_empty())
     {
         for retry in 0..=RETRIES {
-            let per_piece = (first * CANDIDATES_PER_FIRST) << (2 * retry);
+            let per_piece = (first * entity.leaders_per_first()) << (2 * retry);
             if let Some(rows) = top_pruned(db, entity, plan, first, per_piece).await? {
                 return Ok(rows);
             }
@@ -426,11 +438,16 @@ async fn top_summed(
     sql.build_query_as().fetch_all(db).await
 }
 
-/// The top list of an entity kind from the leaders of each day and hour (threshold pruning):
-/// the candidates are the `per_piece` leaders of every day and hour of the range and every
-/// entity of its rows part, summed exactly over the whole range. An entity outside them has
-/// at most the sum of the `per_piece`-th kills of each day and hour; when the `first`-th
-/// candidate has more, the list is exact. `None` when it is not.
+/// The top list of an entity kind from the leaders of each day and hour (threshold pruning,
+/// as in Fagin's "no random access" algorithm): each day and hour of the range gives its
+/// `per_piece` leaders and the kills of the last of them (its K-th; 0 when it has fewer, as
+/// its list is then whole), and the rows part of the range is summed per entity (a whole list:
+/// K-th 0). An entity seen in a list has at least its kills in the lists where it is, and at
+/// most that plus the K-th of each list where it is not; an entity in no list at most the sum
+/// of the K-ths (the bound). The `first` entities with the most least are summed exactly; the
+/// fewest kills among them is a threshold that `first` entities reach, and only the entities
+/// whose most reaches it are summed too. When the `first`-th of those has more kills than the
+/// bound, the list is exact (ties by ISK, then id, as in [`top_summed`]). `None` when it is not.
 async fn top_pruned(
     db: &mut PgConnection,
     entity: EntityKind,
@@ -438,28 +455,28 @@ async fn top_pruned(
     first: i64,
     per_piece: i64,
 ) -> sqlx::Result<Option<Vec<TopRow>>> {
-    let mut sql = QueryBuilder::new("WITH tops AS (");
+    // leaders: (piece, id, kills, kth) for each day's and hour's leaders.
+    let mut sql = QueryBuilder::new("WITH leaders AS MATERIALIZED (");
     let mut parts = 0;
     for span in plan.spans() {
         let grain = span.grain();
         union(&mut sql, &mut parts);
         let column = grain.column();
         sql.push(format_args!(
-            "SELECT t.ids, t.kth FROM (SELECT {column} AS piece FROM {} s
-             WHERE dimension = 0 AND key = 0",
+            "SELECT p.piece::text AS piece, l.id, l.kills, l.kth FROM (SELECT {column} AS piece
+             FROM {} s WHERE dimension = 0 AND key = 0",
             grain.place_table()
         ));
         span.push_range(&mut sql, "s.");
         sql.push(
             ") p CROSS JOIN LATERAL (
-                SELECT array_agg(entity_id) AS ids,
-                       CASE WHEN count(*) = ",
+                SELECT y.id, y.kills::int8 AS kills,
+                       CASE WHEN count(*) OVER () = ",
         )
         .push_bind(per_piece)
         .push(format_args!(
-            " THEN min(kills) ELSE 0 END AS kth
-                FROM (SELECT entity_id, kills FROM {} s
-                      WHERE s.kind = ",
+            " THEN min(y.kills) OVER () ELSE 0 END::int8 AS kth
+                FROM (SELECT entity_id AS id, kills FROM {} s WHERE s.kind = ",
             grain.entity_table()
         ))
         .push_bind(entity.code())
@@ -467,9 +484,12 @@ async fn top_pruned(
             " AND s.{column} = p.piece AND s.kills > 0 ORDER BY s.kills DESC LIMIT "
         ))
         .push_bind(per_piece)
-        .push(") y) t");
+        .push(") y) l");
     }
-    sql.push(")");
+    sql.push(
+        "), bound AS (SELECT coalesce(sum(kth), 0)::int8 AS kth
+                      FROM (SELECT DISTINCT piece, kth FROM leaders) k)",
+    );
     let kind = match entity {
         EntityKind::Character => TopKind::Character,
         EntityKind::Corporation => TopKind::Corporation,
@@ -481,27 +501,37 @@ async fn top_pruned(
         push_top_rows(&mut sql, kind, plan, &Filter::default());
         sql.push(")");
     }
-    sql.push(", candidates AS (SELECT unnest(ids) AS id FROM tops");
-    if edges {
-        sql.push(" UNION SELECT id FROM edge");
-    }
+    // seen: each entity's least (`low`) and what its most has over the bound (`over`).
     sql.push(
-        ") SELECT id, sum(kills)::int8 AS kills, sum(isk)::float8 AS isk,
-                  (SELECT coalesce(sum(kth), 0) FROM tops)::int8 AS bound FROM (",
+        ", seen AS MATERIALIZED (SELECT id, sum(low)::int8 AS low, sum(over)::int8 AS over FROM (
+              SELECT id, kills AS low, kills - kth AS over FROM leaders",
     );
-    parts = 0;
-    for span in plan.spans() {
-        union(&mut sql, &mut parts);
-        push_entity_span(&mut sql, entity, span);
-        sql.push(" AND entity_id IN (SELECT id FROM candidates)");
-    }
     if edges {
-        union(&mut sql, &mut parts);
-        sql.push("SELECT id, kills, isk FROM edge");
+        sql.push(" UNION ALL SELECT id, kills, kills FROM edge");
     }
+    sql.push(") s GROUP BY id), sure AS (SELECT id FROM seen ORDER BY low DESC, id LIMIT ")
+        .push_bind(first)
+        .push("), sure_kills AS (SELECT sum(kills) AS kills FROM (");
+    push_candidate_sums(&mut sql, entity, plan, "sure");
+    sql.push(
+        ") x GROUP BY id),
+         candidates AS (SELECT id FROM seen WHERE over + (SELECT kth FROM bound) >=
+             (SELECT CASE WHEN count(*) = ",
+    )
+    .push_bind(first)
+    .push(
+        " THEN min(kills) ELSE 0 END FROM sure_kills))
+         SELECT id, sum(kills)::int8 AS kills, sum(isk)::float8 AS isk,
+                (SELECT kth FROM bound) AS bound FROM (",
+    );
+    push_candidate_sums(&mut sql, entity, plan, "candidates");
     sql.push(") x GROUP BY id ORDER BY kills DESC, isk DESC, id LIMIT ")
         .push_bind(first);
-    let rows: Vec<(i64, i64, f64, i64)> = sql.build_query_as().fetch_all(db).await?;
+    // Not a prepared statement kept for reuse: after five runs PostgreSQL may switch to a
+    // generic plan, which does not know how many leaders or candidates there are (it made a
+    // week's character top list 3 times slower).
+    let rows: Vec<(i64, i64, f64, i64)> =
+        sql.build_query_as().persistent(false).fetch_all(db).await?;
     let bound = rows.first().map_or(0, |row| row.3);
     let last = usize::try_from(first).ok().and_then(|n| rows.get(n - 1));
     let exact = bound == 0 || last.is_some_and(|row| row.1 > bound);
@@ -510,6 +540,28 @@ async fn top_pruned(
             .map(|(id, kills, isk, _)| TopRow { id, kills, isk })
             .collect()
     }))
+}
+
+/// The figures over the whole range (as `id, kills, isk`, a row per span) of the entities in
+/// the query's table `set` (`id`): the aggregates' spans, and the rows part from `edge`.
+fn push_candidate_sums(
+    sql: &mut QueryBuilder<'_, Postgres>,
+    entity: EntityKind,
+    plan: &Plan,
+    set: &str,
+) {
+    let mut parts = 0;
+    for span in plan.spans() {
+        union(sql, &mut parts);
+        push_entity_span(sql, entity, span);
+        sql.push(format_args!(" AND entity_id IN (SELECT id FROM {set})"));
+    }
+    if !plan.edges.is_empty() {
+        union(sql, &mut parts);
+        sql.push(format_args!(
+            "SELECT id, kills, isk FROM edge WHERE id IN (SELECT id FROM {set})"
+        ));
+    }
 }
 
 /// Which aggregate answers killmails per day under a filter, if any: every killmail, those of
@@ -695,7 +747,13 @@ pub async fn entity_stats(
             .push(")) r");
     }
     sql.push(") x");
-    sql.build_query_as().fetch_one(db).await
+    // Unprepared when the rows are read, as in `top_pruned`: a generic plan of the rows' part
+    // made an alliance's stats over partial hours 10 times slower after five runs (over whole
+    // hours and days a kept plan saves its planning, about half a millisecond).
+    sql.build_query_as()
+        .persistent(plan.edges.is_empty())
+        .fetch_one(db)
+        .await
 }
 
 /// What an entity's own top list ranks.

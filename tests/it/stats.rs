@@ -555,7 +555,11 @@ async fn add_kills(env: &TestEnv, id: i64, first_id: i64, count: i64, at: DateTi
 /// Two days are made so that an entity outside the leaders of each day ties the pruning
 /// threshold: on 2021-12-05, L has 6 kills, A, B, C and O 4 each; on 2021-12-06, D, E, F, G
 /// and O 4 each, L 2. The four leaders of each day bound anyone else to 4 + 4 = 8 kills, which
-/// is L's total, and O's, who is first by ISK.
+/// is L's total, and O's, who is first by ISK. On 2021-12-08 and 2021-12-09 a candidate's most
+/// is decided by the day it is not a leader of: on the 8th M has 9 kills, P, Q and R 3, S 1;
+/// on the 9th T 10, U, V and W 2, Z 1 and M 1. T is the only sure entity (10 kills), M is seen
+/// with 9, and only the 9th's last leader's 2 kills make M's most (11) reach T's 10: M is
+/// summed, ties T at 10 kills and is first by ISK.
 #[tokio::test]
 async fn graphql_top_lists_and_stats_equal_the_rows_over_partial_days_and_hours_and_threshold_ties()
 {
@@ -571,6 +575,8 @@ async fn graphql_top_lists_and_stats_equal_the_rows_over_partial_days_and_hours_
     .expect("values");
     let (first_day, second_day) = (at("2021-12-05", "02:00:00"), at("2021-12-06", "02:00:00"));
     let outsider = 3_000_000_099;
+    let missing = 3_000_000_020;
+    let (eighth, ninth) = (at("2021-12-08", "02:00:00"), at("2021-12-09", "02:00:00"));
     let mut next = 5_000_000_000;
     for (id, day, count, isk) in [
         (3_000_000_010, first_day, 6, 1.0),
@@ -584,6 +590,17 @@ async fn graphql_top_lists_and_stats_equal_the_rows_over_partial_days_and_hours_
         (3_000_000_017, second_day, 4, 1.0),
         (outsider, second_day, 4, 1000.0),
         (3_000_000_010, second_day, 2, 1.0),
+        (missing, eighth, 9, 1000.0),
+        (3_000_000_021, eighth, 3, 1.0),
+        (3_000_000_022, eighth, 3, 1.0),
+        (3_000_000_023, eighth, 3, 1.0),
+        (3_000_000_024, eighth, 1, 1.0),
+        (3_000_000_030, ninth, 10, 1.0),
+        (3_000_000_031, ninth, 2, 1.0),
+        (3_000_000_032, ninth, 2, 1.0),
+        (3_000_000_033, ninth, 2, 1.0),
+        (3_000_000_034, ninth, 1, 1.0),
+        (missing, ninth, 1, 1000.0),
     ] {
         add_kills(&env, id, next, count, day, isk).await;
         next += 100;
@@ -635,6 +652,14 @@ async fn graphql_top_lists_and_stats_equal_the_rows_over_partial_days_and_hours_
             Some(at("2021-12-03", "10:55:00")),
         ),
         (None, Some(at("2021-12-03", "18:30:00"))),
+        (
+            Some(at("2021-12-08", "00:00:00")),
+            Some(at("2021-12-10", "00:00:00")),
+        ),
+        (
+            Some(at("2021-12-08", "02:20:00")),
+            Some(at("2021-12-09", "23:50:00")),
+        ),
     ];
     let time = |t: Bound| t.map_or(Value::Null, |t| json!(t.to_rfc3339()));
     for (from, to) in ranges {
@@ -736,11 +761,25 @@ async fn graphql_top_lists_and_stats_equal_the_rows_over_partial_days_and_hours_
         }
     }
     // The tie itself: O is first, by ISK, over the two days.
-    let plan = Plan::new(Some(at("2021-12-05", "00:00:00")), None, Source::Aggregates);
+    let plan = Plan::new(
+        Some(at("2021-12-05", "00:00:00")),
+        Some(at("2021-12-07", "00:00:00")),
+        Source::Aggregates,
+    );
     let top = stats::top(&mut db, TopKind::Character, &plan, &Filter::default(), 1)
         .await
         .expect("top");
     assert_eq!(ids_and_kills(&top), vec![(outsider, 8)]);
+    // M's most comes from the day it is not a leader of.
+    let plan = Plan::new(
+        Some(at("2021-12-08", "00:00:00")),
+        Some(at("2021-12-10", "00:00:00")),
+        Source::Aggregates,
+    );
+    let top = stats::top(&mut db, TopKind::Character, &plan, &Filter::default(), 1)
+        .await
+        .expect("top");
+    assert_eq!(ids_and_kills(&top), vec![(missing, 10)]);
     drop(db);
     env.cleanup().await;
 }

@@ -72,6 +72,13 @@ struct StatsArgs {
     /// Requests per question and range from the aggregates (a tenth as many from the rows).
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// Only the lines whose question and range contain this text (e.g. `top CHARACTER`,
+    /// `partial hours`); may be given more than once, a line needs all of them.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Skip the rows: only the aggregates' figures.
+    #[arg(long)]
+    no_rows: bool,
 }
 
 /// Latency of the `killmails` query over HTTP, one request after another.
@@ -199,7 +206,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest(args).await,
         Command::Query(args) => query(args).await,
         Command::Fanout(args) => fanout(args).await,
-        Command::Stats(args) => stats::run(&args.database.database_url, args.requests).await,
+        Command::Stats(args) => {
+            stats::run(
+                &args.database.database_url,
+                args.requests,
+                &args.only,
+                args.no_rows,
+            )
+            .await
+        }
     }
 }
 

@@ -52,8 +52,14 @@ async fn busiest(db: &mut PgConnection, kind: i16) -> anyhow::Result<i64> {
 /// Asks every question `requests` times over each of its ranges (a day, a week, everything,
 /// partial days starting and ending on the hour, and partial days and hours: 13:17 on the first
 /// day to 06:41 on the last) from the aggregates, a tenth as often (at least 10) from the rows,
-/// and prints the percentiles side by side.
-pub async fn run(database_url: &str, requests: usize) -> anyhow::Result<()> {
+/// and prints the percentiles side by side. `only`: the lines whose name contains each of
+/// these; `no_rows`: the aggregates alone.
+pub async fn run(
+    database_url: &str,
+    requests: usize,
+    only: &[String],
+    no_rows: bool,
+) -> anyhow::Result<()> {
     let pool = killreport::db::connect(database_url, 2).await?;
     let mut db = pool.acquire().await?;
     let (first, last): (NaiveDate, NaiveDate) =
@@ -130,7 +136,15 @@ pub async fn run(database_url: &str, requests: usize) -> anyhow::Result<()> {
     for (name, question) in &questions {
         for (range, from, to) in &ranges {
             let mut line = format!("{name:<28} {range:<13}");
-            for source in [Source::Aggregates, Source::Rows] {
+            if !only.iter().all(|part| line.contains(part.as_str())) {
+                continue;
+            }
+            let sources = if no_rows {
+                &[Source::Aggregates][..]
+            } else {
+                &[Source::Aggregates, Source::Rows][..]
+            };
+            for &source in sources {
                 let plan = Plan::new(*from, *to, source);
                 let times = match source {
                     Source::Aggregates => requests,
