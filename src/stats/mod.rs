@@ -291,6 +291,25 @@ impl Span {
         }
     }
 
+    /// The span whose leaders bound this one's in a top list: itself, or for 6 hours or more of
+    /// one day that day, as an entity has at most its day's kills in some of its hours. One list
+    /// instead of 6-24: on the bench store a day's 160th character has 27-39 kills and an
+    /// hour's 3-7, so from 6 hours on the day's bound is the lower.
+    fn leaders(self) -> Span {
+        match self {
+            Span::Hours(from, to) => {
+                let day = from.date_naive();
+                let next = day + Days::new(1);
+                if to - from >= TimeDelta::hours(6) && to <= start_of(next) {
+                    Span::Days(day, next)
+                } else {
+                    self
+                }
+            }
+            Span::Days(..) => self,
+        }
+    }
+
     /// ` AND` the rows of the span (`prefix` names the table, as `s.`, or is empty): one
     /// range of the primary keys and of the top indexes.
     fn push_range(self, sql: &mut QueryBuilder<'_, Postgres>, prefix: &str) {
@@ -442,9 +461,11 @@ async fn top_summed(
 /// as in Fagin's "no random access" algorithm): each day and hour of the range gives its
 /// `per_piece` leaders and the kills of the last of them (its K-th; 0 when it has fewer, as
 /// its list is then whole), and the rows part of the range is summed per entity (a whole list:
-/// K-th 0). An entity seen in a list has at least its kills in the lists where it is, and at
-/// most that plus the K-th of each list where it is not; an entity in no list at most the sum
-/// of the K-ths (the bound). The `first` entities with the most least are summed exactly; the
+/// K-th 0); 6 hours or more of one day give that day's leaders instead (see [`Span::leaders`]).
+/// An entity seen in a list has at most its kills in the lists where it is plus the K-th of
+/// each list where it is not; an entity in no list at most the sum of the K-ths (the bound).
+/// The `first` entities with the most kills in the lists (those of the days an end's hours
+/// were bounded by too, so not always a least) are summed exactly; the
 /// fewest kills among them is a threshold that `first` entities reach, and only the entities
 /// whose most reaches it are summed too. When the `first`-th of those has more kills than the
 /// bound, the list is exact (ties by ISK, then id, as in [`top_summed`]). `None` when it is not.
@@ -459,6 +480,7 @@ async fn top_pruned(
     let mut sql = QueryBuilder::new("WITH leaders AS MATERIALIZED (");
     let mut parts = 0;
     for span in plan.spans() {
+        let span = span.leaders();
         let grain = span.grain();
         union(&mut sql, &mut parts);
         let column = grain.column();
@@ -501,7 +523,7 @@ async fn top_pruned(
         push_top_rows(&mut sql, kind, plan, &Filter::default());
         sql.push(")");
     }
-    // seen: each entity's least (`low`) and what its most has over the bound (`over`).
+    // seen: each entity's kills in the lists (`low`) and what its most has over the bound (`over`).
     sql.push(
         ", seen AS MATERIALIZED (SELECT id, sum(low)::int8 AS low, sum(over)::int8 AS over FROM (
               SELECT id, kills AS low, kills - kth AS over FROM leaders",
