@@ -342,11 +342,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to PostgreSQL")?;
             let started = std::time::Instant::now();
-            killreport::stats::rebuild(&pool)
+            let mut db = pool.acquire().await.context("connecting to PostgreSQL")?;
+            let months = killreport::stats::rebuild(&mut db)
                 .await
                 .context("rebuilding the statistics aggregates")?;
             println!(
-                "statistics aggregates rebuilt in {:.1} s",
+                "statistics aggregates rebuilt in {:.1} s ({months} months rolled up)",
                 started.elapsed().as_secs_f64()
             );
             Ok(())

@@ -1,5 +1,6 @@
 //! The `statistics` event: today's (UTC) top 10 of every `TopKind`, sent on the event bus when
-//! any of them changed, looked at once per interval. One process of all those running sends
+//! any of them changed, looked at once per interval; and at each look, the roll-up of a month
+//! of statistics that is due (see [`refresh_months`]). One process of all those running does
 //! it: the one holding a PostgreSQL advisory lock on a connection of its own (the lease; a
 //! crashed holder's connection closes and the lock with it, and another takes it over).
 
@@ -12,7 +13,7 @@ use serde_json::{Map, Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::{Plan, Source, TopKind, TopRow, start_of, top};
+use super::{Plan, Source, TopKind, TopRow, refresh_months, start_of, top};
 use crate::bus::send_event;
 use crate::db;
 use crate::filter::Filter;
@@ -113,6 +114,12 @@ impl Statistics {
             let Some(connection) = lease.as_mut() else {
                 continue;
             };
+            // One month a look: a roll-up reads a month of days, seconds for a busy month.
+            match refresh_months(connection, 1).await {
+                Ok(0) => {}
+                Ok(_) => tracing::info!("a month of statistics rolled up"),
+                Err(error) => tracing::warn!(%error, "rolling up a month of statistics failed"),
+            }
             let data = match today_top(connection, &self.statics, Utc::now().date_naive()).await {
                 Ok(data) => data,
                 Err(error) => {

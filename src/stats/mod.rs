@@ -11,8 +11,10 @@
 
 pub mod event;
 
-use chrono::{DateTime, Days, DurationRound, NaiveDate, NaiveTime, TimeDelta, TimeZone, Utc};
-use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+use chrono::{
+    DateTime, Datelike, Days, DurationRound, Months, NaiveDate, NaiveTime, TimeDelta, TimeZone, Utc,
+};
+use sqlx::{Connection, PgConnection, PgExecutor, Postgres, QueryBuilder, Transaction};
 
 use crate::db::killmails::VALUE_KEY;
 use crate::filter::{Filter, Involvement};
@@ -114,9 +116,10 @@ pub enum Source {
     Rows,
 }
 
-/// The two grains of the aggregates: fixed names, safe to put in SQL.
+/// The grains of the aggregates: fixed names, safe to put in SQL.
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
 enum Grain {
+    Month,
     Day,
     Hour,
 }
@@ -124,6 +127,7 @@ enum Grain {
 impl Grain {
     fn entity_table(self) -> &'static str {
         match self {
+            Grain::Month => "stats_entity_months",
             Grain::Day => "stats_entity_days",
             Grain::Hour => "stats_entity_hours",
         }
@@ -131,6 +135,7 @@ impl Grain {
 
     fn place_table(self) -> &'static str {
         match self {
+            Grain::Month => "stats_months",
             Grain::Day => "stats_days",
             Grain::Hour => "stats_hours",
         }
@@ -139,27 +144,31 @@ impl Grain {
     /// The key column of both tables.
     fn column(self) -> &'static str {
         match self {
+            Grain::Month => "month",
             Grain::Day => "day",
             Grain::Hour => "hour",
         }
     }
 
-    /// The UTC day of a row.
+    /// The UTC day of a row (of a month's, its first: counts per day never read months).
     fn day(self) -> &'static str {
         match self {
+            Grain::Month => "month",
             Grain::Day => "day",
             Grain::Hour => "stats_day(hour)",
         }
     }
 }
 
-/// A time range split into whole UTC days `[days.0, days.1)` and whole hours (the stretches
-/// `hours`, at most one at either end), answered by the aggregates, and at most two stretches
-/// `[from, to)` of less than an hour answered by the rows (or one of any length, read from the
-/// rows alone).
+/// A time range split into whole UTC months (only those given by [`Plan::with_months`]), whole
+/// days `[first, end)` (one stretch, or those around and between the months) and whole hours
+/// (the stretches `hours`, at most one at either end), answered by the aggregates, and at most
+/// two stretches `[from, to)` of less than an hour answered by the rows (or one of any length,
+/// read from the rows alone).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    days: Option<(NaiveDate, NaiveDate)>,
+    months: Vec<(NaiveDate, NaiveDate)>,
+    days: Vec<(NaiveDate, NaiveDate)>,
     hours: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     edges: Vec<(DateTime<Utc>, DateTime<Utc>)>,
 }
@@ -187,7 +196,8 @@ impl Plan {
         let start = from.unwrap_or_else(|| start_of(first_day()));
         let stop = to.unwrap_or_else(|| start_of(last_day()));
         let mut plan = Plan {
-            days: None,
+            months: Vec::new(),
+            days: Vec::new(),
             hours: Vec::new(),
             edges: Vec::new(),
         };
@@ -202,7 +212,7 @@ impl Plan {
         };
         let end = stop.date_naive();
         if first < end {
-            plan.days = Some((first, end));
+            plan.days.push((first, end));
             for (from, to) in [(start, start_of(first)), (start_of(end), stop)] {
                 if from < to {
                     plan.split_hours(from, to);
@@ -234,25 +244,83 @@ impl Plan {
         }
     }
 
-    /// The stretches of the aggregates it reads: the days, then the hours at either end.
+    /// The stretches of the aggregates it reads: the months, the days, then the hours at
+    /// either end.
     fn spans(&self) -> Vec<Span> {
-        let days = self.days.map(|(first, end)| Span::Days(first, end));
+        let months = self
+            .months
+            .iter()
+            .map(|(first, end)| Span::Months(*first, *end));
+        let days = self
+            .days
+            .iter()
+            .map(|(first, end)| Span::Days(*first, *end));
         let hours = self.hours.iter().map(|(from, to)| Span::Hours(*from, *to));
-        days.into_iter().chain(hours).collect()
+        months.chain(days).chain(hours).collect()
+    }
+
+    /// The stretch from the first whole month of its days to the end of the last, if any.
+    fn whole_months(&self) -> Option<(NaiveDate, NaiveDate)> {
+        let first = self.days.iter().map(|d| d.0).min()?;
+        let end = self.days.iter().map(|d| d.1).max()?;
+        let first = match first.with_day(1) {
+            Some(start) if start == first => first,
+            Some(start) => start.checked_add_months(Months::new(1))?,
+            None => return None,
+        };
+        let end = end.with_day(1)?;
+        (first < end).then_some((first, end))
+    }
+
+    /// The same range with the whole months in `ready` (first days, ascending) read from the
+    /// month tables, and the days around and between them from the day tables.
+    fn with_months(&self, ready: &[NaiveDate]) -> Plan {
+        let mut plan = Plan {
+            months: Vec::new(),
+            days: Vec::new(),
+            ..self.clone()
+        };
+        for &(first, end) in &self.days {
+            let mut cursor = first;
+            for &month in ready {
+                let Some(next) = month.checked_add_months(Months::new(1)) else {
+                    continue;
+                };
+                if month < cursor || next > end {
+                    continue;
+                }
+                if cursor < month {
+                    plan.days.push((cursor, month));
+                }
+                match plan.months.last_mut() {
+                    Some(run) if run.1 == month => run.1 = next,
+                    _ => plan.months.push((month, next)),
+                }
+                cursor = next;
+            }
+            if cursor < end {
+                plan.days.push((cursor, end));
+            }
+        }
+        plan
     }
 
     /// The same range, all from the rows.
     fn rows(&self) -> Plan {
         let mut bounds = self.edges.clone();
         bounds.extend(&self.hours);
-        if let Some((first, end)) = self.days {
-            bounds.push((start_of(first), start_of(end)));
-        }
+        bounds.extend(
+            self.days
+                .iter()
+                .chain(&self.months)
+                .map(|(first, end)| (start_of(*first), start_of(*end))),
+        );
         let from = bounds.iter().map(|b| b.0).min();
         let to = bounds.iter().map(|b| b.1).max();
         match (from, to) {
             (Some(from), Some(to)) => Plan {
-                days: None,
+                months: Vec::new(),
+                days: Vec::new(),
                 hours: Vec::new(),
                 edges: vec![(from, to)],
             },
@@ -276,9 +344,10 @@ impl Plan {
     }
 }
 
-/// Whole days `[first, end)` or whole hours `[from, to)` of the aggregates.
+/// Whole months or days `[first, end)` or whole hours `[from, to)` of the aggregates.
 #[derive(Copy, Clone, Debug, PartialEq)]
 enum Span {
+    Months(NaiveDate, NaiveDate),
     Days(NaiveDate, NaiveDate),
     Hours(DateTime<Utc>, DateTime<Utc>),
 }
@@ -286,6 +355,7 @@ enum Span {
 impl Span {
     fn grain(self) -> Grain {
         match self {
+            Span::Months(..) => Grain::Month,
             Span::Days(..) => Grain::Day,
             Span::Hours(..) => Grain::Hour,
         }
@@ -306,7 +376,7 @@ impl Span {
                     self
                 }
             }
-            Span::Days(..) => self,
+            Span::Months(..) | Span::Days(..) => self,
         }
     }
 
@@ -316,12 +386,12 @@ impl Span {
         let column = self.grain().column();
         sql.push(format_args!(" AND {prefix}{column} >= "));
         match self {
-            Span::Days(first, _) => sql.push_bind(first),
+            Span::Months(first, _) | Span::Days(first, _) => sql.push_bind(first),
             Span::Hours(from, _) => sql.push_bind(from),
         };
         sql.push(format_args!(" AND {prefix}{column} < "));
         match self {
-            Span::Days(_, end) => sql.push_bind(end),
+            Span::Months(_, end) | Span::Days(_, end) => sql.push_bind(end),
             Span::Hours(_, to) => sql.push_bind(to),
         };
     }
@@ -359,6 +429,67 @@ pub async fn top(
     if *filter != Filter::default() {
         return top_summed(db, kind, &plan.rows(), filter, first).await;
     }
+    let Some(months) = plan.whole_months() else {
+        return top_aggregated(db, kind, plan, first).await;
+    };
+    let mut tx = snapshot(db).await?;
+    let plan = plan.with_months(&ready_months(&mut tx, months).await?);
+    let rows = top_aggregated(&mut tx, kind, &plan, first).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// A read-only transaction whose statements all see one snapshot: the months found ready
+/// (see [`ready_months`]) and the figures then read from them.
+async fn snapshot(db: &mut PgConnection) -> sqlx::Result<Transaction<'_, Postgres>> {
+    let mut tx = db.begin().await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// The months from `first` to `end` whose figures the month tables hold (see the migration
+/// `20261205000100_stats_months.sql`): rolled up, and not written since.
+async fn ready_months(
+    db: &mut PgConnection,
+    (first, end): (NaiveDate, NaiveDate),
+) -> sqlx::Result<Vec<NaiveDate>> {
+    sqlx::query_scalar!(
+        "SELECT month FROM stats_months_ready r
+         WHERE month >= $1 AND month < $2
+           AND NOT EXISTS (SELECT 1 FROM stats_months_stale s WHERE s.month = r.month)
+         ORDER BY month",
+        first,
+        end
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Rolls up at most `at_most` of the months due, oldest first, each in a transaction of its
+/// own: those that ended more than a day ago and were not rolled up, or were written since.
+/// How many.
+pub async fn refresh_months(db: &mut PgConnection, at_most: usize) -> sqlx::Result<usize> {
+    let mut due = sqlx::query_scalar!(r#"SELECT stats_months_due() AS "month!""#)
+        .fetch_all(&mut *db)
+        .await?;
+    due.truncate(at_most);
+    for month in &due {
+        sqlx::query!("SELECT stats_refresh_month($1)", month)
+            .execute(&mut *db)
+            .await?;
+    }
+    Ok(due.len())
+}
+
+/// A top list over the plan's aggregates and rows, unfiltered.
+async fn top_aggregated(
+    db: &mut PgConnection,
+    kind: TopKind,
+    plan: &Plan,
+    first: i64,
+) -> sqlx::Result<Vec<TopRow>> {
     if let Some(entity) = kind
         .entity()
         .filter(|_| first > 0 && !plan.spans().is_empty())
@@ -370,7 +501,7 @@ pub async fn top(
             }
         }
     }
-    top_summed(db, kind, plan, filter, first).await
+    top_summed(db, kind, plan, &Filter::default(), first).await
 }
 
 /// Every entity's figures over the rows part of the plan (`killmails k` joined to its edges
@@ -485,7 +616,7 @@ async fn top_pruned(
         union(&mut sql, &mut parts);
         let column = grain.column();
         sql.push(format_args!(
-            "SELECT p.piece::text AS piece, l.id, l.kills, l.kth FROM (SELECT {column} AS piece
+            "SELECT '{column} ' || p.piece AS piece, l.id, l.kills, l.kth FROM (SELECT {column} AS piece
              FROM {} s WHERE dimension = 0 AND key = 0",
             grain.place_table()
         ));
@@ -709,6 +840,22 @@ pub struct EntityStats {
 }
 
 pub async fn entity_stats(
+    db: &mut PgConnection,
+    kind: EntityKind,
+    id: i64,
+    plan: &Plan,
+) -> sqlx::Result<EntityStats> {
+    let Some(months) = plan.whole_months() else {
+        return entity_stats_over(db, kind, id, plan).await;
+    };
+    let mut tx = snapshot(db).await?;
+    let plan = plan.with_months(&ready_months(&mut tx, months).await?);
+    let figures = entity_stats_over(&mut tx, kind, id, &plan).await?;
+    tx.commit().await?;
+    Ok(figures)
+}
+
+async fn entity_stats_over(
     db: &mut PgConnection,
     kind: EntityKind,
     id: i64,
@@ -976,11 +1123,14 @@ pub async fn search(
     Ok(found)
 }
 
-/// Recomputes every aggregate from the killmail rows, in one transaction (`queue stats
-/// rebuild`): readers see the old figures until it commits, writers wait for it.
-pub async fn rebuild(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
-    sqlx::query!("SELECT stats_rebuild()").execute(db).await?;
-    Ok(())
+/// Recomputes every aggregate from the killmail rows (`queue stats rebuild`): the days and
+/// hours in one transaction (readers see the old figures until it commits, writers wait for
+/// it), then the months that have ended. How many months.
+pub async fn rebuild(db: &mut PgConnection) -> sqlx::Result<usize> {
+    sqlx::query!("SELECT stats_rebuild()")
+        .execute(&mut *db)
+        .await?;
+    refresh_months(db, usize::MAX).await
 }
 
 #[cfg(test)]
@@ -1004,7 +1154,7 @@ mod tests {
             Some(at("2021-12-04T06:41:00Z")),
             Source::Aggregates,
         );
-        assert_eq!(plan.days, Some((day("2021-12-02"), day("2021-12-04"))));
+        assert_eq!(plan.days, vec![(day("2021-12-02"), day("2021-12-04"))]);
         assert_eq!(
             plan.hours,
             vec![
@@ -1036,7 +1186,7 @@ mod tests {
             Some(at("2021-12-03T00:00:00Z")),
             Source::Aggregates,
         );
-        assert_eq!(aligned.days, Some((day("2021-12-01"), day("2021-12-03"))));
+        assert_eq!(aligned.days, vec![(day("2021-12-01"), day("2021-12-03"))]);
         assert!(aligned.hours.is_empty() && aligned.edges.is_empty());
         assert_eq!(
             aligned.rows().edges,
@@ -1068,7 +1218,7 @@ mod tests {
             Some(at("2021-12-01T12:15:00Z")),
             Source::Aggregates,
         );
-        assert_eq!(plan.days, None);
+        assert!(plan.days.is_empty());
         assert_eq!(
             plan.hours,
             vec![(at("2021-12-01T11:00:00Z"), at("2021-12-01T12:00:00Z"))]
@@ -1087,7 +1237,7 @@ mod tests {
         let from = at("2021-12-01T10:05:00Z");
         let to = at("2021-12-01T10:55:00Z");
         let plan = Plan::new(Some(from), Some(to), Source::Aggregates);
-        assert_eq!(plan.days, None);
+        assert!(plan.days.is_empty());
         assert!(plan.hours.is_empty());
         assert_eq!(plan.edges, vec![(from, to)]);
         assert!(plan.spans().is_empty());
@@ -1099,10 +1249,62 @@ mod tests {
     fn open_ends_are_whole_days() {
         let plan = Plan::new(None, None, Source::Aggregates);
         assert!(plan.edges.is_empty() && plan.hours.is_empty());
-        assert!(plan.days.is_some());
+        assert_eq!(plan.days.len(), 1);
         let rows = Plan::new(None, Some(at("2021-12-01T10:00:00Z")), Source::Rows);
-        assert_eq!(rows.days, None);
+        assert!(rows.days.is_empty());
         assert_eq!(rows.edges.len(), 1);
+    }
+
+    #[test]
+    fn ready_whole_months_replace_their_days() {
+        let plan = Plan::new(
+            Some(at("2021-03-14T10:00:00Z")),
+            Some(at("2021-09-02T00:00:00Z")),
+            Source::Aggregates,
+        );
+        assert_eq!(
+            plan.whole_months(),
+            Some((day("2021-04-01"), day("2021-09-01")))
+        );
+        // April, May and July are ready; June and August are not; March and September are
+        // not whole; a ready month outside the range is left alone.
+        let ready = [
+            "2021-02-01",
+            "2021-04-01",
+            "2021-05-01",
+            "2021-07-01",
+            "2021-09-01",
+        ]
+        .map(day);
+        let months = plan.with_months(&ready);
+        assert_eq!(
+            months.months,
+            vec![
+                (day("2021-04-01"), day("2021-06-01")),
+                (day("2021-07-01"), day("2021-08-01")),
+            ]
+        );
+        assert_eq!(
+            months.days,
+            vec![
+                (day("2021-03-15"), day("2021-04-01")),
+                (day("2021-06-01"), day("2021-07-01")),
+                (day("2021-08-01"), day("2021-09-02")),
+            ]
+        );
+        assert_eq!(months.hours, plan.hours);
+        assert_eq!(months.rows(), plan.rows());
+        assert_eq!(plan.with_months(&[]), plan);
+        let within = Plan::new(
+            Some(at("2021-03-02T00:00:00Z")),
+            Some(at("2021-04-30T00:00:00Z")),
+            Source::Aggregates,
+        );
+        assert_eq!(within.whole_months(), None);
+        let open = Plan::new(None, None, Source::Aggregates).with_months(&ready);
+        // February, April to June, July, September; the days before, between and after.
+        assert_eq!(open.months.len(), 4);
+        assert_eq!(open.days.len(), 5);
     }
 
     #[test]

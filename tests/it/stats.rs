@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, Datelike, DurationRound, NaiveTime, TimeDelta, TimeZone, Utc};
 use indicatif::ProgressBar;
 use killreport::filter::{Filter, SecurityClass};
 use killreport::import::{Announce, Importer};
@@ -48,9 +48,10 @@ type EntityDays = BTreeMap<(i16, i64, DateTime<Utc>), ([i64; 5], [f64; 2])>;
 /// (dimension, key, period) → (killmails, isk).
 type PlaceDays = BTreeMap<(i16, i64, DateTime<Utc>), (i64, f64)>;
 
-/// The periods the aggregates are kept by.
+/// The periods the aggregates are kept by (the months only once rolled up).
 #[derive(Copy, Clone, Debug)]
 enum Grain {
+    Month,
     Day,
     Hour,
 }
@@ -60,6 +61,10 @@ impl Grain {
 
     fn period(self, time: DateTime<Utc>) -> DateTime<Utc> {
         let length = match self {
+            Grain::Month => {
+                let first = time.date_naive().with_day(1).expect("a month");
+                return Utc.from_utc_datetime(&first.and_time(NaiveTime::MIN));
+            }
             Grain::Day => TimeDelta::days(1),
             Grain::Hour => TimeDelta::hours(1),
         };
@@ -69,6 +74,11 @@ impl Grain {
     /// (entity table, place table, the period's start as a timestamptz).
     fn tables(self) -> (&'static str, &'static str, &'static str) {
         match self {
+            Grain::Month => (
+                "stats_entity_months",
+                "stats_months",
+                "month::timestamp AT TIME ZONE 'UTC'",
+            ),
             Grain::Day => (
                 "stats_entity_days",
                 "stats_days",
@@ -324,6 +334,16 @@ async fn every_aggregate_equals_a_recomputation_through_imports_a_live_stream_re
     .await
     .expect("zkb changes");
     assert_aggregates_match(&env, "after revaluations").await;
+    // Every write went to a month that had ended: each is marked, none rolled up yet.
+    assert_eq!(
+        months(&env, "SELECT DISTINCT month FROM stats_months_stale").await,
+        ["2021-11-01", "2021-12-01"]
+    );
+    assert!(
+        months(&env, "SELECT month FROM stats_months_ready")
+            .await
+            .is_empty()
+    );
 
     let output = env.run("queue", &["stats", "rebuild"]).await;
     assert!(
@@ -331,9 +351,32 @@ async fn every_aggregate_equals_a_recomputation_through_imports_a_live_stream_re
         "queue stats rebuild: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("statistics aggregates rebuilt"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("(2 months rolled up)"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     assert_aggregates_match(&env, "after queue stats rebuild").await;
+    assert_grain_matches(&env, Grain::Month, "after queue stats rebuild, per month").await;
+    assert!(
+        months(&env, "SELECT month FROM stats_months_stale")
+            .await
+            .is_empty()
+    );
     env.cleanup().await;
+}
+
+/// The months (`YYYY-MM-DD`, ascending) a query returns.
+async fn months(env: &TestEnv, query: &str) -> Vec<String> {
+    let mut months: Vec<String> = sqlx::query_scalar::<_, chrono::NaiveDate>(query)
+        .fetch_all(&env.pool)
+        .await
+        .expect(query)
+        .into_iter()
+        .map(|month| month.to_string())
+        .collect();
+    months.sort();
+    months
 }
 
 /// Two history imports at once, of files that overlap by a day, through different transaction
@@ -460,22 +503,9 @@ async fn the_aggregates_answer_as_the_killmail_rows_do() {
         },
     ];
     for (from, to) in ranges() {
+        assert_top_and_stats_as_rows(&mut db, from, to, &busiest).await;
         let fast = Plan::new(from, to, Source::Aggregates);
         let slow = Plan::new(from, to, Source::Rows);
-        for kind in TopKind::ALL {
-            let a = stats::top(&mut db, kind, &fast, &Filter::default(), 10)
-                .await
-                .expect("top");
-            let b = stats::top(&mut db, kind, &slow, &Filter::default(), 10)
-                .await
-                .expect("top");
-            assert_eq!(
-                ids_and_kills(&a),
-                ids_and_kills(&b),
-                "top {kind:?} {from:?}..{to:?}"
-            );
-            assert!(a.iter().zip(&b).all(|(a, b)| close(a.isk, b.isk)));
-        }
         for filter in &filters {
             let a = stats::date_counts(&mut db, &fast, filter)
                 .await
@@ -485,20 +515,200 @@ async fn the_aggregates_answer_as_the_killmail_rows_do() {
                 .expect("counts");
             assert_eq!(a, b, "date counts {filter:?} {from:?}..{to:?}");
         }
-        for (kind, id) in &busiest {
-            let a = stats::entity_stats(&mut db, *kind, *id, &fast)
-                .await
-                .expect("stats");
-            let b = stats::entity_stats(&mut db, *kind, *id, &slow)
-                .await
-                .expect("stats");
-            assert_eq!(
-                (a.kills, a.losses, a.solo_kills, a.points),
-                (b.kills, b.losses, b.solo_kills, b.points),
-                "stats {kind:?} {id} {from:?}..{to:?}"
-            );
-            assert!(close(a.isk_destroyed, b.isk_destroyed) && close(a.isk_lost, b.isk_lost));
-        }
+    }
+    drop(db);
+    env.cleanup().await;
+}
+
+/// Every top list, and the figures of each of `entities`, from the aggregates as from the rows.
+async fn assert_top_and_stats_as_rows(
+    db: &mut sqlx::PgConnection,
+    from: Bound,
+    to: Bound,
+    entities: &[(EntityKind, i64)],
+) {
+    let fast = Plan::new(from, to, Source::Aggregates);
+    let slow = Plan::new(from, to, Source::Rows);
+    for kind in TopKind::ALL {
+        let a = stats::top(db, kind, &fast, &Filter::default(), 10)
+            .await
+            .expect("top");
+        let b = stats::top(db, kind, &slow, &Filter::default(), 10)
+            .await
+            .expect("top");
+        assert_eq!(
+            ids_and_kills(&a),
+            ids_and_kills(&b),
+            "top {kind:?} {from:?}..{to:?}"
+        );
+        assert!(a.iter().zip(&b).all(|(a, b)| close(a.isk, b.isk)));
+    }
+    for (kind, id) in entities {
+        let a = stats::entity_stats(db, *kind, *id, &fast)
+            .await
+            .expect("stats");
+        let b = stats::entity_stats(db, *kind, *id, &slow)
+            .await
+            .expect("stats");
+        assert_eq!(
+            (a.kills, a.losses, a.solo_kills, a.points),
+            (b.kills, b.losses, b.solo_kills, b.points),
+            "stats {kind:?} {id} {from:?}..{to:?}"
+        );
+        assert!(close(a.isk_destroyed, b.isk_destroyed) && close(a.isk_lost, b.isk_lost));
+    }
+}
+
+/// The three archives again a month and two months earlier (ids and times shifted), through
+/// the same triggers as any write.
+async fn copy_back(env: &TestEnv, days: i64, id_offset: i64) {
+    let mut tx = env.pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO killmails (killmail_id, hash, killmail_time, solar_system_id, region_id,
+             moon_id, war_id, victim_character_id, victim_corporation_id, victim_alliance_id,
+             victim_faction_id, victim_ship_type_id, victim_damage_taken, victim_position_x,
+             victim_position_y, victim_position_z, attacker_count, zkb, estimate, source)
+         SELECT killmail_id + $1, hash, killmail_time - make_interval(days => $2::int4),
+             solar_system_id, region_id, moon_id, war_id, victim_character_id,
+             victim_corporation_id, victim_alliance_id, victim_faction_id, victim_ship_type_id,
+             victim_damage_taken, victim_position_x, victim_position_y, victim_position_z,
+             attacker_count, zkb, estimate, source
+         FROM killmails WHERE killmail_id < 1000000000",
+    )
+    .bind(id_offset)
+    .bind(days)
+    .execute(&mut *tx)
+    .await
+    .expect("copy killmails");
+    sqlx::query(
+        "INSERT INTO attackers (killmail_id, attacker_index, killmail_time, character_id,
+             corporation_id, alliance_id, faction_id, ship_type_id, weapon_type_id, damage_done,
+             final_blow, security_status)
+         SELECT killmail_id + $1, attacker_index, killmail_time - make_interval(days => $2::int4),
+             character_id, corporation_id, alliance_id, faction_id, ship_type_id, weapon_type_id,
+             damage_done, final_blow, security_status
+         FROM attackers WHERE killmail_id < 1000000000",
+    )
+    .bind(id_offset)
+    .bind(days)
+    .execute(&mut *tx)
+    .await
+    .expect("copy attackers");
+    tx.commit().await.expect("commit");
+}
+
+/// Ranges of months read from the month tables once rolled up, answer as the rows do; a month
+/// written since its roll-up is read from its days until it is rolled up again.
+#[tokio::test]
+async fn months_rolled_up_answer_as_the_rows_do_and_a_late_write_is_not_missed() {
+    let env = TestEnv::new().await;
+    import(&env, &["2021-12-01", "2021-12-02", "2021-12-03"]).await;
+    sqlx::query(
+        "UPDATE killmails SET estimate = jsonb_build_object(
+             'totalValue', victim_damage_taken * 1000.25, 'solo', attacker_count = 1,
+             'points', attacker_count % 5)",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("values");
+    // 2021-11-01..03 and 2021-10-01..03.
+    copy_back(&env, 30, 1_000_000_000).await;
+    copy_back(&env, 61, 2_000_000_000).await;
+    let mut db = env.pool.acquire().await.expect("connection");
+    assert_eq!(
+        stats::refresh_months(&mut db, usize::MAX)
+            .await
+            .expect("roll-up"),
+        3
+    );
+    assert_grain_matches(&env, Grain::Month, "rolled up").await;
+    let character = busiest(&env, "character_id").await;
+    let entities = [
+        (EntityKind::Character, character),
+        (
+            EntityKind::Corporation,
+            busiest(&env, "corporation_id").await,
+        ),
+        (EntityKind::Alliance, busiest(&env, "alliance_id").await),
+    ];
+    let ranges: Vec<(Bound, Bound)> = vec![
+        (
+            Some(at("2021-10-01", "00:00:00")),
+            Some(at("2022-01-01", "00:00:00")),
+        ),
+        (
+            Some(at("2021-10-02", "10:17:00")),
+            Some(at("2021-12-02", "06:41:00")),
+        ),
+        (
+            Some(at("2021-11-01", "00:00:00")),
+            Some(at("2021-12-01", "00:00:00")),
+        ),
+        (None, Some(at("2021-12-02", "00:00:00"))),
+        (None, None),
+    ];
+    for &(from, to) in &ranges {
+        assert_top_and_stats_as_rows(&mut db, from, to, &entities).await;
+    }
+
+    // What the months say is what is read: a figure of November's changed by hand shows in a
+    // range holding all of November, and not in one holding part of it.
+    sqlx::query(
+        "UPDATE stats_entity_months SET kills = kills + 100000
+         WHERE kind = 1 AND entity_id = $1 AND month = '2021-11-01'",
+    )
+    .bind(character)
+    .execute(&env.pool)
+    .await
+    .expect("change a month");
+    let top_character = |from: &str, to: &str| {
+        Plan::new(
+            Some(at(from, "00:00:00")),
+            Some(at(to, "00:00:00")),
+            Source::Aggregates,
+        )
+    };
+    let whole = top_character("2021-10-01", "2022-01-01");
+    let part = top_character("2021-11-02", "2022-01-01");
+    let leader = |rows: Vec<stats::TopRow>| rows.first().map(|r| (r.id, r.kills));
+    let top = stats::top(&mut db, TopKind::Character, &whole, &Filter::default(), 1)
+        .await
+        .expect("top");
+    assert!(leader(top).is_some_and(|(id, kills)| id == character && kills > 100_000));
+    let top = stats::top(&mut db, TopKind::Character, &part, &Filter::default(), 1)
+        .await
+        .expect("top");
+    assert!(leader(top).is_some_and(|(_, kills)| kills < 100_000));
+
+    // A killmail arriving late for November: November is read from its days again (the
+    // changed figure is gone, the new killmail counted), until it is rolled up again.
+    sqlx::query(
+        "INSERT INTO killmails (killmail_id, hash, killmail_time, solar_system_id, region_id,
+             victim_character_id, victim_corporation_id, victim_ship_type_id,
+             victim_damage_taken, attacker_count, source)
+         VALUES (3000000001, 'late', '2021-11-15T12:00:00Z', 30000142, 10000002, $1, 98000001,
+                 587, 1000, 1, 'test')",
+    )
+    .bind(character)
+    .execute(&env.pool)
+    .await
+    .expect("a late killmail");
+    assert_eq!(
+        months(&env, "SELECT month FROM stats_months_stale").await,
+        ["2021-11-01"]
+    );
+    for &(from, to) in &ranges {
+        assert_top_and_stats_as_rows(&mut db, from, to, &entities).await;
+    }
+    assert_eq!(
+        stats::refresh_months(&mut db, usize::MAX)
+            .await
+            .expect("roll-up"),
+        1
+    );
+    assert_grain_matches(&env, Grain::Month, "rolled up again").await;
+    for &(from, to) in &ranges {
+        assert_top_and_stats_as_rows(&mut db, from, to, &entities).await;
     }
     drop(db);
     env.cleanup().await;
