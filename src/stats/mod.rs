@@ -481,6 +481,14 @@ pub async fn refresh_months(db: &mut PgConnection, at_most: usize) -> sqlx::Resu
             .execute(&mut *db)
             .await?;
     }
+    if !due.is_empty() {
+        // The planner's figures of the month tables, at once rather than at autovacuum's next
+        // look: planned as the empty tables they were, the first roll-ups' top lists scanned
+        // every entity of a month instead of its leaders (276 ms against 22 for a year).
+        sqlx::query!("ANALYZE stats_entity_months, stats_months")
+            .execute(&mut *db)
+            .await?;
+    }
     Ok(due.len())
 }
 
