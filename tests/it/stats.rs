@@ -465,11 +465,9 @@ fn ranges() -> Vec<(Bound, Bound)> {
     ]
 }
 
-#[tokio::test]
-async fn the_aggregates_answer_as_the_killmail_rows_do() {
-    let env = TestEnv::new().await;
-    import(&env, &["2021-12-01", "2021-12-02", "2021-12-03"]).await;
-    // Values, so that ISK orders ties and sums.
+/// The three archives, valued (so that ISK orders ties and sums).
+async fn import_valued(env: &TestEnv) {
+    import(env, &["2021-12-01", "2021-12-02", "2021-12-03"]).await;
     sqlx::query(
         "UPDATE killmails SET estimate = jsonb_build_object(
              'totalValue', victim_damage_taken * 1000.25, 'solo', attacker_count = 1,
@@ -478,15 +476,27 @@ async fn the_aggregates_answer_as_the_killmail_rows_do() {
     .execute(&env.pool)
     .await
     .expect("values");
+}
+
+/// The character, corporation and alliance with the most attacker rows.
+async fn busiest_entities(env: &TestEnv) -> Vec<(EntityKind, i64)> {
+    let mut entities = Vec::new();
+    for (kind, column) in [
+        (EntityKind::Character, "character_id"),
+        (EntityKind::Corporation, "corporation_id"),
+        (EntityKind::Alliance, "alliance_id"),
+    ] {
+        entities.push((kind, busiest(env, column).await));
+    }
+    entities
+}
+
+#[tokio::test]
+async fn the_aggregates_answer_as_the_killmail_rows_do() {
+    let env = TestEnv::new().await;
+    import_valued(&env).await;
     let mut db = env.pool.acquire().await.expect("connection");
-    let busiest: Vec<(EntityKind, i64)> = vec![
-        (EntityKind::Character, busiest(&env, "character_id").await),
-        (
-            EntityKind::Corporation,
-            busiest(&env, "corporation_id").await,
-        ),
-        (EntityKind::Alliance, busiest(&env, "alliance_id").await),
-    ];
+    let busiest = busiest_entities(&env).await;
     let filters = [
         Filter::default(),
         Filter {
@@ -602,15 +612,7 @@ async fn copy_back(env: &TestEnv, days: i64, id_offset: i64) {
 #[tokio::test]
 async fn months_rolled_up_answer_as_the_rows_do_and_a_late_write_is_not_missed() {
     let env = TestEnv::new().await;
-    import(&env, &["2021-12-01", "2021-12-02", "2021-12-03"]).await;
-    sqlx::query(
-        "UPDATE killmails SET estimate = jsonb_build_object(
-             'totalValue', victim_damage_taken * 1000.25, 'solo', attacker_count = 1,
-             'points', attacker_count % 5)",
-    )
-    .execute(&env.pool)
-    .await
-    .expect("values");
+    import_valued(&env).await;
     // 2021-11-01..03 and 2021-10-01..03.
     copy_back(&env, 30, 1_000_000_000).await;
     copy_back(&env, 61, 2_000_000_000).await;
@@ -622,15 +624,8 @@ async fn months_rolled_up_answer_as_the_rows_do_and_a_late_write_is_not_missed()
         3
     );
     assert_grain_matches(&env, Grain::Month, "rolled up").await;
-    let character = busiest(&env, "character_id").await;
-    let entities = [
-        (EntityKind::Character, character),
-        (
-            EntityKind::Corporation,
-            busiest(&env, "corporation_id").await,
-        ),
-        (EntityKind::Alliance, busiest(&env, "alliance_id").await),
-    ];
+    let entities = busiest_entities(&env).await;
+    let character = entities[0].1;
     let ranges: Vec<(Bound, Bound)> = vec![
         (
             Some(at("2021-10-01", "00:00:00")),
