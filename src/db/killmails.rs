@@ -188,7 +188,8 @@ impl Encoded {
 /// The killmail rows go by binary COPY into an unindexed staging table and from there into
 /// `killmails` by one `INSERT … SELECT … ON CONFLICT DO NOTHING`, which tells the new ones;
 /// their attackers and items, which cannot conflict, go straight into their tables by binary
-/// COPY.
+/// COPY. The statistics aggregates are kept in the same transaction: by the statement triggers,
+/// or, for history, by one call once the batch is in.
 pub async fn store_encoded(
     tx: &mut PgConnection,
     encoded: Encoded,
@@ -211,10 +212,14 @@ pub async fn store_encoded(
     if !announced {
         // History: a crash of the database may lose the last moments of it, which a backfill
         // imports again, as the day was not recorded (that record is committed durably, and
-        // with it everything written before).
-        sqlx::query!("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        // with it everything written before). Its statistics are added once the batch is in
+        // (below), not by the statement triggers.
+        sqlx::query!(
+            "SELECT set_config('synchronous_commit', 'off', true) AS synchronous_commit,
+                    set_config('killreport.stats_deferred', 'on', true) AS stats_deferred"
+        )
+        .fetch_one(&mut *tx)
+        .await?;
     }
     // This connection's own staging table (see the migration that made its template), empty
     // at each commit.
@@ -335,6 +340,14 @@ pub async fn store_encoded(
                      quantity_destroyed, quantity_dropped)
                  FROM STDIN (FORMAT binary)",
             )
+            .await?;
+    }
+    if !announced && !stored.is_empty() {
+        // Both sides of the statistics at once, each aggregate row written once (see the
+        // migration 20261205001000).
+        let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
+        sqlx::query!("SELECT stats_add($1)", &stored_ids)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(stored)

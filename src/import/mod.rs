@@ -34,10 +34,10 @@ use crate::announce::Announcer;
 use crate::queue::Publisher;
 use files::{ReadSettings, Reader};
 
-/// Killmails a transaction when history is imported (a backfill). The statistics triggers
-/// upsert each character, corporation and alliance once per transaction and day it appears in,
-/// so larger transactions write fewer aggregate rows: for the three fixture days, 70,900 at
-/// 1,000 a transaction, 52,200 at 5,000 and 42,700 at best (see BENCHMARKS.md). Larger still
+/// Killmails a transaction when history is imported (a backfill). The statistics of a history
+/// batch are added once it is in (see `db::killmails::store_encoded`): each character,
+/// corporation and alliance once per transaction and hour and day it appears in, so larger
+/// transactions write fewer aggregate rows (see BENCHMARKS.md). Larger still
 /// would hold the store's write lock longer, which live writers and revaluations wait for (about
 /// half a second for 5,000 on an idle machine).
 pub const HISTORY_BATCH: usize = 5000;
