@@ -170,6 +170,8 @@ BEGIN
     DELETE FROM stats_entity_days;
     DELETE FROM stats_hours;
     DELETE FROM stats_entity_hours;
+    -- Every month is due again (20261205000100_stats_months.sql).
+    DELETE FROM stats_months_ready;
     SELECT coalesce(array_agg(killmail_id), '{}') INTO ids FROM killmails;
     PERFORM stats_add(ids);
 END $$;
