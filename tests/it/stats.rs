@@ -1144,7 +1144,8 @@ async fn graphql_answers_top_date_counts_stats_most_valuable_and_search() {
 }
 
 #[tokio::test]
-async fn a_change_of_todays_top_lists_is_sent_as_a_statistics_event() {
+async fn a_change_of_todays_top_lists_is_sent_as_a_statistics_event_and_ended_months_are_rolled_up()
+{
     let mut env = TestEnv::new().await;
     env.vars
         .insert("STATISTICS_INTERVAL_SECS".into(), "1".into());
@@ -1203,6 +1204,27 @@ async fn a_change_of_todays_top_lists_is_sent_as_a_statistics_event() {
         .collect();
     assert_eq!(listed, attackers[..attackers.len().min(10)], "{event}");
     assert_eq!(event["top"]["solarSystem"][0]["kills"], json!(1));
+
+    // The same task rolls up a month that has ended once killmails of it are stored.
+    let (old, old_hash) = fixtures::killmails().remove(1);
+    let month = old.killmail_time.format("%Y-%m-01").to_string();
+    killreport::ingest::store(
+        &env.pool,
+        &[Received {
+            killmail: old,
+            hash: old_hash,
+            zkb: None,
+            source: Origin::Redisq,
+        }],
+    )
+    .await
+    .expect("store");
+    wait_until(
+        "the ended month rolled up",
+        Duration::from_secs(15),
+        || async { months(&env, "SELECT month FROM stats_months_ready").await == [month.clone()] },
+    )
+    .await;
     env.cleanup().await;
 }
 
