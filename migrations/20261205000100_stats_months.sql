@@ -3,7 +3,8 @@
 -- tables, the months are not kept by the writers' triggers, which would add a third of their
 -- work to every stored killmail: they are rolled up from the day tables once a month has
 -- ended (`stats_refresh_month`, run by the server's statistics task and `queue stats
--- rebuild`), and a month is read only while it is ready and nothing was written to it since:
+-- rebuild`, whose stats_rebuild() empties stats_months_ready: see 20261205001000), and a
+-- month is read only while it is ready and nothing was written to it since:
 --
 -- * `stats_months_ready`: the months rolled up, and when.
 -- * `stats_months_stale`: a row for each write to a month that had ended (a killmail arriving
@@ -114,19 +115,3 @@ CREATE FUNCTION stats_months_due() RETURNS SETOF date LANGUAGE sql STABLE AS $$
        OR month IN (SELECT month FROM stats_months_stale)
     ORDER BY 1
 $$;
-
--- A rebuild of the days makes every month due again.
-CREATE OR REPLACE FUNCTION stats_rebuild() RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    ids int8[];
-BEGIN
-    PERFORM stats_lock();
-    DELETE FROM stats_days;
-    DELETE FROM stats_entity_days;
-    DELETE FROM stats_hours;
-    DELETE FROM stats_entity_hours;
-    DELETE FROM stats_months_ready;
-    SELECT coalesce(array_agg(killmail_id), '{}') INTO ids FROM killmails;
-    PERFORM stats_add_killmails(ids);
-    PERFORM stats_add_attackers(ids);
-END $$;
