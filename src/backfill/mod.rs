@@ -17,7 +17,7 @@ use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::import::{Importer, Summary};
+use crate::import::{Importer, Reading, Summary};
 use download::Fetched;
 
 /// Where EVE Ref is and where its archives are kept.
@@ -125,11 +125,19 @@ impl fmt::Display for BackfillSummary {
     }
 }
 
+/// A day made ready to import: its archive downloaded and read ahead of the store, or what
+/// kept it from being imported.
+enum Ready {
+    Reading { archive: PathBuf, reading: Reading },
+    Not(DayOutcome),
+}
+
 impl Backfill {
     /// Backfills every day from `from` to `to`, both included, in order; `on_day` is told of
-    /// each as it ends. `progress` shows the day in hand. Fails only when the store or the
-    /// download directory does; once `shutdown` is cancelled, the batch in hand is finished
-    /// and the remaining days left.
+    /// each as it ends. While a day is stored, the next is downloaded and its first batches
+    /// decompressed and parsed, so the store never waits between days. `progress` shows the
+    /// day being stored. Fails only when the store or the download directory does; once
+    /// `shutdown` is cancelled, the batch in hand is finished and the remaining days left.
     pub async fn run(
         &self,
         from: NaiveDate,
@@ -146,8 +154,10 @@ impl Backfill {
         let done = db::backfill_days::imported(&self.importer.pool, from, to)
             .await
             .context("reading which days were backfilled")?;
+        let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
         let mut summary = BackfillSummary::default();
-        for day in from.iter_days().take_while(|d| *d <= to) {
+        let mut ahead: Option<(NaiveDate, Ready)> = None;
+        for (at, &day) in days.iter().enumerate() {
             if shutdown.is_cancelled() {
                 summary.interrupted = true;
                 break;
@@ -155,7 +165,24 @@ impl Backfill {
             let outcome = if done.contains(&day) {
                 DayOutcome::AlreadyImported
             } else {
-                self.day(day, progress, shutdown).await?
+                let ready = match ahead.take() {
+                    Some((d, ready)) if d == day => ready,
+                    _ => {
+                        progress.set_prefix(day.to_string());
+                        progress.set_message("downloading");
+                        self.ready(day, shutdown).await
+                    }
+                };
+                let next = days[at + 1..].iter().find(|d| !done.contains(d));
+                let (outcome, next) =
+                    tokio::join!(self.import(day, ready, progress, shutdown), async {
+                        match next {
+                            Some(&next) => Some((next, self.ready(next, shutdown).await)),
+                            None => None,
+                        }
+                    });
+                ahead = next;
+                outcome?
             };
             let day = Day { day, outcome };
             if let DayOutcome::Imported(s) | DayOutcome::Failed { imported: s, .. } = &day.outcome {
@@ -168,47 +195,63 @@ impl Backfill {
                 break;
             }
         }
+        if let Some((_, Ready::Reading { reading, .. })) = ahead {
+            reading.abandon().await;
+        }
         summary.elapsed = started.elapsed();
         Ok(summary)
     }
 
-    async fn day(
-        &self,
-        day: NaiveDate,
-        progress: &ProgressBar,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<DayOutcome> {
+    /// Downloads `day`'s archive and starts reading it.
+    async fn ready(&self, day: NaiveDate, shutdown: &CancellationToken) -> Ready {
         let url = archive_url(&self.base_url, day);
         let dest = self
             .download_dir
             .join(format!("killmails-{}.tar.bz2", day.format("%Y-%m-%d")));
-        progress.set_prefix(day.to_string());
-        progress.set_message("downloading");
         let fetching = tokio::select! {
             fetched = download::fetch(
                 &self.http, &url, &dest, self.download_attempts, self.retry_pause) => fetched,
             () = shutdown.cancelled() => {
-                return Ok(DayOutcome::Failed {
+                return Ready::Not(DayOutcome::Failed {
                     reason: "interrupted while downloading".into(),
                     imported: Summary { interrupted: true, ..Summary::default() },
                 });
             }
         };
-        let path = match fetching {
+        let archive = match fetching {
             Ok(Fetched::File(path)) => path,
-            Ok(Fetched::Missing) => return Ok(DayOutcome::Missing { url }),
+            Ok(Fetched::Missing) => return Ready::Not(DayOutcome::Missing { url }),
             Err(reason) => {
-                return Ok(DayOutcome::Failed {
+                return Ready::Not(DayOutcome::Failed {
                     reason,
                     imported: Summary::default(),
                 });
             }
         };
+        match self.importer.read(std::slice::from_ref(&archive)) {
+            Ok(reading) => Ready::Reading { archive, reading },
+            Err(error) => Ready::Not(DayOutcome::Failed {
+                reason: format!("{error:#}"),
+                imported: Summary::default(),
+            }),
+        }
+    }
+
+    /// Stores a day made ready, and records it once it is stored whole.
+    async fn import(
+        &self,
+        day: NaiveDate,
+        ready: Ready,
+        progress: &ProgressBar,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<DayOutcome> {
+        let (archive, reading) = match ready {
+            Ready::Reading { archive, reading } => (archive, reading),
+            Ready::Not(outcome) => return Ok(outcome),
+        };
+        progress.set_prefix(day.to_string());
         progress.set_message("importing");
-        let imported = self
-            .importer
-            .import(std::slice::from_ref(&path), progress, shutdown)
-            .await?;
+        let imported = self.importer.write(reading, progress, shutdown).await?;
         if imported.interrupted {
             return Ok(DayOutcome::Failed {
                 reason: "interrupted".into(),
@@ -217,7 +260,7 @@ impl Backfill {
         }
         if imported.broken_files > 0 {
             // A corrupt download is fetched again next time.
-            let _ = tokio::fs::remove_file(&path).await;
+            let _ = tokio::fs::remove_file(&archive).await;
             let reason = imported
                 .rejections
                 .iter()

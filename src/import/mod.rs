@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcer;
@@ -155,6 +156,25 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// Input being read ahead of the store: its reader thread started, its batches waiting for
+/// [`Importer::write`]. Dropped unwritten, the reader stops at its next batch.
+pub struct Reading {
+    reader: Reader,
+    chunks: mpsc::Receiver<files::Chunk>,
+    /// The input's size in bytes.
+    size: u64,
+}
+
+impl Reading {
+    /// Stops reading and waits for the reader to end.
+    pub async fn abandon(self) {
+        drop(self.chunks);
+        if let Err(error) = self.reader.finish().await {
+            tracing::debug!(error = format!("{error:#}"), "reading abandoned");
+        }
+    }
+}
+
 impl Importer {
     /// Imports every killmail in `paths`. Fails only when a file cannot be opened (found out
     /// before anything is written, as far as can be known in advance), or when the store or
@@ -167,16 +187,40 @@ impl Importer {
         progress: &ProgressBar,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Summary> {
-        let started = Instant::now();
+        let reading = self.read(paths)?;
+        self.write(reading, progress, shutdown).await
+    }
+
+    /// Starts reading `paths` (decompressing, parsing and encoding, a few batches ahead) for a
+    /// later [`Importer::write`]. Fails when a file cannot be opened.
+    pub fn read(&self, paths: &[PathBuf]) -> anyhow::Result<Reading> {
         let files = input_files(paths)?;
-        progress.set_length(files.iter().map(|f| f.size).sum());
+        let size = files.iter().map(|f| f.size).sum();
         let settings = ReadSettings {
             batch_size: self.batch_size.max(1),
             queue_missing: self.publisher.is_some(),
             encode: true,
         };
         let (reader, chunks) = Reader::spawn(files, settings);
-        self.write_all(reader, chunks, started, progress, shutdown)
+        Ok(Reading {
+            reader,
+            chunks,
+            size,
+        })
+    }
+
+    /// Stores what `reading` reads, as [`Importer::import`] says; the summary's elapsed time
+    /// counts from now.
+    pub async fn write(
+        &self,
+        reading: Reading,
+        progress: &ProgressBar,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Summary> {
+        let started = Instant::now();
+        progress.set_length(reading.size);
+        progress.set_position(0);
+        self.write_all(reading.reader, reading.chunks, started, progress, shutdown)
             .await
     }
 }

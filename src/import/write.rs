@@ -46,7 +46,8 @@ impl Importer {
                 starved += waiting.elapsed();
                 let Some(chunk) = chunk else { break };
                 let position = chunk.position;
-                self.write(chunk, &mut summary, &mut announcing).await?;
+                self.write_chunk(chunk, &mut summary, &mut announcing)
+                    .await?;
                 progress.set_position(position);
                 progress.set_message(format!(
                     "{} stored, {} already present, {} rejected",
@@ -72,7 +73,7 @@ impl Importer {
         Ok(summary)
     }
 
-    async fn write(
+    async fn write_chunk(
         &self,
         chunk: Chunk,
         summary: &mut Summary,
