@@ -115,6 +115,10 @@ impl Zkb {
         self.number("totalValue")
     }
 
+    pub fn points(&self) -> Option<f64> {
+        self.number("points")
+    }
+
     pub fn npc(&self) -> Option<bool> {
         self.flag("npc")
     }

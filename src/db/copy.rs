@@ -54,6 +54,10 @@ impl BinaryRows {
         self.field(&value.to_be_bytes())
     }
 
+    pub fn int2(&mut self, value: i16) -> &mut Self {
+        self.field(&value.to_be_bytes())
+    }
+
     pub fn int4(&mut self, value: i32) -> &mut Self {
         self.field(&value.to_be_bytes())
     }

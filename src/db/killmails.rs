@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
+use super::batch_stats::{self, Facts};
 use super::copy::{BinaryRows, Mark};
 use crate::events::KillmailAdded;
 use crate::killmail::{Attacker, Item, Killmail, KillmailId, Position, Received, Seq, Victim, Zkb};
@@ -63,6 +64,8 @@ pub struct Encoded {
     items: BinaryRows,
     /// Where each killmail's attackers and items begin and end, in `ids`' order.
     spans: Vec<[(Mark, Mark); 2]>,
+    /// What each killmail adds to the statistics when it is history, in `ids`' order.
+    facts: Vec<Facts>,
     /// Whether any killmail carries a zkb block (which one the store holds without may gain).
     with_zkb: bool,
     /// killreport's own blocks for killmails without zKillboard's, by killmail id (see
@@ -83,6 +86,7 @@ impl Encoded {
             attackers: BinaryRows::with_capacity(batch.len() * 4 * 120),
             items: BinaryRows::with_capacity(batch.len() * 16 * 90),
             spans: Vec::with_capacity(batch.len()),
+            facts: Vec::with_capacity(batch.len()),
             with_zkb: false,
             estimates: Default::default(),
         };
@@ -126,18 +130,18 @@ impl Encoded {
             .int4(index_i32(killmail.attackers.len()));
         // A malformed zkb block never keeps a valid killmail out: its bad fields are fixed or
         // dropped (see `Zkb::sanitized`), each fix logged.
-        match &received.zkb {
-            Some(zkb) => match zkb.sanitized() {
-                Some((fixed, fixes)) => {
-                    tracing::warn!(
-                        killmail.id = %killmail.killmail_id,
-                        fixes = fixes.join("; "),
-                        "malformed zkb block: the killmail is stored with its bad fields fixed or dropped"
-                    );
-                    row.jsonb(&fixed.0)
-                }
-                None => row.jsonb(&zkb.0),
-            },
+        let fixed = received.zkb.as_ref().and_then(|zkb| {
+            let (fixed, fixes) = zkb.sanitized()?;
+            tracing::warn!(
+                killmail.id = %killmail.killmail_id,
+                fixes = fixes.join("; "),
+                "malformed zkb block: the killmail is stored with its bad fields fixed or dropped"
+            );
+            Some(fixed)
+        });
+        let zkb = fixed.as_ref().or(received.zkb.as_ref());
+        match zkb {
+            Some(zkb) => row.jsonb(&zkb.0),
             None => row.null(),
         }
         .text(received.source.as_str());
@@ -176,6 +180,7 @@ impl Encoded {
             (attackers_from, self.attackers.mark()),
             (items_from, self.items.mark()),
         ]);
+        self.facts.push(Facts::new(killmail, zkb));
     }
 }
 
@@ -201,6 +206,7 @@ pub async fn store_encoded(
         attackers,
         items,
         spans,
+        facts,
         with_zkb,
         estimates: (estimate_ids, estimates),
     } = encoded;
@@ -342,13 +348,19 @@ pub async fn store_encoded(
             )
             .await?;
     }
-    if !announced && !stored.is_empty() {
-        // Both sides of the statistics at once, each aggregate row written once (see the
-        // migration 20261205001000).
-        let stored_ids: Vec<i64> = stored.iter().map(|s| s.killmail_id.0).collect();
-        sqlx::query!("SELECT stats_add($1)", &stored_ids)
-            .execute(&mut *tx)
-            .await?;
+    if !announced {
+        // History: its statistics summed here, each aggregate row sent once (see
+        // `batch_stats`).
+        let estimates: HashMap<KillmailId, Option<&Zkb>> = stored
+            .iter()
+            .map(|s| (s.killmail_id, s.estimate.as_ref()))
+            .collect();
+        let new: Vec<(&Facts, Option<&Zkb>)> = ids
+            .iter()
+            .zip(&facts)
+            .filter_map(|(id, facts)| Some((facts, *estimates.get(id)?)))
+            .collect();
+        batch_stats::add(tx, &new).await?;
     }
     Ok(stored)
 }

@@ -4,6 +4,7 @@
 
 pub mod announcements;
 pub mod backfill_days;
+mod batch_stats;
 pub mod copy;
 pub mod cursors;
 pub mod enrichment;
