@@ -234,3 +234,46 @@ pub(super) async fn add(
 fn hour_time(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn points_round_half_to_even_and_clamp_as_the_store_does() {
+        let points = |p: serde_json::Value| Values::of(&Zkb(json!({ "points": p }))).points;
+        assert_eq!(points(json!(2.5)), Some(2));
+        assert_eq!(points(json!(3.5)), Some(4));
+        assert_eq!(points(json!(-7)), Some(-7));
+        assert_eq!(points(json!(1e12)), Some(i64::from(i32::MAX)));
+        assert_eq!(points(json!(null)), None);
+    }
+
+    #[test]
+    fn a_killmail_counts_each_attacking_entity_once_in_its_hour() {
+        let killmail: Killmail = serde_json::from_value(json!({
+            "killmail_id": 1,
+            "killmail_time": "2021-12-01T13:59:59Z",
+            "solar_system_id": 30000142,
+            "victim": { "ship_type_id": 587, "damage_taken": 10, "corporation_id": 7 },
+            "attackers": [
+                { "character_id": 5, "corporation_id": 7, "damage_done": 5, "final_blow": true,
+                  "security_status": 0.0 },
+                { "character_id": 6, "corporation_id": 7, "alliance_id": 9, "damage_done": 5,
+                  "final_blow": false, "security_status": 0.0 },
+                { "ship_type_id": 3740, "damage_done": 0, "final_blow": false,
+                  "security_status": 0.0 }
+            ]
+        }))
+        .expect("a killmail");
+        let facts = Facts::new(&killmail, None);
+        assert_eq!(facts.attackers, [(0, 5), (0, 6), (1, 7), (2, 9)]);
+        assert_eq!(facts.victim, [None, Some(7), None]);
+        assert_eq!(
+            hour_time(facts.hour).to_rfc3339(),
+            "2021-12-01T13:00:00+00:00"
+        );
+        assert_eq!(facts.values, None);
+    }
+}

@@ -194,7 +194,7 @@ impl Encoded {
 /// `killmails` by one `INSERT … SELECT … ON CONFLICT DO NOTHING`, which tells the new ones;
 /// their attackers and items, which cannot conflict, go straight into their tables by binary
 /// COPY. The statistics aggregates are kept in the same transaction: by the statement triggers,
-/// or, for history, by one call once the batch is in.
+/// or, for history, from the sums of [`batch_stats`] once the batch is in.
 pub async fn store_encoded(
     tx: &mut PgConnection,
     encoded: Encoded,
