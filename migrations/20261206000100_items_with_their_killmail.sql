@@ -1,9 +1,11 @@
 -- The victim's items move into one row a killmail (issue #15: history write speed). An EVE Ref
 -- day has about 16 items a killmail, each of which was a row of `items` and an entry of its
--- primary key: PostgreSQL wrote ~16 heap tuples (24-byte header and 8 columns each) and ~16
--- index entries for every killmail stored: `COPY items` was about 12 % of PostgreSQL's time in
--- a history import. Now a killmail with items is one row and one index entry, the items as
--- parallel arrays.
+-- primary key: PostgreSQL wrote ~16 heap tuples and ~16 index entries for every killmail
+-- stored. Now a killmail with items is one row and one index entry, the items as parallel
+-- arrays. Measured on a history import of the three fixture days (25,767 killmails, 422,161
+-- items; scripts/profile-import.sh, release builds, three runs each): `COPY items` took
+-- 410-488 ms, 11-13 % of the server's statement time, `COPY killmail_items` (18,998 rows)
+-- 144-176 ms, 4.3-4.7 %; the table and its index went from 28 + 13 MB to 13 MB + 0.4 MB.
 --
 -- The arrays hold the items in pre-order, as `items` did (a container before its contents): an
 -- item's position in them (0-based) is the old item_index, and parent_index is its container's
