@@ -1,12 +1,17 @@
 //! PostgreSQL's binary `COPY … FROM STDIN` format, for bulk writes of rows the store does not
 //! hold yet: rows are encoded here, field by field, and sent through sqlx's `copy_in_raw` in one
 //! stream. Binary COPY skips the parsing that text COPY and `UNNEST` arrays cost the server.
+//! One-dimensional `int4[]` and `int8[]` fields are written in PostgreSQL's binary array format.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The element types of the arrays written here (`pg_type.oid`): a binary array names its own.
+const INT4_OID: i32 = 23;
+const INT8_OID: i32 = 20;
 
 /// A place between rows of a [`BinaryRows`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +114,58 @@ impl BinaryRows {
         }
     }
 
+    /// An `int4[]` field: one dimension, lower bound 1 (`{}` when there are no elements).
+    pub fn int4_array(&mut self, elements: impl IntoIterator<Item = Option<i32>>) -> &mut Self {
+        self.array(INT4_OID, elements, i32::to_be_bytes)
+    }
+
+    /// An `int8[]` field: one dimension, lower bound 1 (`{}` when there are no elements).
+    pub fn int8_array(&mut self, elements: impl IntoIterator<Item = Option<i64>>) -> &mut Self {
+        self.array(INT8_OID, elements, i64::to_be_bytes)
+    }
+
+    /// A one-dimensional array field of the type `element_oid`: its length, then the array's
+    /// header (dimensions, whether any element is NULL, the element type, and per dimension its
+    /// length and lower bound), then each element as a field. The lengths and the NULL flag are
+    /// written once the elements have been, so that the elements are only walked once, and
+    /// nothing is allocated.
+    fn array<T, const N: usize>(
+        &mut self,
+        element_oid: i32,
+        elements: impl IntoIterator<Item = Option<T>>,
+        bytes: impl Fn(T) -> [u8; N],
+    ) -> &mut Self {
+        let at = self.buf.len();
+        // Field length, dimensions, has-null flag, element type, length, lower bound.
+        for word in [0, 1, 0, element_oid, 0, 1] {
+            self.buf.extend_from_slice(&word.to_be_bytes());
+        }
+        let (mut count, mut nulls) = (0i32, false);
+        for element in elements {
+            match element {
+                Some(value) => {
+                    self.field(&bytes(value));
+                }
+                None => {
+                    self.null();
+                    nulls = true;
+                }
+            }
+            count = count.saturating_add(1);
+        }
+        if count == 0 {
+            // An empty array has no dimensions, hence no length and lower bound.
+            self.buf.truncate(at + 16);
+            self.buf[at + 4..at + 8].copy_from_slice(&0i32.to_be_bytes());
+        } else {
+            self.buf[at + 8..at + 12].copy_from_slice(&i32::from(nulls).to_be_bytes());
+            self.buf[at + 16..at + 20].copy_from_slice(&count.to_be_bytes());
+        }
+        let len = i32::try_from(self.buf.len() - at - 4).unwrap_or(i32::MAX);
+        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
@@ -167,5 +224,35 @@ mod tests {
             .to_utc();
         time.row(1).timestamptz(epoch);
         assert_eq!(&time.buf[19 + 2 + 4..], 1_000_000i64.to_be_bytes());
+    }
+
+    #[test]
+    fn an_array_is_its_header_then_each_element_as_a_field() {
+        let mut rows = BinaryRows::with_capacity(0);
+        rows.row(2)
+            .int4_array([Some(7), None])
+            .int8_array([Some(-2)]);
+        let body = &rows.buf[19..];
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0, 2,
+            // int4[]: 32 bytes; 1 dimension, a NULL, int4 (23); 2 elements from 1; 7, NULL.
+            0, 0, 0, 32,
+            0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 23, 0, 0, 0, 2, 0, 0, 0, 1,
+            0, 0, 0, 4, 0, 0, 0, 7,
+            255, 255, 255, 255,
+            // int8[]: 32 bytes; 1 dimension, no NULL, int8 (20); 1 element from 1; -2.
+            0, 0, 0, 32,
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0, 1,
+            0, 0, 0, 8, 255, 255, 255, 255, 255, 255, 255, 254,
+        ];
+        assert_eq!(body, expected);
+        let mut empty = BinaryRows::with_capacity(0);
+        empty.row(1).int8_array([]);
+        // 12 bytes: no dimensions, no NULL, int8 (20).
+        assert_eq!(
+            &empty.buf[19..],
+            [0, 1, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20]
+        );
     }
 }

@@ -380,8 +380,8 @@ pub async fn unknown_types(
                FROM killmails k JOIN attackers a USING (killmail_id)
                WHERE k.seq > $1 AND k.seq <= $2
                UNION ALL
-               SELECT i.item_type_id
-               FROM killmails k JOIN items i USING (killmail_id)
+               SELECT unnest(i.item_type_id)
+               FROM killmails k JOIN killmail_items i USING (killmail_id)
                WHERE k.seq > $1 AND k.seq <= $2
            ) seen(id)
            WHERE id IS NOT NULL

@@ -1,7 +1,7 @@
 //! The killmail store: set-based writes of whole batches (the killmail rows by binary COPY into
 //! an unindexed staging table, then one `INSERT … SELECT … ON CONFLICT`, which tells the new
-//! ones; their attackers and items, which cannot conflict, by binary COPY), and the exact ESI
-//! killmail rebuilt from the rows.
+//! ones; their attackers, and their items as one row a killmail, which cannot conflict, by
+//! binary COPY), and the exact ESI killmail rebuilt from the rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -52,15 +52,17 @@ impl StoredKillmail {
     }
 }
 
-/// A batch of killmails encoded for the store: the killmail rows for the staging table, and
-/// each killmail's attackers and items as rows of their own tables, of which those of the
-/// killmails the store turns out not to hold are sent. Encoding is most of the work on this
+/// A batch of killmails encoded for the store: the killmail rows for the staging table, each
+/// killmail's attackers as rows of their own table, and its items as one `killmail_items` row
+/// (none when it has no items), of which those of the killmails the store turns out not to hold
+/// are sent. Encoding is most of the work on this
 /// side of the store, so an import does it while the batch before is being written.
 pub struct Encoded {
     /// The killmails, each once, in the batch's order.
     ids: Vec<KillmailId>,
     staged: BinaryRows,
     attackers: BinaryRows,
+    /// One row a killmail with items.
     items: BinaryRows,
     /// Where each killmail's attackers and items begin and end, in `ids`' order.
     spans: Vec<[(Mark, Mark); 2]>,
@@ -84,7 +86,8 @@ impl Encoded {
             ids: Vec::with_capacity(batch.len()),
             staged: BinaryRows::with_capacity(batch.len() * 300),
             attackers: BinaryRows::with_capacity(batch.len() * 4 * 120),
-            items: BinaryRows::with_capacity(batch.len() * 16 * 90),
+            // 16 items a killmail, 60 bytes each in six arrays, and the arrays' headers.
+            items: BinaryRows::with_capacity(batch.len() * (16 * 60 + 160)),
             spans: Vec::with_capacity(batch.len()),
             facts: Vec::with_capacity(batch.len()),
             with_zkb: false,
@@ -164,17 +167,18 @@ impl Encoded {
                 .float8(a.security_status);
         }
         let items_from = self.items.mark();
-        for (index, (parent, item)) in killmail.items_preorder().into_iter().enumerate() {
+        // The items in pre-order, as parallel arrays: an item's position is its index.
+        let items = killmail.items_preorder();
+        if !items.is_empty() {
             self.items
-                .row(8)
+                .row(7)
                 .int8(killmail.killmail_id.0)
-                .int4(index_i32(index))
-                .opt_int4(parent.map(index_i32))
-                .int8(item.item_type_id)
-                .int4(item.flag)
-                .int4(item.singleton)
-                .opt_int8(item.quantity_destroyed)
-                .opt_int8(item.quantity_dropped);
+                .int4_array(items.iter().map(|(parent, _)| parent.map(index_i32)))
+                .int8_array(items.iter().map(|(_, item)| Some(item.item_type_id)))
+                .int4_array(items.iter().map(|(_, item)| Some(item.flag)))
+                .int4_array(items.iter().map(|(_, item)| Some(item.singleton)))
+                .int8_array(items.iter().map(|(_, item)| item.quantity_destroyed))
+                .int8_array(items.iter().map(|(_, item)| item.quantity_dropped));
         }
         self.spans.push([
             (attackers_from, self.attackers.mark()),
@@ -192,9 +196,10 @@ impl Encoded {
 ///
 /// The killmail rows go by binary COPY into an unindexed staging table and from there into
 /// `killmails` by one `INSERT … SELECT … ON CONFLICT DO NOTHING`, which tells the new ones;
-/// their attackers and items, which cannot conflict, go straight into their tables by binary
-/// COPY. The statistics aggregates are kept in the same transaction: by the statement triggers,
-/// or, for history, from the sums of [`batch_stats`] once the batch is in.
+/// their attackers and items (one `killmail_items` row a killmail), which cannot conflict, go
+/// straight into their tables by binary COPY. The statistics aggregates are kept in the same
+/// transaction: by the statement triggers, or, for history, from the sums of [`batch_stats`]
+/// once the batch is in.
 pub async fn store_encoded(
     tx: &mut PgConnection,
     encoded: Encoded,
@@ -341,8 +346,8 @@ pub async fn store_encoded(
         items
             .send(
                 tx,
-                "COPY items (
-                     killmail_id, item_index, parent_index, item_type_id, flag, singleton,
+                "COPY killmail_items (
+                     killmail_id, parent_index, item_type_id, flag, singleton,
                      quantity_destroyed, quantity_dropped)
                  FROM STDIN (FORMAT binary)",
             )
@@ -529,34 +534,56 @@ async fn load_attackers(
     Ok(out)
 }
 
-/// Rebuilds each killmail's item tree from its pre-order rows.
+/// Rebuilds each killmail's item tree from its row of pre-order arrays (a killmail without
+/// items has no row).
 async fn load_items(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<HashMap<i64, Vec<Item>>> {
     let rows = sqlx::query!(
-        "SELECT killmail_id, parent_index, item_type_id, flag, singleton, quantity_destroyed,
-                quantity_dropped
-         FROM items WHERE killmail_id = ANY($1) ORDER BY killmail_id, item_index",
+        r#"SELECT killmail_id, parent_index AS "parent_index: Vec<Option<i32>>", item_type_id,
+                  flag, singleton, quantity_destroyed AS "quantity_destroyed: Vec<Option<i64>>",
+                  quantity_dropped AS "quantity_dropped: Vec<Option<i64>>"
+           FROM killmail_items WHERE killmail_id = ANY($1)"#,
         ids
     )
     .fetch_all(db)
     .await?;
-    let mut flat: HashMap<i64, Vec<(Option<i32>, Item)>> = HashMap::new();
+    let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
-        let item = Item {
-            item_type_id: row.item_type_id,
-            flag: row.flag,
-            singleton: row.singleton,
-            quantity_destroyed: row.quantity_destroyed,
-            quantity_dropped: row.quantity_dropped,
-            items: Vec::new(),
-        };
-        flat.entry(row.killmail_id)
-            .or_default()
-            .push((row.parent_index, item));
+        // The table's check holds the arrays to one length; a breach is an error, not a panic.
+        let n = row.item_type_id.len();
+        if [
+            row.parent_index.len(),
+            row.flag.len(),
+            row.singleton.len(),
+            row.quantity_destroyed.len(),
+            row.quantity_dropped.len(),
+        ]
+        .iter()
+        .any(|&len| len != n)
+        {
+            return Err(sqlx::Error::Decode(
+                format!(
+                    "killmail {}: its item arrays differ in length",
+                    row.killmail_id
+                )
+                .into(),
+            ));
+        }
+        let flat = (0..n)
+            .map(|i| {
+                let item = Item {
+                    item_type_id: row.item_type_id[i],
+                    flag: row.flag[i],
+                    singleton: row.singleton[i],
+                    quantity_destroyed: row.quantity_destroyed[i],
+                    quantity_dropped: row.quantity_dropped[i],
+                    items: Vec::new(),
+                };
+                (row.parent_index[i], item)
+            })
+            .collect();
+        out.insert(row.killmail_id, build_tree(flat));
     }
-    Ok(flat
-        .into_iter()
-        .map(|(id, flat)| (id, build_tree(flat)))
-        .collect())
+    Ok(out)
 }
 
 /// Pre-order means a container comes before its contents: walking backwards, every item can be

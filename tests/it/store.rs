@@ -1,7 +1,7 @@
 //! The store keeps killmails losslessly: what goes in as ESI JSON comes back out of
 //! `db::killmails::load` as the same JSON, for every fixture and a whole EVE Ref day. Storing
 //! is idempotent, a late zkb block is added, and the ingest sequence follows the order of
-//! storing.
+//! storing; the migration that put items in one row a killmail carried them over whole.
 
 use std::collections::HashMap;
 
@@ -38,6 +38,12 @@ async fn round_trip(env: &TestEnv, inputs: &[(String, Value)]) -> Vec<String> {
             .await
             .expect("storing a batch");
     }
+    comes_back(env, inputs).await
+}
+
+/// Loads every one of `inputs` (EVE Ref killmails) from the store, and returns a line per
+/// killmail that does not come back as it went in.
+async fn comes_back(env: &TestEnv, inputs: &[(String, Value)]) -> Vec<String> {
     let ids: Vec<KillmailId> = inputs
         .iter()
         .map(|(_, v)| KillmailId(v["killmail_id"].as_i64().expect("killmail_id")))
@@ -101,6 +107,130 @@ async fn every_killmail_of_an_eve_ref_day_comes_back_as_it_went_in() {
     assert_eq!(inputs.len(), 4158, "killmails in the 2021-12-03 archive");
     assert_no_failures(&round_trip(&env, &inputs).await, inputs.len());
     assert_eq!(env.killmail_count().await, 4158);
+    env.cleanup().await;
+}
+
+/// The migration that put each killmail's items in one row (20261206000100) carries a store's
+/// items over exactly: a day stored with its items one row each in the old `items` table, as
+/// the store wrote them before (pre-order index, the container's index), comes back whole after
+/// it, nested containers and killmails without items included.
+#[tokio::test]
+async fn items_stored_one_row_each_come_back_whole_after_their_migration() {
+    const VERSION: i64 = 20_261_206_000_100;
+    let env = TestEnv::new().await;
+    let inputs = archive_values(&fixtures::archive("2021-12-03"));
+    let killmails: Vec<Killmail> = inputs
+        .iter()
+        .map(|(_, v)| received(v, None).killmail)
+        .collect();
+    let with_items = killmails
+        .iter()
+        .filter(|k| !k.victim.items.is_empty())
+        .count();
+    assert!(with_items < killmails.len(), "killmails without items too");
+    assert!(
+        killmails.iter().any(|k| k
+            .items_preorder()
+            .iter()
+            .any(|(parent, _)| parent.is_some())),
+        "containers with contents"
+    );
+    for batch in inputs.chunks(500) {
+        let batch: Vec<Received> = batch.iter().map(|(_, v)| received(v, None)).collect();
+        ingest::store(&env.pool, &batch)
+            .await
+            .expect("storing a batch");
+    }
+
+    // Back to the store as it was before the migration: the table of its first migration (less
+    // the foreign key a later one dropped), the rows as the store wrote them, in reverse, so
+    // that the migration has to order them.
+    sqlx::raw_sql(
+        "DROP TABLE killmail_items;
+         CREATE TABLE items (
+             killmail_id        int8 NOT NULL,
+             item_index         int4 NOT NULL,
+             parent_index       int4,
+             item_type_id       int8 NOT NULL,
+             flag               int4 NOT NULL,
+             singleton          int4 NOT NULL,
+             quantity_destroyed int8,
+             quantity_dropped   int8,
+             PRIMARY KEY (killmail_id, item_index)
+         );",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("the old items table");
+    let mut rows = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for killmail in killmails.iter().rev() {
+        for (index, (parent, item)) in killmail.items_preorder().into_iter().enumerate().rev() {
+            let to_i32 = |i: usize| i32::try_from(i).expect("an item index");
+            rows.0.push(killmail.killmail_id.0);
+            rows.1.push(to_i32(index));
+            rows.2.push(parent.map(to_i32));
+            rows.3.push(item.item_type_id);
+            rows.4.push(item.flag);
+            rows.5.push(item.singleton);
+            rows.6.push(item.quantity_destroyed);
+            rows.7.push(item.quantity_dropped);
+        }
+    }
+    let item_rows = rows.0.len();
+    sqlx::query(
+        "INSERT INTO items
+         SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::int4[], $4::int8[], $5::int4[],
+                              $6::int4[], $7::int8[], $8::int8[])",
+    )
+    .bind(rows.0)
+    .bind(rows.1)
+    .bind(rows.2)
+    .bind(rows.3)
+    .bind(rows.4)
+    .bind(rows.5)
+    .bind(rows.6)
+    .bind(rows.7)
+    .execute(&env.pool)
+    .await
+    .expect("the old item rows");
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(VERSION)
+        .execute(&env.pool)
+        .await
+        .expect("forgetting the migration");
+
+    killreport::db::MIGRATOR
+        .run(&env.pool)
+        .await
+        .expect("migrating");
+    let (items_table, rows_now, items_now): (Option<String>, i64, Option<i64>) = sqlx::query_as(
+        "SELECT to_regclass('items')::text, count(*), sum(cardinality(item_type_id))::int8
+         FROM killmail_items",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("the new table");
+    assert_eq!(items_table, None, "the old table is gone");
+    assert_eq!(
+        rows_now,
+        i64::try_from(with_items).expect("a count"),
+        "one row a killmail with items"
+    );
+    assert_eq!(
+        items_now,
+        Some(i64::try_from(item_rows).expect("a count")),
+        "every item"
+    );
+    assert_no_failures(&comes_back(&env, &inputs).await, inputs.len());
     env.cleanup().await;
 }
 
