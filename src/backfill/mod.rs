@@ -125,8 +125,8 @@ impl fmt::Display for BackfillSummary {
     }
 }
 
-/// A day made ready to import: its archive downloaded and read ahead of the store, or what
-/// kept it from being imported.
+/// A day made ready to import: its archive downloaded and being read, or what kept it from
+/// being imported.
 enum Ready {
     Reading { archive: PathBuf, reading: Reading },
     Not(DayOutcome),
@@ -134,10 +134,12 @@ enum Ready {
 
 impl Backfill {
     /// Backfills every day from `from` to `to`, both included, in order; `on_day` is told of
-    /// each as it ends. While a day is stored, the next is downloaded and its first batches
-    /// decompressed and parsed, so the store never waits between days. `progress` shows the
-    /// day being stored. Fails only when the store or the download directory does; once
-    /// `shutdown` is cancelled, the batch in hand is finished and the remaining days left.
+    /// each as it ends. While a day is stored, the next is downloaded, and once the day is
+    /// wholly read, the next is read (decompressed on every core, parsed) ahead of the store,
+    /// so the store does not wait between days, and the two days' decompression never share
+    /// the cores. `progress` shows the day being stored. Fails only when the store or the
+    /// download directory does; once `shutdown` is cancelled, the batch in hand is finished
+    /// and the remaining days left.
     pub async fn run(
         &self,
         from: NaiveDate,
@@ -170,16 +172,23 @@ impl Backfill {
                     _ => {
                         progress.set_prefix(day.to_string());
                         progress.set_message("downloading");
-                        self.ready(day, shutdown).await
+                        let fetched = self.fetch(day, shutdown).await;
+                        self.start_reading(fetched)
                     }
+                };
+                let read_out = match &ready {
+                    Ready::Reading { reading, .. } => Some(reading.read_out()),
+                    Ready::Not(_) => None,
                 };
                 let next = days[at + 1..].iter().find(|d| !done.contains(d));
                 let (outcome, next) =
                     tokio::join!(self.import(day, ready, progress, shutdown), async {
-                        match next {
-                            Some(&next) => Some((next, self.ready(next, shutdown).await)),
-                            None => None,
+                        let next = *next?;
+                        let fetched = self.fetch(next, shutdown).await;
+                        if let Some(read_out) = read_out {
+                            read_out.await;
                         }
+                        Some((next, self.start_reading(fetched)))
                     });
                 ahead = next;
                 outcome?
@@ -202,8 +211,12 @@ impl Backfill {
         Ok(summary)
     }
 
-    /// Downloads `day`'s archive and starts reading it.
-    async fn ready(&self, day: NaiveDate, shutdown: &CancellationToken) -> Ready {
+    /// Downloads `day`'s archive: its path, or why the day cannot be imported.
+    async fn fetch(
+        &self,
+        day: NaiveDate,
+        shutdown: &CancellationToken,
+    ) -> Result<PathBuf, DayOutcome> {
         let url = archive_url(&self.base_url, day);
         let dest = self
             .download_dir
@@ -212,21 +225,27 @@ impl Backfill {
             fetched = download::fetch(
                 &self.http, &url, &dest, self.download_attempts, self.retry_pause) => fetched,
             () = shutdown.cancelled() => {
-                return Ready::Not(DayOutcome::Failed {
+                return Err(DayOutcome::Failed {
                     reason: "interrupted while downloading".into(),
                     imported: Summary { interrupted: true, ..Summary::default() },
                 });
             }
         };
-        let archive = match fetching {
-            Ok(Fetched::File(path)) => path,
-            Ok(Fetched::Missing) => return Ready::Not(DayOutcome::Missing { url }),
-            Err(reason) => {
-                return Ready::Not(DayOutcome::Failed {
-                    reason,
-                    imported: Summary::default(),
-                });
-            }
+        match fetching {
+            Ok(Fetched::File(path)) => Ok(path),
+            Ok(Fetched::Missing) => Err(DayOutcome::Missing { url }),
+            Err(reason) => Err(DayOutcome::Failed {
+                reason,
+                imported: Summary::default(),
+            }),
+        }
+    }
+
+    /// Starts reading a downloaded archive.
+    fn start_reading(&self, fetched: Result<PathBuf, DayOutcome>) -> Ready {
+        let archive = match fetched {
+            Ok(archive) => archive,
+            Err(outcome) => return Ready::Not(outcome),
         };
         match self.importer.read(std::slice::from_ref(&archive)) {
             Ok(reading) => Ready::Reading { archive, reading },

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Rejection;
@@ -136,7 +136,11 @@ pub async fn read_killmails(paths: &[PathBuf]) -> anyhow::Result<Vec<Received>> 
 }
 
 /// The thread that reads the files.
-pub(super) struct Reader(JoinHandle<anyhow::Result<()>>);
+pub(super) struct Reader {
+    thread: JoinHandle<anyhow::Result<()>>,
+    /// Becomes true once the thread has read everything (or given up).
+    read: watch::Receiver<bool>,
+}
 
 /// How the reader reads.
 #[derive(Clone, Copy)]
@@ -158,14 +162,29 @@ impl Reader {
         settings: ReadSettings,
     ) -> (Self, mpsc::Receiver<Chunk>) {
         let (tx, rx) = mpsc::channel(BATCHES_AHEAD);
-        let thread = tokio::task::spawn_blocking(move || read_files(&files, settings, &tx));
-        (Self(thread), rx)
+        let (done, read) = watch::channel(false);
+        let thread = tokio::task::spawn_blocking(move || {
+            let outcome = read_files(&files, settings, &tx);
+            done.send_replace(true);
+            outcome
+        });
+        (Self { thread, read }, rx)
+    }
+
+    /// Resolves once the thread has read everything: its last chunks may still be waiting in
+    /// the channel.
+    pub(super) fn read_out(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut read = self.read.clone();
+        async move {
+            // An error means the thread is gone, which is as good.
+            let _ = read.wait_for(|read| *read).await;
+        }
     }
 
     /// Waits for the reader to end: after its last chunk, or at its next send once the
     /// receiver is dropped. Fails when a file could not be opened, or the thread panicked.
     pub(super) async fn finish(self) -> anyhow::Result<()> {
-        self.0.await.context("the file reader failed")?
+        self.thread.await.context("the file reader failed")?
     }
 }
 

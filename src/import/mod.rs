@@ -166,6 +166,12 @@ pub struct Reading {
 }
 
 impl Reading {
+    /// Resolves once everything has been read (decompressed, parsed and encoded); the last
+    /// batches may still be waiting to be written.
+    pub fn read_out(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.reader.read_out()
+    }
+
     /// Stops reading and waits for the reader to end.
     pub async fn abandon(self) {
         drop(self.chunks);
