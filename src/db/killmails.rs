@@ -55,8 +55,8 @@ impl StoredKillmail {
 /// A batch of killmails encoded for the store: the killmail rows for the staging table, each
 /// killmail's attackers as rows of their own table, and its items as one `killmail_items` row
 /// (none when it has no items), of which those of the killmails the store turns out not to hold
-/// are sent. Encoding is most of the work on this
-/// side of the store, so an import does it while the batch before is being written.
+/// are sent, and what each killmail adds to the statistics. Encoding is most of the work on
+/// this side of the store, so an import does it while the batch before is being written.
 pub struct Encoded {
     /// The killmails, each once, in the batch's order.
     ids: Vec<KillmailId>,
