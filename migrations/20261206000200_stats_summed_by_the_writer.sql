@@ -5,7 +5,8 @@
 -- merges them into the hour and day tables. Reading the batch back, unpivoting its attackers,
 -- making them distinct and grouping them was about half of the server's statistics work for a
 -- batch (`EXPLAIN ANALYZE`: 147 of 297 ms for the entities of 5,000 killmails). Live batches,
--- revaluations and stats_rebuild() keep the functions of 20261205001000.
+-- revaluations and stats_rebuild() keep computing their sums in SQL (20261205001000), and now
+-- stage them the same way, so that one function, stats_add_staged(), merges every sum.
 --
 -- The two tables are templates, as killmail_staging is (20261202000200): each connection sends
 -- into temporary tables of the same names, made LIKE these and emptied at each commit.
@@ -30,8 +31,21 @@ CREATE UNLOGGED TABLE stats_place_staging (
     isk       float8      NOT NULL
 );
 
+-- This connection's staging tables, made on its first use of them.
+CREATE FUNCTION stats_stage() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pg_temp.stats_entity_staging') IS NULL THEN
+        CREATE TEMPORARY TABLE stats_entity_staging (LIKE stats_entity_staging)
+            ON COMMIT DELETE ROWS;
+        CREATE TEMPORARY TABLE stats_place_staging (LIKE stats_place_staging)
+            ON COMMIT DELETE ROWS;
+    END IF;
+END
+$$;
+
 -- Merges the sums this connection staged (one row per entity or place and hour) into the hour
--- and day tables, under the lock every writer of the aggregates holds to its commit.
+-- and day tables, under the lock every writer of the aggregates holds to its commit, and
+-- empties the staging tables (a live batch's two triggers each stage and merge).
 CREATE FUNCTION stats_add_staged() RETURNS void
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
@@ -72,5 +86,43 @@ BEGIN
             isk_lost = s.isk_lost + excluded.isk_lost,
             solo_kills = s.solo_kills + excluded.solo_kills,
             points = s.points + excluded.points;
+    DELETE FROM pg_temp.stats_place_staging;
+    DELETE FROM pg_temp.stats_entity_staging;
+END
+$$;
+
+-- The places of a set of killmails, per hour, summed from the rows and merged as above.
+CREATE OR REPLACE FUNCTION stats_add_places(killmail_ids int8[]) RETURNS void
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    PERFORM stats_stage();
+    INSERT INTO pg_temp.stats_place_staging (dimension, key, hour, killmails, isk)
+    SELECT dimension, key, hour, killmails, isk FROM stats_place_rows(killmail_ids);
+    PERFORM stats_add_staged();
+END
+$$;
+
+-- The characters, corporations and alliances of a set of killmails, per hour: the victims'
+-- side (`with_losses`), the attackers' (`with_kills`) or both, summed from the rows and merged
+-- as above.
+CREATE OR REPLACE FUNCTION stats_add_entities(killmail_ids int8[], with_losses bool,
+                                              with_kills bool) RETURNS void
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    PERFORM stats_stage();
+    INSERT INTO pg_temp.stats_entity_staging
+    SELECT kind, entity_id, hour, sum(kills), sum(losses), sum(kills_of_own),
+           sum(isk_destroyed), sum(isk_lost), sum(solo_kills), sum(points)
+    FROM (
+        SELECT kind, entity_id, hour, 0 AS kills, losses::int4, 0 AS kills_of_own,
+               0::float8 AS isk_destroyed, isk_lost, 0 AS solo_kills, 0::int8 AS points
+        FROM stats_loss_rows(killmail_ids) WHERE with_losses
+        UNION ALL
+        SELECT kind, entity_id, hour, kills::int4, 0, kills_of_own::int4, isk_destroyed, 0,
+               solo_kills::int4, points
+        FROM stats_kill_rows(killmail_ids) WHERE with_kills
+    ) x
+    GROUP BY 1, 2, 3;
+    PERFORM stats_add_staged();
 END
 $$;

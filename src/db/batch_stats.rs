@@ -198,18 +198,9 @@ pub(super) async fn add(
     }
     // This connection's own staging tables (see the migration that made their templates),
     // emptied at each commit.
-    sqlx::query!(
-        "DO $$ BEGIN
-             IF to_regclass('pg_temp.stats_entity_staging') IS NULL THEN
-                 CREATE TEMPORARY TABLE stats_entity_staging (LIKE stats_entity_staging)
-                     ON COMMIT DELETE ROWS;
-                 CREATE TEMPORARY TABLE stats_place_staging (LIKE stats_place_staging)
-                     ON COMMIT DELETE ROWS;
-             END IF;
-         END $$"
-    )
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query!("SELECT stats_stage()")
+        .execute(&mut *tx)
+        .await?;
     place_rows
         .send(
             tx,
