@@ -472,10 +472,12 @@ async fn with_ready_months(db: &mut PgConnection, plan: &Plan) -> sqlx::Result<P
 /// own: those that ended more than a day ago and were not rolled up, or were written since.
 /// How many.
 pub async fn refresh_months(db: &mut PgConnection, at_most: usize) -> sqlx::Result<usize> {
-    let mut due = sqlx::query_scalar!(r#"SELECT stats_months_due() AS "month!""#)
-        .fetch_all(&mut *db)
-        .await?;
-    due.truncate(at_most);
+    let due = sqlx::query_scalar!(
+        r#"SELECT month AS "month!" FROM stats_months_due() month LIMIT $1"#,
+        i64::try_from(at_most).unwrap_or(i64::MAX)
+    )
+    .fetch_all(&mut *db)
+    .await?;
     for month in &due {
         sqlx::query!("SELECT stats_refresh_month($1)", month)
             .execute(&mut *db)
